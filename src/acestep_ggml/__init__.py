@@ -1,0 +1,24 @@
+"""acestep-ggml: ACE-Step 1.5 music generation on GGML.
+
+The compute runs in C++ GGML graphs inside the native extension ``acestep_ggml._core``;
+this package prepares inputs, calls the core and writes outputs.
+"""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from . import _core
+from ._core import GGUFFile, InputError, ModelFileError
+
+try:
+    __version__ = _version("acestep-ggml")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = _core.build_info()["version"]
+
+
+def backends() -> list[dict]:
+    """The ggml devices this build can run on: name, description, type, memory."""
+    return _core.backends()
+
+
+__all__ = ["GGUFFile", "InputError", "ModelFileError", "backends", "__version__"]

@@ -1,0 +1,28 @@
+// bindings.h: each model file exposes itself through one bind_* function, called
+// from bindings.cpp, so that models can be added without touching each other.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "core.h"
+
+namespace py = pybind11;
+
+namespace ace {
+
+// A C-contiguous float32 array from Python, checked for rank.  Throws InputError
+// naming `what` when the dtype or the rank is wrong; never converts silently from
+// integers, so a caller passing codes where latents belong hears about it.
+py::array_t<float, py::array::c_style> as_f32(const py::handle &obj, const char *what, int min_ndim, int max_ndim);
+
+// A float32 numpy array of the given shape holding data.
+py::array_t<float> to_numpy(const std::vector<float> &data, const std::vector<ssize_t> &shape);
+
+void bind_core(py::module_ &m);
+
+}  // namespace ace

@@ -1,0 +1,568 @@
+// core.cpp: errors, backends, GGUF access, weight loading and graph execution.
+#include "core.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "ggml-alloc.h"
+#include "ggml-cpu.h"
+
+namespace ace {
+
+std::string fmt(const char *format, ...) {
+    va_list ap, ap2;
+    va_start(ap, format);
+    va_copy(ap2, ap);
+    int n = std::vsnprintf(nullptr, 0, format, ap);
+    va_end(ap);
+    std::string out(n > 0 ? n : 0, '\0');
+    if (n > 0) std::vsnprintf(out.data(), out.size() + 1, format, ap2);
+    va_end(ap2);
+    return out;
+}
+
+std::string shape_str(const std::vector<int64_t> &s) {
+    std::string out = "[";
+    for (size_t i = 0; i < s.size(); i++) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+}
+
+// ---------------------------------------------------------------------------
+// Logging
+
+namespace {
+std::mutex g_log_mutex;
+std::string g_last_error;
+bool g_verbose = false;
+
+void log_callback(ggml_log_level level, const char *text, void *) {
+    if (level == GGML_LOG_LEVEL_ERROR || level == GGML_LOG_LEVEL_WARN) {
+        std::lock_guard<std::mutex> lock(g_log_mutex);
+        std::string line(text);
+        while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
+        if (!line.empty()) g_last_error = line;
+    }
+    if (g_verbose) std::fputs(text, stderr);
+}
+}  // namespace
+
+void install_log_handler() {
+    const char *v = std::getenv("ACESTEP_GGML_VERBOSE");
+    g_verbose = v && *v && std::strcmp(v, "0") != 0;
+    ggml_log_set(log_callback, nullptr);
+}
+
+std::string last_ggml_error() {
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    std::string e = g_last_error;
+    g_last_error.clear();
+    return e;
+}
+
+// ---------------------------------------------------------------------------
+// Backends
+
+std::vector<DeviceInfo> list_devices() {
+    std::vector<DeviceInfo> out;
+    for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        DeviceInfo d;
+        d.name = ggml_backend_dev_name(dev);
+        d.description = ggml_backend_dev_description(dev);
+        switch (ggml_backend_dev_type(dev)) {
+            case GGML_BACKEND_DEVICE_TYPE_CPU: d.type = "cpu"; break;
+            case GGML_BACKEND_DEVICE_TYPE_GPU: d.type = "gpu"; break;
+            case GGML_BACKEND_DEVICE_TYPE_IGPU: d.type = "igpu"; break;
+            default: d.type = "accel"; break;
+        }
+        ggml_backend_dev_memory(dev, &d.memory_free, &d.memory_total);
+        out.push_back(d);
+    }
+    return out;
+}
+
+static std::string lower(std::string s) {
+    for (auto &c : s) c = (char)std::tolower((unsigned char)c);
+    return s;
+}
+
+// Device names look like "CPU", "CUDA0", "Vulkan1", "MTL0"; a spec like "cuda:1"
+// or "vulkan" picks the device whose lower-cased name is prefix + index.
+static ggml_backend_dev_t find_device(const std::string &spec_in) {
+    std::string spec = lower(spec_in);
+    size_t n = ggml_backend_dev_count();
+    auto first_of_type = [&](bool gpu) -> ggml_backend_dev_t {
+        for (size_t i = 0; i < n; i++) {
+            auto dev = ggml_backend_dev_get(i);
+            auto t = ggml_backend_dev_type(dev);
+            bool is_gpu = t == GGML_BACKEND_DEVICE_TYPE_GPU || t == GGML_BACKEND_DEVICE_TYPE_IGPU;
+            if (is_gpu == gpu) return dev;
+        }
+        return nullptr;
+    };
+    if (spec == "cpu") return first_of_type(false);
+    if (spec == "gpu") return first_of_type(true);
+    if (spec == "auto") {
+        auto d = first_of_type(true);
+        return d ? d : first_of_type(false);
+    }
+    std::string prefix = spec, index = "0";
+    auto colon = spec.find(':');
+    if (colon != std::string::npos) {
+        prefix = spec.substr(0, colon);
+        index = spec.substr(colon + 1);
+    }
+    if (prefix == "metal") prefix = "mtl";
+    for (size_t i = 0; i < n; i++) {
+        auto dev = ggml_backend_dev_get(i);
+        std::string name = lower(ggml_backend_dev_name(dev));
+        if (name == spec || name == prefix + index) return dev;
+    }
+    return nullptr;
+}
+
+std::shared_ptr<Backend> Backend::create(const std::string &spec, int n_threads) {
+    ggml_backend_dev_t dev = find_device(spec);
+    if (!dev) {
+        std::string names;
+        for (auto &d : list_devices()) names += (names.empty() ? "" : ", ") + d.name;
+        throw InputError(fmt("no ggml device matches '%s' (this build has: %s); rebuild with "
+                             "-DGGML_CUDA=ON, -DGGML_VULKAN=ON or -DGGML_METAL=ON for GPU backends",
+                             spec.c_str(), names.c_str()));
+    }
+    std::shared_ptr<Backend> b(new Backend());
+    b->name_ = ggml_backend_dev_name(dev);
+    b->n_threads_ = std::max(1, n_threads);
+    b->primary_ = ggml_backend_dev_init(dev, nullptr);
+    if (!b->primary_) throw InputError(fmt("could not initialise ggml device %s: %s", b->name_.c_str(),
+                                           last_ggml_error().c_str()));
+    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) {
+        b->cpu_ = b->primary_;
+    } else {
+        b->cpu_ = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
+    }
+    if (b->cpu_) ggml_backend_cpu_set_n_threads(b->cpu_, b->n_threads_);
+    return b;
+}
+
+Backend::~Backend() {
+    if (cpu_ && cpu_ != primary_) ggml_backend_free(cpu_);
+    if (primary_) ggml_backend_free(primary_);
+}
+
+// ---------------------------------------------------------------------------
+// GGUF files
+
+std::vector<int64_t> TensorInfo::torch_shape() const {
+    std::vector<int64_t> s;
+    for (int i = n_dims - 1; i >= 0; i--) s.push_back(ne[i]);
+    return s;
+}
+
+GGUFFile::GGUFFile(const std::string &path) : path_(path) {
+    FILE *f = std::fopen(path.c_str(), "rb");
+    if (!f) throw FileError(fmt("%s: cannot open model file (%s)", path.c_str(), std::strerror(errno)));
+    char magic[4] = {0, 0, 0, 0};
+    size_t got = std::fread(magic, 1, 4, f);
+    std::fseek(f, 0, SEEK_END);
+    long long file_size = (long long)ftello(f);
+    std::fclose(f);
+    if (got != 4 || std::memcmp(magic, "GGUF", 4) != 0)
+        throw FileError(fmt("%s: not a GGUF file (no GGUF magic at the start)", path.c_str()));
+
+    ggml_context *meta = nullptr;
+    gguf_init_params params = {/*no_alloc=*/true, /*ctx=*/&meta};
+    last_ggml_error();
+    gguf_ = gguf_init_from_file(path.c_str(), params);
+    if (!gguf_) {
+        std::string why = last_ggml_error();
+        throw FileError(fmt("%s: corrupt or truncated GGUF file%s%s", path.c_str(), why.empty() ? "" : ": ",
+                            why.c_str()));
+    }
+    size_t data_offset = gguf_get_data_offset(gguf_);
+    int64_t n = gguf_get_n_tensors(gguf_);
+    tensors_.reserve(n);
+    for (int64_t i = 0; i < n; i++) {
+        TensorInfo t;
+        t.name = gguf_get_tensor_name(gguf_, i);
+        t.type = gguf_get_tensor_type(gguf_, i);
+        t.offset = data_offset + gguf_get_tensor_offset(gguf_, i);
+        t.nbytes = gguf_get_tensor_size(gguf_, i);
+        ggml_tensor *mt = ggml_get_tensor(meta, t.name.c_str());
+        t.n_dims = ggml_n_dims(mt);
+        for (int d = 0; d < GGML_MAX_DIMS; d++) t.ne[d] = mt->ne[d];
+        if ((long long)(t.offset + t.nbytes) > file_size) {
+            ggml_free(meta);
+            gguf_free(gguf_);
+            gguf_ = nullptr;
+            throw FileError(fmt("%s: truncated GGUF file: tensor '%s' ends at byte %zu but the file has %lld bytes",
+                                path.c_str(), t.name.c_str(), t.offset + t.nbytes, file_size));
+        }
+        index_[t.name] = tensors_.size();
+        tensors_.push_back(std::move(t));
+    }
+    ggml_free(meta);
+}
+
+GGUFFile::~GGUFFile() {
+    if (gguf_) gguf_free(gguf_);
+}
+
+std::string GGUFFile::architecture() const { return get_str("general.architecture", ""); }
+
+void GGUFFile::expect_architecture(const std::string &kind) const {
+    std::string arch = architecture();
+    if (arch != kind)
+        throw FileError(fmt("%s: wrong kind of model file: general.architecture is '%s', expected '%s'",
+                            path_.c_str(), arch.empty() ? "(missing)" : arch.c_str(), kind.c_str()));
+}
+
+bool GGUFFile::has_key(const std::string &key) const { return gguf_find_key(gguf_, key.c_str()) >= 0; }
+
+int64_t GGUFFile::key_id(const std::string &key) const {
+    int64_t id = gguf_find_key(gguf_, key.c_str());
+    if (id < 0) throw FileError(fmt("%s: metadata key '%s' is missing", path_.c_str(), key.c_str()));
+    return id;
+}
+
+static bool is_int_type(gguf_type t) {
+    switch (t) {
+        case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16:
+        case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64:
+            return true;
+        default:
+            return false;
+    }
+}
+
+static int64_t int_value(gguf_context *g, int64_t id, gguf_type t, size_t i, bool array) {
+    const void *p = array ? gguf_get_arr_data(g, id) : gguf_get_val_data(g, id);
+    switch (t) {
+        case GGUF_TYPE_UINT8: return ((const uint8_t *)p)[i];
+        case GGUF_TYPE_INT8: return ((const int8_t *)p)[i];
+        case GGUF_TYPE_UINT16: return ((const uint16_t *)p)[i];
+        case GGUF_TYPE_INT16: return ((const int16_t *)p)[i];
+        case GGUF_TYPE_UINT32: return ((const uint32_t *)p)[i];
+        case GGUF_TYPE_INT32: return ((const int32_t *)p)[i];
+        case GGUF_TYPE_UINT64: return (int64_t)((const uint64_t *)p)[i];
+        case GGUF_TYPE_INT64: return ((const int64_t *)p)[i];
+        default: return 0;
+    }
+}
+
+uint32_t GGUFFile::get_u32(const std::string &key) const {
+    int64_t id = key_id(key);
+    gguf_type t = gguf_get_kv_type(gguf_, id);
+    if (!is_int_type(t))
+        throw FileError(fmt("%s: metadata key '%s' is a %s, expected an integer", path_.c_str(), key.c_str(),
+                            gguf_type_name(t)));
+    int64_t v = int_value(gguf_, id, t, 0, false);
+    if (v < 0 || v > (int64_t)UINT32_MAX)
+        throw FileError(fmt("%s: metadata key '%s' = %lld is out of range", path_.c_str(), key.c_str(), (long long)v));
+    return (uint32_t)v;
+}
+
+uint32_t GGUFFile::get_u32(const std::string &key, uint32_t fallback) const {
+    return has_key(key) ? get_u32(key) : fallback;
+}
+
+float GGUFFile::get_f32(const std::string &key) const {
+    int64_t id = key_id(key);
+    gguf_type t = gguf_get_kv_type(gguf_, id);
+    if (t == GGUF_TYPE_FLOAT32) return gguf_get_val_f32(gguf_, id);
+    if (t == GGUF_TYPE_FLOAT64) return (float)gguf_get_val_f64(gguf_, id);
+    if (is_int_type(t)) return (float)int_value(gguf_, id, t, 0, false);
+    throw FileError(fmt("%s: metadata key '%s' is a %s, expected a number", path_.c_str(), key.c_str(),
+                        gguf_type_name(t)));
+}
+
+float GGUFFile::get_f32(const std::string &key, float fallback) const {
+    return has_key(key) ? get_f32(key) : fallback;
+}
+
+bool GGUFFile::get_bool(const std::string &key, bool fallback) const {
+    if (!has_key(key)) return fallback;
+    int64_t id = key_id(key);
+    gguf_type t = gguf_get_kv_type(gguf_, id);
+    if (t == GGUF_TYPE_BOOL) return gguf_get_val_bool(gguf_, id);
+    if (is_int_type(t)) return int_value(gguf_, id, t, 0, false) != 0;
+    throw FileError(fmt("%s: metadata key '%s' is a %s, expected a bool", path_.c_str(), key.c_str(),
+                        gguf_type_name(t)));
+}
+
+std::string GGUFFile::get_str(const std::string &key) const {
+    int64_t id = key_id(key);
+    gguf_type t = gguf_get_kv_type(gguf_, id);
+    if (t != GGUF_TYPE_STRING)
+        throw FileError(fmt("%s: metadata key '%s' is a %s, expected a string", path_.c_str(), key.c_str(),
+                            gguf_type_name(t)));
+    return gguf_get_val_str(gguf_, id);
+}
+
+std::string GGUFFile::get_str(const std::string &key, const std::string &fallback) const {
+    return has_key(key) ? get_str(key) : fallback;
+}
+
+std::vector<int64_t> GGUFFile::get_int_array(const std::string &key) const {
+    int64_t id = key_id(key);
+    gguf_type at = gguf_get_kv_type(gguf_, id) == GGUF_TYPE_ARRAY ? gguf_get_arr_type(gguf_, id) : GGUF_TYPE_COUNT;
+    if (!is_int_type(at))
+        throw FileError(fmt("%s: metadata key '%s' is not an integer array", path_.c_str(), key.c_str()));
+    std::vector<int64_t> out(gguf_get_arr_n(gguf_, id));
+    for (size_t i = 0; i < out.size(); i++) out[i] = int_value(gguf_, id, at, i, true);
+    return out;
+}
+
+std::vector<std::string> GGUFFile::get_str_array(const std::string &key) const {
+    int64_t id = key_id(key);
+    if (gguf_get_kv_type(gguf_, id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(gguf_, id) != GGUF_TYPE_STRING)
+        throw FileError(fmt("%s: metadata key '%s' is not a string array", path_.c_str(), key.c_str()));
+    std::vector<std::string> out(gguf_get_arr_n(gguf_, id));
+    for (size_t i = 0; i < out.size(); i++) out[i] = gguf_get_arr_str(gguf_, id, i);
+    return out;
+}
+
+const TensorInfo *GGUFFile::find(const std::string &name) const {
+    auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+const TensorInfo &GGUFFile::require(const std::string &name) const {
+    const TensorInfo *t = find(name);
+    if (!t) throw FileError(fmt("%s: tensor '%s' is missing", path_.c_str(), name.c_str()));
+    return *t;
+}
+
+void GGUFFile::read(const TensorInfo &t, void *dst) const {
+    FILE *f = std::fopen(path_.c_str(), "rb");
+    if (!f) throw FileError(fmt("%s: cannot open model file (%s)", path_.c_str(), std::strerror(errno)));
+    bool ok = fseeko(f, (off_t)t.offset, SEEK_SET) == 0 && std::fread(dst, 1, t.nbytes, f) == t.nbytes;
+    std::fclose(f);
+    if (!ok) throw FileError(fmt("%s: could not read tensor '%s'", path_.c_str(), t.name.c_str()));
+}
+
+bool is_weight_type(ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_I8: case GGML_TYPE_I16: case GGML_TYPE_I32: case GGML_TYPE_I64: case GGML_TYPE_F64:
+            return false;
+        default:
+            return type < GGML_TYPE_COUNT && ggml_get_type_traits(type)->to_float != nullptr ||
+                   type == GGML_TYPE_F32;
+    }
+}
+
+void to_float(ggml_type type, const void *src, float *dst, int64_t n) {
+    if (type == GGML_TYPE_F32) {
+        std::memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    auto traits = ggml_get_type_traits(type);
+    if (!traits->to_float) throw FileError(fmt("cannot convert ggml type %s to float", ggml_type_name(type)));
+    traits->to_float(src, dst, n);
+}
+
+std::vector<float> GGUFFile::read_f32(const TensorInfo &t) const {
+    if (!is_weight_type(t.type))
+        throw FileError(fmt("%s: tensor '%s' has type %s, which is not a float or quantized type", path_.c_str(),
+                            t.name.c_str(), ggml_type_name(t.type)));
+    std::vector<uint8_t> raw(t.nbytes);
+    read(t, raw.data());
+    std::vector<float> out(t.numel());
+    to_float(t.type, raw.data(), out.data(), t.numel());
+    return out;
+}
+
+// ---------------------------------------------------------------------------
+// Weights
+
+Weights::Weights(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend)
+    : file_(std::move(file)), backend_(std::move(backend)) {
+    // Metadata only: tensors live in the backend buffer allocated by load().
+    ggml_init_params p = {/*mem_size=*/ggml_tensor_overhead() * (file_->tensors().size() + 1024),
+                          /*mem_buffer=*/nullptr, /*no_alloc=*/true};
+    ctx_ = ggml_init(p);
+}
+
+Weights::~Weights() {
+    if (buffer_) ggml_backend_buffer_free(buffer_);
+    if (ctx_) ggml_free(ctx_);
+}
+
+ggml_tensor *Weights::new_tensor(const std::string &name, ggml_type type, const std::vector<int64_t> &s) {
+    if (buffer_) throw std::logic_error("Weights: tensor declared after load()");
+    if (s.empty() || s.size() > GGML_MAX_DIMS) throw std::logic_error("Weights: bad rank for " + name);
+    int64_t ne[GGML_MAX_DIMS] = {1, 1, 1, 1};
+    for (size_t i = 0; i < s.size(); i++) ne[i] = s[s.size() - 1 - i];
+    ggml_tensor *t = ggml_new_tensor(ctx_, type, (int)s.size(), ne);
+    ggml_set_name(t, name.size() < GGML_MAX_NAME ? name.c_str() : name.substr(name.size() - GGML_MAX_NAME + 1).c_str());
+    return t;
+}
+
+ggml_tensor *Weights::get(const std::string &name, const std::vector<int64_t> &torch_shape, Store store) {
+    const TensorInfo &info = file_->require(name);
+    // Trailing/leading unit dimensions are not significant ([1, 6, H] == [6, H]).
+    auto squeeze = [](std::vector<int64_t> s) {
+        std::vector<int64_t> out;
+        for (auto d : s)
+            if (d != 1) out.push_back(d);
+        return out;
+    };
+    if (squeeze(info.torch_shape()) != squeeze(torch_shape))
+        throw FileError(fmt("%s: tensor '%s' has shape %s, expected %s", file_->path().c_str(), name.c_str(),
+                            shape_str(info.torch_shape()).c_str(), shape_str(torch_shape).c_str()));
+    if (!is_weight_type(info.type))
+        throw FileError(fmt("%s: tensor '%s' has type %s, which is not a float or quantized type",
+                            file_->path().c_str(), name.c_str(), ggml_type_name(info.type)));
+    ggml_type type = store == Store::F32 ? GGML_TYPE_F32 : store == Store::F16 ? GGML_TYPE_F16 : info.type;
+    ggml_tensor *t = new_tensor(name, type, torch_shape);
+    entries_.push_back({t, &info, nullptr});
+    return t;
+}
+
+ggml_tensor *Weights::derived(const std::string &name, ggml_type type, const std::vector<int64_t> &torch_shape,
+                              std::function<std::vector<float>()> compute) {
+    ggml_tensor *t = new_tensor(name, type, torch_shape);
+    entries_.push_back({t, nullptr, std::move(compute)});
+    return t;
+}
+
+static void store_floats(ggml_tensor *t, const std::vector<float> &v, const std::string &what) {
+    if ((int64_t)v.size() != ggml_nelements(t))
+        throw FileError(fmt("%s: computed %zu values for a tensor of %lld", what.c_str(), v.size(),
+                            (long long)ggml_nelements(t)));
+    if (t->type == GGML_TYPE_F32) {
+        ggml_backend_tensor_set(t, v.data(), 0, v.size() * sizeof(float));
+        return;
+    }
+    std::vector<uint8_t> buf(ggml_nbytes(t));
+    ggml_quantize_chunk(t->type, v.data(), buf.data(), 0, ggml_nrows(t), t->ne[0], nullptr);
+    ggml_backend_tensor_set(t, buf.data(), 0, buf.size());
+}
+
+void Weights::load() {
+    if (buffer_) return;
+    buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, backend_->primary());
+    if (!buffer_ && !entries_.empty())
+        throw FileError(fmt("%s: could not allocate %s for the weights on %s", file_->path().c_str(),
+                            "a buffer", backend_->name().c_str()));
+    if (buffer_) ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    bool host = buffer_ && ggml_backend_buffer_is_host(buffer_);
+    std::vector<uint8_t> staging;
+    for (auto &e : entries_) {
+        if (!e.info) {
+            store_floats(e.tensor, e.compute(), file_->path() + ": " + ggml_get_name(e.tensor));
+            continue;
+        }
+        if (e.tensor->type == e.info->type) {
+            if (host) {
+                file_->read(*e.info, e.tensor->data);  // straight into the weight buffer: no second copy
+            } else {
+                staging.resize(e.info->nbytes);
+                file_->read(*e.info, staging.data());
+                ggml_backend_tensor_set(e.tensor, staging.data(), 0, staging.size());
+            }
+        } else {
+            store_floats(e.tensor, file_->read_f32(*e.info), file_->path() + ": " + e.info->name);
+        }
+    }
+}
+
+size_t Weights::nbytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }
+
+// ---------------------------------------------------------------------------
+// Graphs
+
+Graph::Graph(size_t max_nodes) {
+    ggml_init_params p = {/*mem_size=*/ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false),
+                          /*mem_buffer=*/nullptr, /*no_alloc=*/true};
+    ctx_ = ggml_init(p);
+    graph_ = ggml_new_graph_custom(ctx_, max_nodes, false);
+}
+
+Graph::~Graph() {
+    if (ctx_) ggml_free(ctx_);
+}
+
+ggml_tensor *Graph::input(const char *name, ggml_type type, const std::vector<int64_t> &s) {
+    int64_t ne[GGML_MAX_DIMS] = {1, 1, 1, 1};
+    for (size_t i = 0; i < s.size(); i++) ne[i] = s[s.size() - 1 - i];
+    ggml_tensor *t = ggml_new_tensor(ctx_, type, (int)s.size(), ne);
+    ggml_set_name(t, name);
+    ggml_set_input(t);
+    return t;
+}
+
+void Graph::output(ggml_tensor *t) {
+    ggml_set_output(t);
+    ggml_build_forward_expand(graph_, t);
+}
+
+Runner::Runner(std::shared_ptr<Backend> backend, size_t max_nodes) : backend_(std::move(backend)) {
+    std::vector<ggml_backend_t> backends = {backend_->primary()};
+    if (!backend_->is_cpu() && backend_->cpu()) backends.push_back(backend_->cpu());
+    sched_ = ggml_backend_sched_new(backends.data(), nullptr, (int)backends.size(), max_nodes, false, true);
+    if (!sched_) throw std::runtime_error("could not create the ggml scheduler");
+}
+
+Runner::~Runner() {
+    if (sched_) ggml_backend_sched_free(sched_);
+}
+
+void Runner::alloc(Graph &g) {
+    ggml_backend_sched_reset(sched_);
+    if (!ggml_backend_sched_alloc_graph(sched_, g.graph()))
+        throw std::runtime_error(fmt("could not allocate compute memory on %s: %s", backend_->name().c_str(),
+                                     last_ggml_error().c_str()));
+}
+
+void Runner::compute(Graph &g) {
+    ggml_status st = ggml_backend_sched_graph_compute(sched_, g.graph());
+    if (st != GGML_STATUS_SUCCESS)
+        throw std::runtime_error(fmt("graph computation failed on %s (status %d): %s", backend_->name().c_str(),
+                                     (int)st, last_ggml_error().c_str()));
+}
+
+static void check_count(const ggml_tensor *t, size_t n) {
+    if ((int64_t)n != ggml_nelements(t))
+        throw InputError(fmt("input '%s' needs %lld values, got %zu", ggml_get_name(t),
+                             (long long)ggml_nelements(t), n));
+}
+
+void set_input(ggml_tensor *t, const float *data, size_t n) {
+    check_count(t, n);
+    if (t->type == GGML_TYPE_F32) {
+        ggml_backend_tensor_set(t, data, 0, n * sizeof(float));
+    } else if (t->type == GGML_TYPE_F16) {
+        std::vector<ggml_fp16_t> h(n);
+        ggml_fp32_to_fp16_row(data, h.data(), (int64_t)n);
+        ggml_backend_tensor_set(t, h.data(), 0, n * sizeof(ggml_fp16_t));
+    } else {
+        throw std::logic_error("set_input: unsupported tensor type");
+    }
+}
+
+void set_input(ggml_tensor *t, const int32_t *data, size_t n) {
+    check_count(t, n);
+    if (t->type != GGML_TYPE_I32) throw std::logic_error("set_input: tensor is not I32");
+    ggml_backend_tensor_set(t, data, 0, n * sizeof(int32_t));
+}
+
+std::vector<float> get_output(const ggml_tensor *t) {
+    std::vector<float> out(ggml_nelements(t));
+    if (t->type == GGML_TYPE_F32 && ggml_is_contiguous(t)) {
+        ggml_backend_tensor_get(t, out.data(), 0, out.size() * sizeof(float));
+        return out;
+    }
+    if (!ggml_is_contiguous(t)) throw std::logic_error("get_output: output tensor must be contiguous");
+    std::vector<uint8_t> raw(ggml_nbytes(t));
+    ggml_backend_tensor_get(t, raw.data(), 0, raw.size());
+    to_float(t->type, raw.data(), out.data(), (int64_t)out.size());
+    return out;
+}
+
+}  // namespace ace

@@ -1,0 +1,226 @@
+// core.h: what every model shares — errors, backends, GGUF files, weights, graph execution.
+//
+// Shapes: ggml stores dimensions innermost-first (ne[0] is the contiguous one), the
+// reverse of PyTorch.  Everything in this project that takes a shape from a caller
+// takes it in PyTorch order ("torch shape") and reverses it in one place, here.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ggml.h"
+#include "ggml-backend.h"
+#include "gguf.h"
+
+namespace ace {
+
+// A model file is missing, corrupt, of the wrong kind, or lacks/misshapes a tensor.
+struct FileError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+// A caller passed something the models cannot take (shape, range, value).
+struct InputError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// printf-style formatting for error messages.
+std::string fmt(const char *format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+// "[2048, 1024]" in PyTorch order.
+std::string shape_str(const std::vector<int64_t> &torch_shape);
+
+// Route ggml's log through us: quiet unless ACESTEP_GGML_VERBOSE is set; the last
+// error line is kept so that exceptions can quote what ggml said.
+void install_log_handler();
+std::string last_ggml_error();
+
+// ---------------------------------------------------------------------------
+// Backends
+
+struct DeviceInfo {
+    std::string name, description, type;
+    size_t memory_free = 0, memory_total = 0;
+};
+std::vector<DeviceInfo> list_devices();
+
+// One compute device plus, for non-CPU devices, the CPU as fallback for ops the
+// device lacks.  Shared by every model loaded on it.
+class Backend {
+  public:
+    // spec: "cpu", "cuda", "cuda:1", "vulkan", "metal", "gpu" (first GPU), "auto".
+    static std::shared_ptr<Backend> create(const std::string &spec, int n_threads);
+    ~Backend();
+    Backend(const Backend &) = delete;
+    Backend &operator=(const Backend &) = delete;
+
+    ggml_backend_t primary() const { return primary_; }
+    ggml_backend_t cpu() const { return cpu_; }
+    bool is_cpu() const { return primary_ == cpu_; }
+    const std::string &name() const { return name_; }
+    int n_threads() const { return n_threads_; }
+
+  private:
+    Backend() = default;
+    ggml_backend_t primary_ = nullptr, cpu_ = nullptr;
+    std::string name_;
+    int n_threads_ = 1;
+};
+
+// ---------------------------------------------------------------------------
+// GGUF files
+
+struct TensorInfo {
+    std::string name;
+    ggml_type type = GGML_TYPE_F32;
+    int n_dims = 0;
+    int64_t ne[GGML_MAX_DIMS] = {1, 1, 1, 1};
+    size_t offset = 0;  // absolute, in the file
+    size_t nbytes = 0;
+    std::vector<int64_t> torch_shape() const;
+    int64_t numel() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
+};
+
+// Metadata and a tensor index; tensor data stays in the file until read.
+class GGUFFile {
+  public:
+    explicit GGUFFile(const std::string &path);
+    ~GGUFFile();
+    GGUFFile(const GGUFFile &) = delete;
+    GGUFFile &operator=(const GGUFFile &) = delete;
+
+    const std::string &path() const { return path_; }
+    std::string architecture() const;
+    // Throws FileError unless general.architecture == kind.
+    void expect_architecture(const std::string &kind) const;
+
+    bool has_key(const std::string &key) const;
+    int64_t key_id(const std::string &key) const;  // throws when missing
+    uint32_t get_u32(const std::string &key) const;
+    uint32_t get_u32(const std::string &key, uint32_t fallback) const;
+    float get_f32(const std::string &key) const;
+    float get_f32(const std::string &key, float fallback) const;
+    bool get_bool(const std::string &key, bool fallback) const;
+    std::string get_str(const std::string &key) const;
+    std::string get_str(const std::string &key, const std::string &fallback) const;
+    std::vector<int64_t> get_int_array(const std::string &key) const;
+    std::vector<std::string> get_str_array(const std::string &key) const;
+    gguf_context *gguf() const { return gguf_; }
+
+    const std::vector<TensorInfo> &tensors() const { return tensors_; }
+    const TensorInfo *find(const std::string &name) const;
+    const TensorInfo &require(const std::string &name) const;  // throws FileError naming the tensor
+
+    void read(const TensorInfo &t, void *dst) const;  // raw bytes
+    std::vector<float> read_f32(const TensorInfo &t) const;  // dequantized
+    std::vector<float> read_f32(const std::string &name) const { return read_f32(require(name)); }
+
+  private:
+    std::string path_;
+    gguf_context *gguf_ = nullptr;
+    std::vector<TensorInfo> tensors_;
+    std::map<std::string, size_t> index_;
+};
+
+// Converts n values of any float or quantized ggml type to float.
+void to_float(ggml_type type, const void *src, float *dst, int64_t n);
+bool is_weight_type(ggml_type type);  // float or block-quantized: what a weight may be stored as
+
+// ---------------------------------------------------------------------------
+// Weights: backend tensors of one model, declared by name, then loaded in one go.
+
+enum class Store {
+    Keep,  // the file's type (BF16, Q8_0, ...): matmul weights
+    F32,   // converted to F32 at load: norms, biases, tables used in element-wise ops
+    F16,   // converted to F16 at load: convolution kernels
+};
+
+class Weights {
+  public:
+    Weights(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend);
+    ~Weights();
+    Weights(const Weights &) = delete;
+    Weights &operator=(const Weights &) = delete;
+
+    // A tensor from the file, checked against the expected PyTorch-order shape.
+    ggml_tensor *get(const std::string &name, const std::vector<int64_t> &torch_shape, Store store = Store::Keep);
+    bool has(const std::string &name) const { return file_->find(name) != nullptr; }
+    // A tensor computed at load time from file data (e.g. folding weight norm).
+    ggml_tensor *derived(const std::string &name, ggml_type type, const std::vector<int64_t> &torch_shape,
+                         std::function<std::vector<float>()> compute);
+    // Allocates one backend buffer and fills every declared tensor.
+    void load();
+
+    GGUFFile &file() const { return *file_; }
+    const std::shared_ptr<Backend> &backend() const { return backend_; }
+    size_t nbytes() const;
+
+  private:
+    struct Entry {
+        ggml_tensor *tensor;
+        const TensorInfo *info;                      // from the file, or null for derived
+        std::function<std::vector<float>()> compute;  // derived only
+    };
+    ggml_tensor *new_tensor(const std::string &name, ggml_type type, const std::vector<int64_t> &torch_shape);
+
+    std::shared_ptr<GGUFFile> file_;
+    std::shared_ptr<Backend> backend_;
+    ggml_context *ctx_ = nullptr;
+    ggml_backend_buffer_t buffer_ = nullptr;
+    std::vector<Entry> entries_;
+};
+
+// ---------------------------------------------------------------------------
+// Graphs: a context of tensor metadata plus a graph, then scheduled on a backend.
+
+class Graph {
+  public:
+    explicit Graph(size_t max_nodes = 16384);
+    ~Graph();
+    Graph(const Graph &) = delete;
+    Graph &operator=(const Graph &) = delete;
+
+    ggml_context *ctx() const { return ctx_; }
+    ggml_cgraph *graph() const { return graph_; }
+    // An input tensor, shape in PyTorch order.
+    ggml_tensor *input(const char *name, ggml_type type, const std::vector<int64_t> &torch_shape);
+    void output(ggml_tensor *t);
+
+  private:
+    ggml_context *ctx_ = nullptr;
+    ggml_cgraph *graph_ = nullptr;
+};
+
+// Runs graphs on a Backend through a scheduler that keeps its allocation between
+// calls of the same shape.
+class Runner {
+  public:
+    explicit Runner(std::shared_ptr<Backend> backend, size_t max_nodes = 16384);
+    ~Runner();
+    Runner(const Runner &) = delete;
+    Runner &operator=(const Runner &) = delete;
+
+    // Allocates the graph's intermediate tensors; inputs may be set afterwards.
+    void alloc(Graph &g);
+    void compute(Graph &g);
+    const std::shared_ptr<Backend> &backend() const { return backend_; }
+
+  private:
+    std::shared_ptr<Backend> backend_;
+    ggml_backend_sched_t sched_ = nullptr;
+};
+
+// Host <-> backend copies with shape checks.
+void set_input(ggml_tensor *t, const float *data, size_t n);
+void set_input(ggml_tensor *t, const int32_t *data, size_t n);
+std::vector<float> get_output(const ggml_tensor *t);
+
+}  // namespace ace
