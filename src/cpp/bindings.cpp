@@ -173,6 +173,23 @@ void bind_core(py::module_ &m) {
             return out;
         }, py::arg("name"), "A tensor's bytes as stored in the file.");
 
+    m.def("load_weights", [](const std::string &path, const std::string &kind,
+                             const std::vector<std::tuple<std::string, std::vector<int64_t>, std::string>> &spec,
+                             const std::string &device) {
+        auto file = std::make_shared<GGUFFile>(path);
+        file->expect_architecture(kind);
+        Weights w(file, Backend::create(device, 1));
+        for (auto &[name, shape, store] : spec) {
+            Store st = store == "f32" ? Store::F32 : store == "f16" ? Store::F16 : Store::Keep;
+            w.get(name, shape, st);
+        }
+        py::gil_scoped_release nogil;
+        w.load();
+        return w.nbytes();
+    }, py::arg("path"), py::arg("kind"), py::arg("spec"), py::arg("device") = "cpu",
+       "Load the named tensors ((name, PyTorch shape, 'keep'|'f32'|'f16')) of a GGUF of the given kind the way "
+       "the models do, checking kind, presence, shape and type; returns the bytes allocated.");
+
     m.def("quantize", [](py::handle data, const std::string &type_name) {
         ggml_type type = type_from_name(type_name);
         auto arr = as_f32(data, "data", 1, 8);
