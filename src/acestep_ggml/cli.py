@@ -10,7 +10,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     info = _core.build_info()
     print(f"acestep-ggml {__version__}")
-    print(f"ggml {info['ggml_version']} ({info['ggml_commit']})")
+    print(f"ggml {info['ggml_version']} (commit {info['ggml_commit'][:12]})")
     print(f"compiled backends: {', '.join(info['compiled_backends'])}")
     print("devices:")
     for d in backends():

@@ -110,7 +110,7 @@ void bind_core(py::module_ &m) {
         py::dict d;
         d["version"] = ACESTEP_VERSION;
         d["ggml_version"] = ggml_version();
-        d["ggml_commit"] = ggml_commit();
+        d["ggml_commit"] = ACESTEP_GGML_COMMIT;
         py::list compiled;
         compiled.append("cpu");
 #ifdef ACESTEP_HAS_CUDA
