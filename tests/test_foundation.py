@@ -110,3 +110,29 @@ def test_configure_with_empty_ggml_and_no_network_names_the_fix(tmp_path):
     assert r.returncode != 0
     assert "git submodule update --init ggml" in r.stderr + r.stdout
     assert "scripts/fetch_ggml.py" in r.stderr + r.stdout
+
+
+def test_config_reader_parses_what_checkpoint_configs_hold():
+    import json
+
+    cfg = {"hidden_size": 2048, "rope_theta": 1000000.0, "rms_norm_eps": 1e-06, "is_turbo": True,
+           "layer_types": ["sliding_attention", "full_attention"], "fsq_input_levels": [8, 8, 8, 5, 5, 5],
+           "model_version": "turbo \u00e9\"q\"", "nested": {"a": [1, {"b": None}]}, "none": None}
+    js = json.dumps(cfg, indent=2)
+    get = _core._config_get
+    assert get(js, "hidden_size", "int") == 2048
+    assert get(js, "rope_theta", "float") == 1e6
+    assert get(js, "rms_norm_eps", "float") == pytest.approx(1e-6)
+    assert get(js, "is_turbo", "bool") is True
+    assert get(js, "layer_types", "str_list") == cfg["layer_types"]
+    assert get(js, "fsq_input_levels", "int_list") == cfg["fsq_input_levels"]
+    assert get(js, "model_version", "str") == cfg["model_version"]
+    assert get(js, "absent", "int") is None
+    with pytest.raises(acestep_ggml.ModelFileError, match="'rope_theta' must be an integer"):
+        get(js, "rope_theta", "int")
+    with pytest.raises(acestep_ggml.ModelFileError, match="'hidden_size' has the wrong type"):
+        get(js, "hidden_size", "str")
+    with pytest.raises(acestep_ggml.ModelFileError, match="malformed config JSON"):
+        get('{"a": [1, 2', "a", "int_list")
+    with pytest.raises(acestep_ggml.ModelFileError, match="not a JSON object"):
+        get("[1]", "a", "int")

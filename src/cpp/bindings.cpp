@@ -190,6 +190,19 @@ void bind_core(py::module_ &m) {
        "Load the named tensors ((name, PyTorch shape, 'keep'|'f32'|'f16')) of a GGUF of the given kind the way "
        "the models do, checking kind, presence, shape and type; returns the bytes allocated.");
 
+    // The C++ models read config.json through ace::Config; this exposes it for tests.
+    m.def("_config_get", [](const std::string &json, const std::string &key, const std::string &kind) -> py::object {
+        Config c(json, "<config>");
+        if (!c.has(key)) return py::none();
+        if (kind == "int") return py::int_(c.get_int(key, 0));
+        if (kind == "float") return py::float_(c.get_float(key, 0));
+        if (kind == "bool") return py::bool_(c.get_bool(key, false));
+        if (kind == "str") return py::str(c.get_str(key, ""));
+        if (kind == "int_list") return py::cast(c.get_int_list(key, {}));
+        if (kind == "str_list") return py::cast(c.get_str_list(key, {}));
+        throw InputError("kind must be int, float, bool, str, int_list or str_list");
+    }, py::arg("json"), py::arg("key"), py::arg("kind"));
+
     m.def("quantize", [](py::handle data, const std::string &type_name) {
         ggml_type type = type_from_name(type_name);
         auto arr = as_f32(data, "data", 1, 8);
