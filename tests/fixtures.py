@@ -42,9 +42,16 @@ TINY_VAE = dict(encoder_hidden_size=8, downsampling_ratios=[2, 3], channel_multi
                 decoder_input_channels=64, audio_channels=2, sampling_rate=48000)
 
 
-def real_vae_config() -> dict:
-    return dict(encoder_hidden_size=128, downsampling_ratios=[2, 4, 4, 6, 10], channel_multiples=[1, 2, 4, 8, 16],
+REAL_VAE = dict(encoder_hidden_size=128, downsampling_ratios=[2, 4, 4, 6, 10], channel_multiples=[1, 2, 4, 8, 16],
                 decoder_channels=128, decoder_input_channels=64, audio_channels=2, sampling_rate=48000)
+
+
+def build_real_vae(seed: int) -> AutoencoderOobleck:
+    """The VAE at the published size (hop 1920, 48 kHz stereo) with random weights, eval, float32."""
+    torch.manual_seed(seed)
+    vae = AutoencoderOobleck(**REAL_VAE)
+    _randomize(vae)
+    return vae.float().eval()
 
 
 def qwen3_tokenizer_dir() -> Path:
@@ -115,9 +122,8 @@ def _randomize(module: torch.nn.Module) -> None:
 
 
 def qwen3_config(vocab_size: int, **sizes) -> Qwen3Config:
-    s = dict(TINY_QWEN3, **sizes)
-    return Qwen3Config(vocab_size=vocab_size, rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=32768,
-                       tie_word_embeddings=True, **s)
+    s = dict(TINY_QWEN3, tie_word_embeddings=True) | sizes
+    return Qwen3Config(vocab_size=vocab_size, rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=32768, **s)
 
 
 def build_models(seed: int, dit: dict | None = None, qwen3: dict | None = None, vae: dict | None = None) -> TinyModels:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
+from transformers import Qwen3ForCausalLM
+
+import fixtures
 
 import acestep_ggml
 from acestep_ggml import convert as convert_mod
@@ -173,6 +177,54 @@ def test_both_layouts_give_the_same_files(converted):
                 assert np.array_equal(a.tensor_raw(name), b.tensor_raw(name)), f"{stem} {dtype}: {name} differs"
 
 
+def test_component_folders_convert_alone(converted, tiny_original_dir, tiny_diffusers_dir, tmp_path):
+    full = converted["original", "bf16"]
+    for src, stem in ((tiny_original_dir / "vae", "vae"),
+                      (tiny_original_dir / "Qwen3-Embedding-0.6B", "Qwen3-Embedding-0.6B"),
+                      (tiny_diffusers_dir / "vae", "vae"),
+                      (tiny_diffusers_dir / "text_encoder", "Qwen3-Embedding-0.6B")):
+        (path,) = convert(src, tmp_path / src.parent.name / src.name, quiet=True)
+        assert path.name == f"{stem}-BF16.gguf"
+        a, b = acestep_ggml.GGUFFile(str(full[stem])), acestep_ggml.GGUFFile(str(path))
+        assert sorted(a.tensors()) == sorted(b.tensors())
+        for name, _, _ in a.tensors():
+            assert np.array_equal(a.tensor_raw(name), b.tensor_raw(name)), f"{src}: {name}"
+        if stem != "vae":
+            assert a.get("tokenizer.ggml.tokens") == b.get("tokenizer.ggml.tokens")
+
+
+def test_diffusers_dit_part_alone_is_refused_with_a_hint(tiny_diffusers_dir, tmp_path):
+    with pytest.raises(ValueError, match="pass the pipeline directory") as e:
+        convert(tiny_diffusers_dir / "transformer", tmp_path, quiet=True)
+    assert str(tiny_diffusers_dir) in str(e.value)
+
+
+def test_tokenizer_from_vocab_and_merges_alone(converted, tiny_original_dir, tmp_path):
+    folder = tmp_path / "Qwen3-Embedding-0.6B"
+    shutil.copytree(tiny_original_dir / "Qwen3-Embedding-0.6B", folder)
+    (folder / "tokenizer.json").unlink()
+    (path,) = convert(folder, tmp_path / "out", quiet=True)
+    a, b = acestep_ggml.GGUFFile(str(converted["original", "bf16"]["Qwen3-Embedding-0.6B"])), acestep_ggml.GGUFFile(str(path))
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+                "tokenizer.ggml.eos_token_id"):
+        assert a.get(key) == b.get(key), key
+    assert "tokenizer.huggingface.json" not in b.metadata()
+
+
+def test_untied_lm_keeps_lm_head(tiny_original_dir, tmp_path):
+    torch.manual_seed(0)
+    lm = Qwen3ForCausalLM(fixtures.qwen3_config(1000, tie_word_embeddings=False)).eval()
+    folder = tmp_path / "acestep-5Hz-lm-untied"
+    lm.save_pretrained(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        shutil.copy2(tiny_original_dir / "acestep-5Hz-lm-0.6B" / f, folder / f)
+    (path,) = convert(folder, tmp_path / "out", dtype="f32", quiet=True)
+    f = acestep_ggml.GGUFFile(str(path))
+    assert f.get("acestep.tie_word_embeddings") is False
+    np.testing.assert_array_equal(f.tensor("lm_head.weight"), lm.lm_head.weight.detach().numpy())
+    assert {n for n, _, _ in f.tensors()} == set(lm.state_dict())
+
+
 # ---------------------------------------------------------------------------
 # Metadata
 
@@ -242,12 +294,12 @@ def test_gguf_py_reads_our_files(converted):
              if stem in ("acestep-v15-turbo", "vae") or (dtype == "bf16" and stem == "Qwen3-Embedding-0.6B")]
     for stem, path in files:
         r = gguf.GGUFReader(str(path))
-            field = r.fields["general.architecture"]
-            assert bytes(field.parts[field.data[0]]).decode() == KINDS[stem]
-            ours = acestep_ggml.GGUFFile(str(path))
-            assert [t.name for t in r.tensors] == [name for name, _, _ in ours.tensors()]
-            for t in r.tensors[:20]:
-                assert np.array_equal(np.asarray(t.data).view(np.uint8).ravel(), ours.tensor_raw(t.name)), t.name
+        field = r.fields["general.architecture"]
+        assert bytes(field.parts[field.data[0]]).decode() == KINDS[stem]
+        ours = acestep_ggml.GGUFFile(str(path))
+        assert [t.name for t in r.tensors] == [name for name, _, _ in ours.tensors()]
+        for t in r.tensors[:20]:
+            assert np.array_equal(np.asarray(t.data).view(np.uint8).ravel(), ours.tensor_raw(t.name)), t.name
 
 
 # ---------------------------------------------------------------------------
@@ -281,7 +333,7 @@ def test_sources_of_each_float_type_convert_exactly(tmp_path):
     g = torch.Generator().manual_seed(seed)
     src = {dt: torch.randn(40, 96, generator=g).to(dt) for dt in (torch.float32, torch.float16, torch.bfloat16)}
     folder = _vae_folder(tmp_path / "vae", {str(dt).split(".")[1]: t for dt, t in src.items()})
-    for dtype, cast in (("bf16", torch.bfloat16), ("f32", torch.float32)):
+    for dtype, cast in (("bf16", torch.bfloat16), ("f16", torch.float16), ("f32", torch.float32)):
         (path,) = convert(folder, tmp_path / dtype, dtype=dtype, quiet=True)
         f = acestep_ggml.GGUFFile(str(path))
         for dt, t in src.items():

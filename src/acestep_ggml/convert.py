@@ -57,6 +57,10 @@ _ATTENTION_RENAMES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_
                       "norm_q": "q_norm", "norm_k": "k_norm"}
 _ATTENTION_RE = re.compile(r"\.(self_attn|cross_attn)\.(to_q|to_k|to_v|to_out\.0|norm_q|norm_k)\.")
 
+# A diffusers pipeline's text_encoder/ is ACE-Step's Qwen3-Embedding-0.6B; the GGUF
+# keeps the published file name.
+DIFFUSERS_TEXT_ENCODER = "Qwen3-Embedding-0.6B"
+
 # Linear weights and embedding tables whose rows hold a whole number of Q8_0 blocks.
 _Q8_0_KINDS = ("dit", "text-enc", "lm")
 
@@ -212,7 +216,7 @@ def _diffusers_components(root: Path) -> list[Component]:
     if "vae" in index and (root / "vae").is_dir():
         comps.append(_component(root / "vae", "vae", "vae", _read_json(root / "vae" / "config.json")))
     if "text_encoder" in index and (root / "text_encoder").is_dir():
-        comp = _component(root / "text_encoder", "text-enc", "Qwen3-Embedding-0.6B",
+        comp = _component(root / "text_encoder", "text-enc", DIFFUSERS_TEXT_ENCODER,
                           _read_json(root / "text_encoder" / "config.json"))
         comp.tokenizer_dirs.append(root / "tokenizer")
         comps.append(comp)
@@ -233,7 +237,11 @@ def find_components(src: str | Path) -> list[Component]:
         kind = _classify(src, config)
         if kind is None:
             raise ValueError(f"{src / 'config.json'}: not an ACE-Step DiT, VAE, text encoder or 5 Hz LM config")
-        comps = [_component(src, kind, src.name, config)]
+        in_pipeline = (src.parent / "model_index.json").exists()
+        name = DIFFUSERS_TEXT_ENCODER if in_pipeline and kind == "text-enc" else src.name
+        comps = [_component(src, kind, name, config)]
+        if in_pipeline:  # a diffusers text_encoder/ keeps its tokenizer in the sibling tokenizer/
+            comps[0].tokenizer_dirs.append(src.parent / "tokenizer")
     else:
         comps = []
         for sub in sorted(p for p in src.iterdir() if p.is_dir()):
