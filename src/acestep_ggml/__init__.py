@@ -9,7 +9,6 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _core
 from ._core import GGUFFile, InputError, ModelFileError
-from .convert import convert
 
 try:
     __version__ = _version("acestep-ggml")
@@ -23,4 +22,3 @@ def backends() -> list[dict]:
 
 
 __all__ = ["GGUFFile", "InputError", "ModelFileError", "backends", "__version__"]
-__all__ += ["convert"]
