@@ -1,0 +1,416 @@
+"""Checkpoint -> GGUF conversion: the original ACE-Step 1.5 layout, a diffusers pipeline,
+or one component folder of either, to one GGUF per component in the published layout
+(acestep.cpp's file names, metadata and original tensor names).
+
+Every tensor is planned from the safetensors headers first, then converted and written
+one chunk at a time, so memory stays near one chunk whatever the checkpoint size.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .checkpoint import SafetensorsFile, as_f32, f32_to_bf16_bits, load_torch_tensor
+from .gguf_writer import GGUFWriter, iter_rows
+
+DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32", "q8_0": "Q8_0"}
+
+ARCHITECTURES = {"dit": "acestep-dit", "vae": "acestep-vae", "text-enc": "acestep-text-enc", "lm": "acestep-lm"}
+
+# Written as acestep.<key> (uint32) when the DiT config has them; the encoder_* keys
+# only exist for the XL models, whose condition encoder is narrower than the DiT.
+DIT_UINT32_KEYS = (
+    "in_channels", "audio_acoustic_hidden_dim", "patch_size", "sliding_window", "fsq_dim", "text_hidden_dim",
+    "timbre_hidden_dim", "num_lyric_encoder_hidden_layers", "num_timbre_encoder_hidden_layers",
+    "num_audio_decoder_hidden_layers", "num_attention_pooler_hidden_layers",
+    "encoder_hidden_size", "encoder_intermediate_size", "encoder_num_attention_heads", "encoder_num_key_value_heads",
+)
+
+# Standard keys under the architecture prefix, from the config key of the same meaning.
+STANDARD_KEYS = (
+    ("num_hidden_layers", "block_count", "u32"),
+    ("hidden_size", "embedding_length", "u32"),
+    ("intermediate_size", "feed_forward_length", "u32"),
+    ("num_attention_heads", "attention.head_count", "u32"),
+    ("num_key_value_heads", "attention.head_count_kv", "u32"),
+    ("head_dim", "attention.key_length", "u32"),
+    ("vocab_size", "vocab_size", "u32"),
+    ("max_position_embeddings", "context_length", "u32"),
+    ("rms_norm_eps", "attention.layer_norm_rms_epsilon", "f32"),
+    ("rope_theta", "rope.freq_base", "f32"),
+)
+
+# diffusers splits the original AceStepConditionGenerationModel into sub-models; each
+# gets back its original prefix.
+DIFFUSERS_DIT_PARTS = {
+    "transformer": "decoder",
+    "condition_encoder": "encoder",
+    "audio_tokenizer": "tokenizer",
+    "audio_token_detokenizer": "detokenizer",
+}
+_ATTENTION_RENAMES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "o_proj",
+                      "norm_q": "q_norm", "norm_k": "k_norm"}
+_ATTENTION_RE = re.compile(r"\.(self_attn|cross_attn)\.(to_q|to_k|to_v|to_out\.0|norm_q|norm_k)\.")
+
+# A diffusers pipeline's text_encoder/ is ACE-Step's Qwen3-Embedding-0.6B; the GGUF
+# keeps the published file name.
+DIFFUSERS_TEXT_ENCODER = "Qwen3-Embedding-0.6B"
+
+# Linear weights and embedding tables whose rows hold a whole number of Q8_0 blocks.
+_Q8_0_KINDS = ("dit", "text-enc", "lm")
+
+
+def original_dit_name(part: str, name: str) -> str:
+    """The original checkpoint name of tensor `name` of diffusers sub-model `part`."""
+    if part == "condition_encoder" and name in ("null_condition_emb", "silence_latent"):
+        return name
+    if part == "transformer":
+        name = re.sub(r"^proj_in_conv\.", "proj_in.1.", name)
+        name = re.sub(r"^proj_out_conv\.", "proj_out.1.", name)
+    name = _ATTENTION_RE.sub(lambda m: f".{m.group(1)}.{_ATTENTION_RENAMES[m.group(2)]}.", "." + name)[1:]
+    return f"{DIFFUSERS_DIT_PARTS[part]}.{name}"
+
+
+# ---------------------------------------------------------------------------
+# Components found in a source directory
+
+@dataclass
+class _Tensor:
+    name: str  # in the GGUF
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray]  # raw values: float, or uint16 BF16 bits
+
+
+@dataclass
+class Component:
+    kind: str  # dit | vae | text-enc | lm
+    name: str  # file stem and general.name, e.g. acestep-v15-turbo
+    config: dict
+    tensors: list[_Tensor] = field(default_factory=list)
+    tokenizer_dirs: list[Path] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _weight_files(folder: Path) -> list[SafetensorsFile]:
+    for stem in ("model", "diffusion_pytorch_model"):
+        single = folder / f"{stem}.safetensors"
+        if single.exists():
+            return [SafetensorsFile(single)]
+        index = folder / f"{stem}.safetensors.index.json"
+        if index.exists():
+            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            if not shards:
+                raise ValueError(f"{index}: weight_map lists no shards")
+            return [SafetensorsFile(folder / s) for s in shards]
+    raise FileNotFoundError(f"{folder}: no model.safetensors, diffusion_pytorch_model.safetensors or sharded index")
+
+
+def _tensors(files: list[SafetensorsFile], rename: Callable[[str], str]) -> list[_Tensor]:
+    out = []
+    for f in files:
+        for name in sorted(f.entries, key=lambda n: f.entries[n][2]):
+            out.append(_Tensor(rename(name), f.shape(name), lambda f=f, name=name: f.raw(name)))
+    return out
+
+
+def _silence_latent(values: np.ndarray, channels_first: bool, source: Path) -> _Tensor:
+    """(1, C, T) from silence_latent.pt or (1, T, C) from diffusers -> (T, C) float32."""
+    if values.ndim != 3 or values.shape[0] != 1:
+        raise ValueError(f"{source}: silence_latent has shape {values.shape}, expected (1, C, T) or (1, T, C)")
+    sl = np.ascontiguousarray(values[0].T if channels_first else values[0], dtype=np.float32)
+    return _Tensor("silence_latent", sl.shape, lambda: sl)
+
+
+def _classify(folder: Path, config: dict) -> str | None:
+    name = folder.name
+    cls = config.get("_class_name", "")
+    if cls == "AutoencoderOobleck":
+        return "vae"
+    if cls.startswith("AceStep"):
+        raise ValueError(f"{folder} is one part of a diffusers pipeline ({cls}); the DiT file needs "
+                         f"transformer/ and condition_encoder/ together: pass the pipeline directory {folder.parent}")
+    if name.startswith("acestep-5Hz-lm"):
+        return "lm"
+    if name.startswith("acestep-v15"):
+        return "dit"
+    if name.startswith("Qwen3-Embedding"):
+        return "text-enc"
+    if config.get("model_type") == "acestep" or "fsq_input_levels" in config:
+        return "dit"
+    if config.get("model_type") == "qwen3":
+        return "lm" if "Qwen3ForCausalLM" in config.get("architectures", []) else "text-enc"
+    return None
+
+
+def _component(folder: Path, kind: str, name: str, config: dict) -> Component:
+    files = _weight_files(folder)
+    comp = Component(kind, name, config, tokenizer_dirs=[folder])
+    if kind == "lm":
+        comp.tensors = _tensors(files, lambda n: n if n.startswith(("model.", "lm_head.")) else "model." + n)
+    elif kind == "text-enc":
+        comp.tensors = _tensors(files, lambda n: n[len("model."):] if n.startswith("model.") else n)
+    else:
+        comp.tensors = _tensors(files, lambda n: n)
+    if kind == "dit":
+        pt = folder / "silence_latent.pt"
+        if not pt.exists():
+            raise FileNotFoundError(f"{pt}: missing; the DiT file needs the silence latent")
+        comp.tensors.append(_silence_latent(load_torch_tensor(pt), True, pt))
+    return comp
+
+
+def _diffusers_dit_config(root: Path, parts: dict[str, dict]) -> dict:
+    """The original-style config.json of the DiT, rebuilt from the sub-model configs."""
+    drop = ("_class_name", "_diffusers_version", "_name_or_path")
+    t, c = parts["transformer"], parts["condition_encoder"]
+    cfg = {"model_type": "acestep"}
+    for part in ("audio_token_detokenizer", "audio_tokenizer", "condition_encoder", "transformer"):
+        cfg.update({k: v for k, v in parts.get(part, {}).items() if k not in drop and v is not None})
+    # The sub-configs disagree only where the XL condition encoder is narrower than the DiT.
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+        cfg[key] = t[key]
+        if c.get(key, t[key]) != t[key]:
+            cfg[f"encoder_{key}"] = c[key]
+    if cfg.get("encoder_hidden_size") == t["hidden_size"]:
+        del cfg["encoder_hidden_size"]
+    cfg["num_audio_decoder_hidden_layers"] = t["num_hidden_layers"]
+    cfg["use_sliding_window"] = "sliding_attention" in (t.get("layer_types") or ["sliding_attention"])
+    cfg["is_turbo"] = bool(t.get("is_turbo", False) or t.get("model_version") == "turbo")
+    return cfg
+
+
+def _diffusers_components(root: Path) -> list[Component]:
+    index = _read_json(root / "model_index.json")
+    comps: list[Component] = []
+    parts = {p: _read_json(root / p / "config.json") for p in DIFFUSERS_DIT_PARTS if p in index and (root / p).is_dir()}
+    if "transformer" in parts or "condition_encoder" in parts:
+        missing = [p for p in ("transformer", "condition_encoder") if p not in parts]
+        if missing:
+            raise FileNotFoundError(f"{root}: diffusers pipeline lacks {', '.join(missing)}/ needed for the DiT")
+        cfg = _diffusers_dit_config(root, parts)
+        version = str(cfg.get("model_version") or ("turbo" if cfg["is_turbo"] else "base"))
+        comp = Component("dit", version if version.startswith("acestep-") else f"acestep-v15-{version}", cfg)
+        for part in parts:
+            files = _weight_files(root / part)
+            tensors = _tensors(files, lambda n, part=part: original_dit_name(part, n))
+            for t in tensors:
+                if t.name == "silence_latent":
+                    t = _silence_latent(as_f32(t.load()), False, root / part)
+                comp.tensors.append(t)
+        if not any(t.name == "silence_latent" for t in comp.tensors):
+            raise ValueError(f"{root / 'condition_encoder'}: no silence_latent tensor; the DiT file needs it")
+        comps.append(comp)
+    if "vae" in index and (root / "vae").is_dir():
+        comps.append(_component(root / "vae", "vae", "vae", _read_json(root / "vae" / "config.json")))
+    if "text_encoder" in index and (root / "text_encoder").is_dir():
+        comp = _component(root / "text_encoder", "text-enc", DIFFUSERS_TEXT_ENCODER,
+                          _read_json(root / "text_encoder" / "config.json"))
+        comp.tokenizer_dirs.append(root / "tokenizer")
+        comps.append(comp)
+    return comps
+
+
+def find_components(src: str | Path) -> list[Component]:
+    """Every convertible component under `src` (any of the three layouts)."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such directory")
+    if not src.is_dir():
+        raise ValueError(f"{src}: not a directory; pass a checkpoint directory")
+    if (src / "model_index.json").exists():
+        comps = _diffusers_components(src)
+    elif (src / "config.json").exists():
+        config = _read_json(src / "config.json")
+        kind = _classify(src, config)
+        if kind is None:
+            raise ValueError(f"{src / 'config.json'}: not an ACE-Step DiT, VAE, text encoder or 5 Hz LM config")
+        in_pipeline = (src.parent / "model_index.json").exists()
+        name = DIFFUSERS_TEXT_ENCODER if in_pipeline and kind == "text-enc" else src.name
+        comps = [_component(src, kind, name, config)]
+        if in_pipeline:  # a diffusers text_encoder/ keeps its tokenizer in the sibling tokenizer/
+            comps[0].tokenizer_dirs.append(src.parent / "tokenizer")
+    else:
+        comps = []
+        for sub in sorted(p for p in src.iterdir() if p.is_dir()):
+            if not (sub / "config.json").exists():
+                continue
+            config = _read_json(sub / "config.json")
+            kind = _classify(sub, config)
+            if kind is not None:
+                comps.append(_component(sub, kind, sub.name, config))
+    if not comps:
+        raise ValueError(f"{src}: no ACE-Step checkpoint found (expected acestep-v15-*/, vae/, Qwen3-Embedding-*/, "
+                         f"acestep-5Hz-lm-*/ folders with config.json, a diffusers pipeline with model_index.json, "
+                         f"or one such folder)")
+    return comps
+
+
+# ---------------------------------------------------------------------------
+# Metadata
+
+def _rope_theta(cfg: dict):
+    return cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta")
+
+
+def _add_metadata(w: GGUFWriter, comp: Component) -> None:
+    cfg, arch = comp.config, ARCHITECTURES[comp.kind]
+    w.add_string("general.name", comp.name)
+    values = dict(cfg, rope_theta=_rope_theta(cfg))
+    for src_key, key, kind in STANDARD_KEYS:
+        v = values.get(src_key)
+        if v is None or isinstance(v, bool):
+            continue
+        (w.add_uint32 if kind == "u32" else w.add_float32)(f"{arch}.{key}", v)
+    if comp.kind == "dit":
+        for key in DIT_UINT32_KEYS:
+            if key in cfg:
+                w.add_uint32(f"acestep.{key}", cfg[key])
+        w.add_bool("acestep.is_turbo", bool(cfg.get("is_turbo", False)))
+        if cfg.get("fsq_input_levels"):
+            w.add_int32_array("acestep.fsq_input_levels", cfg["fsq_input_levels"])
+    if comp.kind == "lm":
+        tied = cfg.get("tie_word_embeddings")
+        if tied is None:
+            tied = not any(t.name == "lm_head.weight" for t in comp.tensors)
+        w.add_bool("acestep.tie_word_embeddings", bool(tied))
+    w.add_string("acestep.config_json", json.dumps(cfg, separators=(",", ":")))
+    if comp.kind in ("lm", "text-enc"):
+        _add_tokenizer(w, comp)
+
+
+def _merge_text(m) -> str:
+    return m if isinstance(m, str) else " ".join(m)
+
+
+def _add_tokenizer(w: GGUFWriter, comp: Component) -> None:
+    """GPT-2 style BPE tokenizer, with every added token at its id (index = token id)."""
+    folder = next((d for d in comp.tokenizer_dirs if (d / "tokenizer.json").exists()), None)
+    hf_json = None
+    if folder is not None:
+        hf_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
+        data = json.loads(hf_json)
+        vocab, merges = data["model"]["vocab"], [_merge_text(m) for m in data["model"].get("merges", [])]
+        added = [(a["id"], a["content"], bool(a.get("special"))) for a in data.get("added_tokens", [])]
+        tok_cfg_dir = folder
+    else:
+        folder = next((d for d in comp.tokenizer_dirs if (d / "vocab.json").exists() and (d / "merges.txt").exists()), None)
+        if folder is None:
+            raise FileNotFoundError(f"{comp.tokenizer_dirs[0]}: no tokenizer.json (or vocab.json + merges.txt); "
+                                    f"the {comp.kind} file carries the tokenizer")
+        vocab = _read_json(folder / "vocab.json")
+        merges = [line for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+                  if line and not line.startswith("#version")]
+        decoder = _read_json(folder / "tokenizer_config.json").get("added_tokens_decoder", {}) \
+            if (folder / "tokenizer_config.json").exists() else {}
+        added = [(int(i), a["content"], bool(a.get("special"))) for i, a in decoder.items()]
+        tok_cfg_dir = folder
+    n = max([*vocab.values(), *(i for i, _, _ in added)]) + 1
+    tokens: list[str | None] = [None] * n
+    types = np.ones(n, dtype=np.int32)  # 1 normal
+    for tok, i in vocab.items():
+        tokens[i] = tok
+    for i, content, special in added:
+        tokens[i] = content
+        types[i] = 3 if special else 4  # control / user-defined
+    for i, tok in enumerate(tokens):
+        if tok is None:
+            tokens[i], types[i] = f"[PAD{i}]", 5  # unused
+    ids = {tok: i for i, tok in enumerate(tokens)}
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_string("tokenizer.ggml.pre", "qwen2")
+    w.add_string_array("tokenizer.ggml.tokens", tokens)
+    w.add_int32_array("tokenizer.ggml.token_type", types.tolist())
+    w.add_string_array("tokenizer.ggml.merges", merges)
+    tok_cfg = _read_json(tok_cfg_dir / "tokenizer_config.json") if (tok_cfg_dir / "tokenizer_config.json").exists() else {}
+    for role in ("bos", "eos", "unk", "pad"):
+        tok = tok_cfg.get(f"{role}_token")
+        tok = tok.get("content") if isinstance(tok, dict) else tok
+        if tok in ids:
+            w.add_uint32(f"tokenizer.ggml.{role}_token_id", ids[tok])
+    if hf_json is not None:
+        w.add_string("tokenizer.huggingface.json", hf_json)
+
+
+# ---------------------------------------------------------------------------
+# Tensor types and data
+
+def tensor_type(kind: str, name: str, shape: tuple[int, ...], dtype: str) -> str:
+    """The GGUF type of one tensor under the requested --dtype."""
+    if name == "silence_latent":
+        return "F32"
+    if dtype == "q8_0":
+        if kind in _Q8_0_KINDS and len(shape) == 2 and name.endswith(".weight") and shape[1] % 32 == 0:
+            return "Q8_0"
+        return "BF16"
+    return DTYPES[dtype]
+
+
+def _encode(values: np.ndarray, type_name: str) -> bytes:
+    if type_name == "BF16" and values.dtype == np.uint16:
+        return np.ascontiguousarray(values).tobytes()
+    f = np.ascontiguousarray(as_f32(values))
+    if type_name == "BF16":
+        return f32_to_bf16_bits(f).tobytes()
+    if type_name == "F16":
+        return f.astype("<f2").tobytes()
+    if type_name == "F32":
+        return f.tobytes()
+    from . import _core
+    return _core.quantize(f, "q8_0").tobytes()
+
+
+def _producer(t: _Tensor, type_name: str):
+    def produce():
+        raw = t.load()
+        rows = raw.reshape(-1, raw.shape[-1]) if raw.ndim else raw.reshape(1, 1)
+        for sl in iter_rows(rows.shape[0], rows.shape[1]):
+            yield _encode(rows[sl], type_name)
+    return produce
+
+
+def plan(comp: Component, dtype: str) -> GGUFWriter:
+    """A writer holding the component's metadata and every tensor's type and size."""
+    w = GGUFWriter(ARCHITECTURES[comp.kind])
+    _add_metadata(w, comp)
+    for t in comp.tensors:
+        type_name = tensor_type(comp.kind, t.name, t.shape, dtype)
+        w.add_tensor(t.name, t.shape, type_name, _producer(t, type_name))
+    return w
+
+
+def convert(src: str | Path, out_dir: str | Path, dtype: str = "bf16", quiet: bool = False) -> list[Path]:
+    """Converts every component found under `src` into `out_dir/<name>-<DTYPE>.gguf`.
+
+    Returns the written paths.  A failure never leaves a partial .gguf behind.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    comps = find_components(src)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for comp in comps:
+        w = plan(comp, dtype)
+        path = out_dir / f"{comp.name}-{DTYPES[dtype]}.gguf"
+        if quiet:
+            w.write(path)
+        else:
+            from tqdm import tqdm
+            total = sum(nbytes for *_, nbytes in w.tensors)
+            with tqdm(total=total, unit="B", unit_scale=True, desc=path.name) as bar:
+                w.write(path, progress=lambda t: bar.update(t.nbytes))
+        written.append(path)
+    return written
