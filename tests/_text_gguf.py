@@ -99,8 +99,10 @@ def write_dit(path, cond, tokenizer, detok, window: int, bf16: bool = False, eps
             _add(w, name, t, bf16)
         else:
             _add(w, "encoder." + original_name(name), t, bf16)
-    for name, t in tokenizer.state_dict().items():
-        _add(w, "tokenizer." + original_name(name), t, bf16)
+    # Only the FSQ output projection: ggml's GGUF reader takes names of at most 63 bytes, and
+    # tokenizer.attention_pooler.layers.N.post_attention_layernorm.weight is longer.
+    for name, t in tokenizer.quantizer.project_out.state_dict().items():
+        _add(w, "tokenizer.quantizer.project_out." + name, t, bf16)
     for name, t in detok.state_dict().items():
         _add(w, "detokenizer." + original_name(name), t, bf16)
     _finish(w)
@@ -113,3 +115,29 @@ def parity(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
     rel = float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30))
     return cos, rel
+
+
+TINY_DIT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                sliding_window=8, rope_theta=1e6, rms_norm_eps=1e-6)
+
+
+def dit_side_models(seed: int, text_hidden_dim: int = 32, timbre_hidden_dim: int = 8, lyric_layers: int = 3,
+                    timbre_layers: int = 2, detok_layers: int = 2, **dims):
+    """Random diffusers condition encoder, audio tokenizer and detokenizer of one config
+    (TINY_DIT unless dims override it)."""
+    from diffusers.pipelines.ace_step.modeling_ace_step import (
+        AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepConditionEncoder)
+    d = {**TINY_DIT, **dims}
+    torch.manual_seed(seed)
+    cond = AceStepConditionEncoder(text_hidden_dim=text_hidden_dim, timbre_hidden_dim=timbre_hidden_dim,
+                                   num_lyric_encoder_hidden_layers=lyric_layers,
+                                   num_timbre_encoder_hidden_layers=timbre_layers, **d)
+    tok = AceStepAudioTokenizer(audio_acoustic_hidden_dim=timbre_hidden_dim, fsq_dim=d["hidden_size"],
+                                num_attention_pooler_hidden_layers=1, **d)
+    detok = AceStepAudioTokenDetokenizer(audio_acoustic_hidden_dim=timbre_hidden_dim,
+                                         num_attention_pooler_hidden_layers=detok_layers, **d)
+    for i, m in enumerate((cond, tok, detok)):
+        randomize(m, seed + i)
+    with torch.no_grad():
+        cond.silence_latent.copy_(torch.randn(cond.silence_latent.shape, generator=torch.Generator().manual_seed(seed)))
+    return cond, tok, detok

@@ -99,8 +99,9 @@ enum class MaskKind { Full, Causal, Window };
 
 // Causal: key j visible to query i when j <= i + (tk - tq) (queries are the newest tq of
 // tk positions, as with a KV cache).  Window: |i - j| <= window (bidirectional); key_valid (size Tk, may be empty)
-// masks padded keys.  A query row with no visible key attends uniformly to all keys, as
-// PyTorch does with a finite dtype-min mask.
+// masks padded keys.  A query row with no visible key is left unmasked (attends over its raw
+// scores) rather than producing NaN; PyTorch's finite dtype-min mask makes such a row uniform.
+// Either way the row belongs to a padded token.
 std::vector<ggml_fp16_t> make_mask(int64_t tq, int64_t tk, MaskKind kind, int64_t window,
                                    const std::vector<uint8_t> &key_valid = {});
 
