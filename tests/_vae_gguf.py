@@ -66,13 +66,3 @@ def write_gguf(model: AutoencoderOobleck, path, dtype: str = "f32") -> None:
     w.write_tensors_to_file()
     w.close()
 
-
-def bf16_reference(model: AutoencoderOobleck) -> AutoencoderOobleck:
-    """The model with its stored tensors rounded to bf16 (what a BF16 GGUF holds), in fp32."""
-    import copy
-
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(p.to(torch.bfloat16).float())
-    return m

@@ -22,3 +22,8 @@ def backends() -> list[dict]:
 
 
 __all__ = ["GGUFFile", "InputError", "ModelFileError", "backends", "__version__"]
+
+from .audio import read_audio, write_audio  # noqa: E402
+from .vae import VAE  # noqa: E402
+
+__all__ += ["VAE", "read_audio", "write_audio"]

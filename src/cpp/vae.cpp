@@ -548,7 +548,7 @@ std::string VAE::compute_type() const { return m_->compute == GGML_TYPE_F32 ? "f
 static void check_finite(const float *x, size_t n, const char *what) {
     for (size_t i = 0; i < n; i++)
         if (!std::isfinite(x[i]))
-            throw InputError(fmt("%s contains NaN or infinity (first at flat index %zu)", what, i));
+            throw InputError(fmt("%s: NaN or infinity at flat index %zu", what, i));
 }
 
 // The windows of a tiled pass over n frames: [win0, win1) computed, [core0, core1) kept.
