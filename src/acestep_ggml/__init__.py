@@ -27,3 +27,7 @@ from .text import ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
 __all__ += ["ConditionEncoder", "Detokenizer", "TextEncoder", "Tokenizer"]
+from .audio import read_audio, write_audio  # noqa: E402
+from .vae import VAE  # noqa: E402
+
+__all__ += ["VAE", "read_audio", "write_audio"]

@@ -1,0 +1,84 @@
+"""The ACE-Step VAE (AutoencoderOobleck): 25 Hz latents <-> 48 kHz stereo audio."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import _core
+from ._core import InputError
+
+# Tiling, in latent frames (1920 samples each).  The decoder and encoder see about
+# 9 frames either side of a frame (3-tap convs and three dilated 7-tap residual units
+# at each rate), so 12 frames of overlap make tiled output equal to untiled up to
+# float rounding.  128-frame chunks (5 s of audio) keep the working set near 1 GiB
+# while the overlap costs 19 % extra compute; see benchmarks/bench_vae.py.
+DEFAULT_CHUNK = 128
+DEFAULT_OVERLAP = 12
+
+
+def _array(x, what: str) -> np.ndarray:
+    a = np.asarray(x)
+    if not (np.issubdtype(a.dtype, np.floating)):
+        raise InputError(f"{what} must be a real floating-point array, got dtype {a.dtype}")
+    return a
+
+
+class VAE:
+    """A VAE loaded once from an ``acestep-vae`` GGUF.
+
+    ``decode`` and ``encode`` run in overlapping time tiles so that memory does not
+    grow with the duration; ``chunk=0`` runs one untiled pass.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: int | None = None):
+        self._vae = _core.VAE(os.fspath(path), device, n_threads or os.cpu_count() or 1)
+
+    @property
+    def sample_rate(self) -> int:
+        return self._vae.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        """Audio samples per latent frame (1920 for ACE-Step)."""
+        return self._vae.hop_length
+
+    @property
+    def latent_channels(self) -> int:
+        return self._vae.latent_channels
+
+    @property
+    def audio_channels(self) -> int:
+        return self._vae.audio_channels
+
+    @property
+    def compute_type(self) -> str:
+        """'f32' for F32 files, 'f16' for BF16 / F16 ones."""
+        return self._vae.compute_type
+
+    def decode(self, latents, *, chunk: int = DEFAULT_CHUNK, overlap: int = DEFAULT_OVERLAP) -> np.ndarray:
+        """Latents (T, C) or (B, T, C) -> audio (audio_channels, T * hop) or (B, audio_channels, T * hop)."""
+        z = _array(latents, "latents")
+        if z.ndim not in (2, 3):
+            raise InputError(f"latents must have shape (T, {self.latent_channels}) or (B, T, {self.latent_channels}), "
+                             f"got {z.ndim} dimensions {z.shape}")
+        out = self._vae.decode(z if z.ndim == 3 else z[None], int(chunk), int(overlap))
+        return out if z.ndim == 3 else out[0]
+
+    def encode(self, audio, sample: bool = False, seed: int | None = None, *, chunk: int = DEFAULT_CHUNK,
+               overlap: int = DEFAULT_OVERLAP) -> np.ndarray:
+        """Audio (2, N) or (B, 2, N) -> latents (N // hop, C) or (B, N // hop, C).
+
+        Returns the posterior mean, or with ``sample=True`` a draw mean + std * noise
+        (std = softplus(scale) + 1e-4), the noise seeded by ``seed``.
+        """
+        a = _array(audio, "audio")
+        if a.ndim not in (2, 3):
+            raise InputError(f"audio must have shape ({self.audio_channels}, N) or (B, {self.audio_channels}, N), "
+                             f"got {a.ndim} dimensions {a.shape}")
+        mean, std = self._vae.encode(a if a.ndim == 3 else a[None], int(chunk), int(overlap))
+        z = mean
+        if sample:
+            noise = np.random.default_rng(seed).standard_normal(mean.shape, dtype=np.float32)
+            z = mean + std * noise
+        return z if a.ndim == 3 else z[0]

@@ -1,0 +1,837 @@
+// vae.cpp: AutoencoderOobleck decoder and encoder as GGML graphs, tiled along time.
+//
+// Layout: activations are ggml [C, T] (channel innermost).  A convolution is
+// im2col into [K*C, T_out] followed by a matmul against the kernel flattened to
+// [K*C, C_out] with the same (k, c) order, which yields [C_out, T_out] again.  A
+// transposed convolution is one matmul into columns [K*C_out, T_in] and an
+// overlap-add (col2im) of those columns.  The residual units' 7-tap convolutions,
+// most of the work, run as Winograd F(4, 7) instead (see below).  Snake, im2col,
+// col2im, the Winograd transforms and the residual
+// add are small fused CPU kernels (ggml custom ops): each is one pass over memory
+// where a chain of stock element-wise ops would be five.  On a GPU backend the
+// scheduler runs these on the CPU.
+#include "vae.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <mutex>
+
+#include "ggml-cpu.h"
+
+namespace ace {
+
+int VAEConfig::hop_length() const {
+    int h = 1;
+    for (int r : ratios) h *= r;
+    return h;
+}
+
+// ---------------------------------------------------------------------------
+// acestep.config_json: the few integer fields we need, without a JSON library.
+
+namespace {
+
+// Position just after `"key":`, or npos.
+size_t json_value_pos(const std::string &js, const std::string &key) {
+    std::string quoted = "\"" + key + "\"";
+    size_t p = js.find(quoted);
+    if (p == std::string::npos) return p;
+    p += quoted.size();
+    while (p < js.size() && (std::isspace((unsigned char)js[p]) || js[p] == ':')) p++;
+    return p;
+}
+
+bool json_int(const std::string &js, const std::string &key, int &out) {
+    size_t p = json_value_pos(js, key);
+    if (p == std::string::npos) return false;
+    char *end = nullptr;
+    long v = std::strtol(js.c_str() + p, &end, 10);
+    if (end == js.c_str() + p) return false;
+    out = (int)v;
+    return true;
+}
+
+bool json_int_list(const std::string &js, const std::string &key, std::vector<int> &out) {
+    size_t p = json_value_pos(js, key);
+    if (p == std::string::npos || js[p] != '[') return false;
+    std::vector<int> v;
+    const char *s = js.c_str() + p + 1;
+    for (;;) {
+        while (*s && (std::isspace((unsigned char)*s) || *s == ',')) s++;
+        if (*s == ']') break;
+        char *end = nullptr;
+        long x = std::strtol(s, &end, 10);
+        if (end == s) return false;
+        v.push_back((int)x);
+        s = end;
+    }
+    out = v;
+    return true;
+}
+
+VAEConfig read_config(const GGUFFile &f) {
+    VAEConfig c;  // the ACE-Step 1.5 VAE, for files that carry no config
+    std::string js = f.get_str("acestep.config_json", "");
+    if (!js.empty()) {
+        json_int(js, "encoder_hidden_size", c.encoder_hidden_size);
+        json_int_list(js, "downsampling_ratios", c.ratios);
+        json_int_list(js, "channel_multiples", c.channel_multiples);
+        json_int(js, "decoder_channels", c.decoder_channels);
+        json_int(js, "decoder_input_channels", c.latent_channels);
+        json_int(js, "audio_channels", c.audio_channels);
+        json_int(js, "sampling_rate", c.sampling_rate);
+    }
+    auto bad = [&](const char *what) {
+        return FileError(fmt("%s: acestep.config_json: %s", f.path().c_str(), what));
+    };
+    if (c.ratios.empty() || c.ratios.size() != c.channel_multiples.size())
+        throw bad("downsampling_ratios and channel_multiples must be non-empty and of equal length");
+    for (int r : c.ratios)
+        if (r < 2 || r % 2) throw bad("downsampling ratios must be even (odd ratios change the frame count)");
+    for (int m : c.channel_multiples)
+        if (m < 1) throw bad("channel_multiples must be positive");
+    if (c.encoder_hidden_size < 2 || c.encoder_hidden_size != 2 * c.latent_channels)
+        throw bad("encoder_hidden_size must be twice decoder_input_channels (mean and scale)");
+    if (c.decoder_channels < 1 || c.audio_channels < 1 || c.sampling_rate < 1) throw bad("non-positive size");
+    return c;
+}
+
+// ---------------------------------------------------------------------------
+// Fused CPU kernels.  Each splits the T axis (ggml ne[1]) across the threads.
+
+void thread_rows(int64_t n, int ith, int nth, int64_t &r0, int64_t &r1) {
+    int64_t per = (n + nth - 1) / nth;
+    r0 = std::min(n, per * ith);
+    r1 = std::min(n, r0 + per);
+}
+
+// sin^2 has period pi, so reduce to r in [-pi/2, pi/2] (three-part Cody-Waite pi)
+// and square an odd Taylor polynomial of degree 11 (error < 6e-8 there).  Rounding
+// by adding and subtracting 1.5 * 2^23 keeps the loop branch- and call-free, so the
+// compiler vectorises it; it is exact for |a| < 2^22, far beyond any activation.
+inline float sin_sq(float a) {
+    const float shifter = 12582912.0f;
+    const float n = (a * 0.318309886183790671f + shifter) - shifter;
+    float r = a - n * 3.140625f;
+    r -= n * 9.67502593994140625e-4f;
+    r -= n * 1.509957990978376432e-7f;
+    const float r2 = r * r;
+    const float p = -1.0f / 6 + r2 * (1.0f / 120 + r2 * (-1.0f / 5040 + r2 * (1.0f / 362880 + r2 * (-1.0f / 39916800))));
+    const float s = r + r * r2 * p;
+    return s * s;
+}
+
+void store_row(ggml_type type, const float *src, void *dst, int64_t n) {
+    if (type == GGML_TYPE_F32) std::memcpy(dst, src, n * sizeof(float));
+    else ggml_cpu_fp32_to_fp16(src, (ggml_fp16_t *)dst, n);
+}
+
+// dst[c, t] = y + inv_beta[c] * sin^2(alpha[c] * y), y = x[c, t] (+ bias[c]).
+// Args: x (F32), alpha, inv_beta, optional bias.  dst is F32 or F16.
+void snake_kernel(ggml_tensor *dst, int ith, int nth, void *) {
+    const ggml_tensor *x = dst->src[0];
+    const float *alpha = (const float *)dst->src[1]->data;
+    const float *inv_beta = (const float *)dst->src[2]->data;
+    const float *bias = dst->src[3] ? (const float *)dst->src[3]->data : nullptr;
+    const int64_t C = x->ne[0], T = x->ne[1] * x->ne[2];
+    int64_t t0, t1;
+    thread_rows(T, ith, nth, t0, t1);
+    std::vector<float> row(C);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *xr = (const float *)((const char *)x->data + t * x->nb[1]);
+        float *o = row.data();
+        if (bias) {
+            for (int64_t c = 0; c < C; c++) {
+                const float y = xr[c] + bias[c];
+                o[c] = y + inv_beta[c] * sin_sq(alpha[c] * y);
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) o[c] = xr[c] + inv_beta[c] * sin_sq(alpha[c] * xr[c]);
+        }
+        store_row(dst->type, o, (char *)dst->data + t * dst->nb[1], C);
+    }
+}
+
+struct ConvGeom {
+    int kernel, stride, dilation, padding;
+};
+
+// dst[k*C + c, t] = x[c, t*stride + k*dilation - padding], zero outside x.
+// x is F32 or F16, dst F32 or F16.
+void im2col_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const ConvGeom &g = *(const ConvGeom *)ud;
+    const ggml_tensor *x = dst->src[0];
+    const int64_t C = x->ne[0], T_in = x->ne[1], T_out = dst->ne[1];
+    const size_t out_elt = ggml_type_size(dst->type), in_elt = ggml_type_size(x->type);
+    int64_t t0, t1;
+    thread_rows(T_out, ith, nth, t0, t1);
+    std::vector<float> tmp(x->type == dst->type ? 0 : C);
+    for (int64_t t = t0; t < t1; t++) {
+        char *out = (char *)dst->data + t * dst->nb[1];
+        for (int k = 0; k < g.kernel; k++, out += C * out_elt) {
+            const int64_t j = t * g.stride + (int64_t)k * g.dilation - g.padding;
+            if (j < 0 || j >= T_in) {
+                std::memset(out, 0, C * out_elt);
+                continue;
+            }
+            const char *in = (const char *)x->data + j * x->nb[1];
+            if (x->type == dst->type) {
+                std::memcpy(out, in, C * in_elt);
+            } else if (x->type == GGML_TYPE_F32) {
+                ggml_cpu_fp32_to_fp16((const float *)in, (ggml_fp16_t *)out, C);
+            } else {
+                ggml_cpu_fp16_to_fp32((const ggml_fp16_t *)in, tmp.data(), C);
+                std::memcpy(out, tmp.data(), C * sizeof(float));
+            }
+        }
+    }
+}
+
+// Transposed convolution's overlap-add: cols [K*C, T_in] (k-major, as the matmul
+// against the flattened kernel leaves them) to dst [C, T_out] plus bias, where
+// output u takes column (t, k) whenever t*stride + k - padding == u.
+void col2im_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const ConvGeom &g = *(const ConvGeom *)ud;
+    const ggml_tensor *cols = dst->src[0];
+    const float *bias = (const float *)dst->src[1]->data;
+    const int64_t C = dst->ne[0], T_out = dst->ne[1], T_in = cols->ne[1];
+    int64_t u0, u1;
+    thread_rows(T_out, ith, nth, u0, u1);
+    for (int64_t u = u0; u < u1; u++) {
+        float *o = (float *)((char *)dst->data + u * dst->nb[1]);
+        std::memcpy(o, bias, C * sizeof(float));
+        const int64_t v = u + g.padding;
+        for (int64_t k = v % g.stride; k < g.kernel; k += g.stride) {
+            const int64_t t = (v - k) / g.stride;
+            if (t < 0 || t >= T_in) continue;
+            const float *col = (const float *)((const char *)cols->data + t * cols->nb[1]) + k * C;
+            for (int64_t c = 0; c < C; c++) o[c] += col[c];
+        }
+    }
+}
+
+// dst = a + bias + skip: a residual unit's last convolution closing the unit.
+void residual_kernel(ggml_tensor *dst, int ith, int nth, void *) {
+    const ggml_tensor *a = dst->src[0], *skip = dst->src[2];
+    const float *bias = (const float *)dst->src[1]->data;
+    const int64_t C = dst->ne[0], T = dst->ne[1];
+    int64_t t0, t1;
+    thread_rows(T, ith, nth, t0, t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *ar = (const float *)((const char *)a->data + t * a->nb[1]);
+        const float *sr = (const float *)((const char *)skip->data + t * skip->nb[1]);
+        float *o = (float *)((char *)dst->data + t * dst->nb[1]);
+        for (int64_t c = 0; c < C; c++) o[c] = ar[c] + bias[c] + sr[c];
+    }
+}
+
+// Winograd F(m, 7) for the residual units' 7-tap convolutions, which hold three
+// quarters of the decoder's FLOPs.  Per tile of m outputs (spaced by the dilation)
+// it takes n = m + 6 inputs, maps them through B^T, multiplies each of the n
+// transformed rows by its own C_out x C_in matrix U_a = (G w)_a (one batched matmul),
+// and maps the n products back through A^T: n matmul rows per m outputs instead of
+// 7 per output.  The matrices come from evaluating polynomials at n - 1 points and
+// infinity (Toom-Cook); for correlation y = A^T [(G g) . (B^T d)] with A^T = E_m^T,
+// G = E_7, B^T = E_n^{-T}, E_k the n x k evaluation matrix.
+// F(4, 7), always in F32: F16 storage of the transformed rows would cost 5e-3 per
+// layer, and on this CPU the F32 matmuls over the compact transformed data are no
+// slower than F16 ones over im2col's seven-fold copy (measured: decoder CPU time
+// 1.5x lower than F16 im2col, 1.8x lower than F32 im2col).  F(6, 7) measured no
+// faster (its transforms grow) and is less accurate.
+constexpr int WINO_M = 4;
+
+struct Winograd {
+    int m = 0, n = 0;
+    std::vector<float> AT, G, BT;  // m x n, n x 7, n x n, row-major
+};
+
+const Winograd &winograd() {
+    // Points with small powers keep the transforms well conditioned: measured on
+    // random data, F(4, 7) on these adds 1e-6 relative error in F32 (with 3 / -3
+    // instead of 1.5 / -1.5 it is 1.3e-6, with 1/4 / -1/4 1.6e-6).
+    static const std::vector<double> points = {0, 1, -1, 2, -2, 0.5, -0.5, 1.5, -1.5};
+    static Winograd table;
+    static std::once_flag once;
+    std::call_once(once, [] {
+        const int m = WINO_M, r = 7, n = m + r - 1;
+        auto E = [&](int k) {  // n x k
+            std::vector<double> e((size_t)n * k, 0.0);
+            for (int i = 0; i < n - 1; i++)
+                for (int j = 0; j < k; j++) e[(size_t)i * k + j] = std::pow(points[i], j);
+            e[(size_t)(n - 1) * k + k - 1] = 1.0;
+            return e;
+        };
+        // B^T = E_n^{-T}: invert by Gauss-Jordan with partial pivoting.
+        std::vector<double> a = E(n), inv((size_t)n * n, 0.0);
+        for (int i = 0; i < n; i++) inv[(size_t)i * n + i] = 1.0;
+        for (int c = 0; c < n; c++) {
+            int piv = c;
+            for (int i = c + 1; i < n; i++)
+                if (std::fabs(a[(size_t)i * n + c]) > std::fabs(a[(size_t)piv * n + c])) piv = i;
+            for (int j = 0; j < n; j++) {
+                std::swap(a[(size_t)c * n + j], a[(size_t)piv * n + j]);
+                std::swap(inv[(size_t)c * n + j], inv[(size_t)piv * n + j]);
+            }
+            const double d = a[(size_t)c * n + c];
+            for (int j = 0; j < n; j++) a[(size_t)c * n + j] /= d, inv[(size_t)c * n + j] /= d;
+            for (int i = 0; i < n; i++) {
+                if (i == c) continue;
+                const double f = a[(size_t)i * n + c];
+                for (int j = 0; j < n; j++) a[(size_t)i * n + j] -= f * a[(size_t)c * n + j], inv[(size_t)i * n + j] -= f * inv[(size_t)c * n + j];
+            }
+        }
+        Winograd &w = table;
+        w.m = m, w.n = n;
+        const std::vector<double> Em = E(m), Er = E(r);
+        w.AT.resize((size_t)m * n);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) w.AT[(size_t)i * n + j] = (float)Em[(size_t)j * m + i];
+        w.G.assign(Er.begin(), Er.end());
+        w.BT.resize((size_t)n * n);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) w.BT[(size_t)i * n + j] = (float)inv[(size_t)j * n + i];
+    });
+    return table;
+}
+
+struct WinoGeom {
+    const Winograd *w;
+    int dilation;
+};
+
+// Tile j = q*d + phase covers outputs base + i*d, i < m, base = q*m*d + phase.
+inline int64_t tile_base(int64_t j, int m, int d) { return (j / d) * m * d + j % d; }
+
+// x [C, T] (F32 or F16) -> dst [C, n_tiles, n]: dst[a, j] = sum_l BT[a, l] x[base_j + (l - 3) d].
+void wino_in_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const WinoGeom &g = *(const WinoGeom *)ud;
+    const Winograd &w = *g.w;
+    const ggml_tensor *x = dst->src[0];
+    const int64_t C = x->ne[0], T = x->ne[1], NT = dst->ne[1];
+    int64_t j0, j1;
+    thread_rows(NT, ith, nth, j0, j1);
+    std::vector<float> rows((size_t)w.n * C), acc(C);
+    std::vector<char> present(w.n);
+    for (int64_t j = j0; j < j1; j++) {
+        const int64_t base = tile_base(j, w.m, g.dilation);
+        for (int l = 0; l < w.n; l++) {
+            const int64_t t = base + (int64_t)(l - 3) * g.dilation;
+            present[l] = t >= 0 && t < T;
+            if (!present[l]) continue;
+            const char *src = (const char *)x->data + t * x->nb[1];
+            if (x->type == GGML_TYPE_F32) std::memcpy(&rows[(size_t)l * C], src, C * sizeof(float));
+            else ggml_cpu_fp16_to_fp32((const ggml_fp16_t *)src, &rows[(size_t)l * C], C);
+        }
+        for (int a = 0; a < w.n; a++) {
+            std::fill(acc.begin(), acc.end(), 0.0f);
+            for (int l = 0; l < w.n; l++) {
+                const float b = w.BT[(size_t)a * w.n + l];
+                if (b == 0.0f || !present[l]) continue;
+                const float *r = &rows[(size_t)l * C];
+                for (int64_t c = 0; c < C; c++) acc[c] += b * r[c];
+            }
+            store_row(dst->type, acc.data(), (char *)dst->data + a * dst->nb[2] + j * dst->nb[1], C);
+        }
+    }
+}
+
+// M [C, n_tiles, n] F32 -> dst [C, T]: y = sum_a AT[i, a] M[a, j] + bias, then the
+// snake that feeds the next convolution (args: M, bias, alpha, inv_beta).
+void wino_out_snake_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const WinoGeom &g = *(const WinoGeom *)ud;
+    const Winograd &w = *g.w;
+    const ggml_tensor *M = dst->src[0];
+    const float *bias = (const float *)dst->src[1]->data;
+    const float *alpha = (const float *)dst->src[2]->data;
+    const float *inv_beta = (const float *)dst->src[3]->data;
+    const int64_t C = dst->ne[0], T = dst->ne[1], NT = M->ne[1];
+    int64_t j0, j1;
+    thread_rows(NT, ith, nth, j0, j1);
+    std::vector<float> y(C);
+    for (int64_t j = j0; j < j1; j++) {
+        const int64_t base = tile_base(j, w.m, g.dilation);
+        for (int i = 0; i < w.m; i++) {
+            const int64_t t = base + (int64_t)i * g.dilation;
+            if (t >= T) break;
+            std::memcpy(y.data(), bias, C * sizeof(float));
+            for (int a = 0; a < w.n; a++) {
+                const float k = w.AT[(size_t)i * w.n + a];
+                if (k == 0.0f) continue;
+                const float *mr = (const float *)((const char *)M->data + a * M->nb[2] + j * M->nb[1]);
+                for (int64_t c = 0; c < C; c++) y[c] += k * mr[c];
+            }
+            for (int64_t c = 0; c < C; c++) y[c] += inv_beta[c] * sin_sq(alpha[c] * y[c]);
+            store_row(dst->type, y.data(), (char *)dst->data + t * dst->nb[1], C);
+        }
+    }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// The module tree, named like diffusers' so that each member's GGUF name is its path.
+
+namespace {
+
+struct Snake {
+    ggml_tensor *alpha = nullptr, *inv_beta = nullptr;  // exp(log alpha), 1 / (exp(log beta) + 1e-9)
+};
+
+struct Conv {
+    ggml_tensor *w = nullptr, *b = nullptr;  // w: [K*C_in, C_out] (conv) or [C_in, K*C_out] (transposed)
+    int c_in = 0, c_out = 0;
+    ConvGeom geom{};
+    bool transposed = false;
+};
+
+struct ResUnit {
+    Snake snake1, snake2;
+    Conv conv1, conv2;
+    ggml_tensor *wino = nullptr;  // conv1 as Winograd matrices U [n, C_out, C_in]
+};
+
+struct DecoderBlock {
+    Snake snake1;
+    Conv conv_t1;
+    ResUnit res[3];
+};
+
+struct EncoderBlock {
+    ResUnit res[3];
+    Snake snake1;
+    Conv conv1;
+};
+
+struct Decoder {
+    Conv conv1;
+    std::vector<DecoderBlock> block;
+    Snake snake1;
+    Conv conv2;
+};
+
+struct Encoder {
+    Conv conv1;
+    std::vector<EncoderBlock> block;
+    Snake snake1;
+    Conv conv2;
+};
+
+// Unit axes are not significant: ggml drops trailing ones ([1, C, 1] reads back as [C, 1]).
+void check(const GGUFFile &file, const std::string &name, const std::vector<int64_t> &shape) {
+    auto squeeze = [](const std::vector<int64_t> &s) {
+        std::vector<int64_t> out;
+        for (auto d : s)
+            if (d != 1) out.push_back(d);
+        return out;
+    };
+    const TensorInfo &t = file.require(name);
+    if (squeeze(t.torch_shape()) != squeeze(shape))
+        throw FileError(fmt("%s: tensor '%s' has shape %s, expected %s", file.path().c_str(), name.c_str(),
+                            shape_str(t.torch_shape()).c_str(), shape_str(shape).c_str()));
+}
+
+std::vector<float> values(const GGUFFile &file, const std::string &name, const std::vector<int64_t> &shape) {
+    check(file, name, shape);
+    return file.read_f32(name);
+}
+
+// The kernel with weight norm folded in: w = g * v / ||v||, the norm taken over
+// all axes but the first, which is C_out for Conv1d and C_in for ConvTranspose1d
+// (torch's weight_norm uses dim 0 either way).  Files with the plain `.weight`
+// are taken as they are.
+std::vector<float> folded(const GGUFFile &file, const std::string &p, const std::vector<int64_t> &shape, int rows) {
+    if (file.find(p + ".weight")) return values(file, p + ".weight", shape);
+    auto v = values(file, p + ".weight_v", shape);
+    auto g = values(file, p + ".weight_g", {rows, 1, 1});
+    const size_t per = v.size() / rows;
+    for (int r = 0; r < rows; r++) {
+        double ss = 0;
+        for (size_t i = 0; i < per; i++) ss += (double)v[r * per + i] * v[r * per + i];
+        const float scale = ss > 0 ? (float)(g[r] / std::sqrt(ss)) : 0.0f;
+        for (size_t i = 0; i < per; i++) v[r * per + i] *= scale;
+    }
+    return v;
+}
+
+
+// Declares a module tree's tensors in one Weights object.
+class Loader {
+  public:
+    // The derived tensors are computed in Weights::load(), after the Loader is gone:
+    // their lambdas hold the file, never the Loader.
+    Loader(Weights &w, std::shared_ptr<GGUFFile> file, ggml_type compute) : w_(w), file_(std::move(file)), compute_(compute) {}
+
+    Snake snake(const std::string &p, int C) {
+        Snake s;
+        s.alpha = w_.derived(p + ".alpha", GGML_TYPE_F32, {C}, [f = file_, p, C] {
+            auto v = values(*f, p + ".alpha", {1, C, 1});
+            for (auto &x : v) x = std::exp(x);
+            return v;
+        });
+        s.inv_beta = w_.derived(p + ".beta", GGML_TYPE_F32, {C}, [f = file_, p, C] {
+            auto v = values(*f, p + ".beta", {1, C, 1});
+            for (auto &x : v) x = 1.0f / (std::exp(x) + 1e-9f);
+            return v;
+        });
+        return s;
+    }
+
+    Conv conv(const std::string &p, int c_in, int c_out, ConvGeom g, bool bias = true) {
+        Conv c{nullptr, nullptr, c_in, c_out, g, false};
+        const int K = g.kernel;
+        c.w = w_.derived(p + ".weight", compute_, {c_out, (int64_t)K * c_in}, [f = file_, p, c_in, c_out, K] {
+            auto w = folded(*f, p, {c_out, c_in, K}, c_out);
+            std::vector<float> out(w.size());
+            for (int o = 0; o < c_out; o++)
+                for (int i = 0; i < c_in; i++)
+                    for (int k = 0; k < K; k++)
+                        out[((size_t)o * K + k) * c_in + i] = w[((size_t)o * c_in + i) * K + k];
+            return out;
+        });
+        if (bias) c.b = w_.get(p + ".bias", {c_out}, Store::F32);
+        return c;
+    }
+
+    Conv conv_transposed(const std::string &p, int c_in, int c_out, ConvGeom g) {
+        Conv c{nullptr, nullptr, c_in, c_out, g, true};
+        const int K = g.kernel;
+        c.w = w_.derived(p + ".weight", compute_, {(int64_t)K * c_out, c_in}, [f = file_, p, c_in, c_out, K] {
+            auto w = folded(*f, p, {c_in, c_out, K}, c_in);
+            std::vector<float> out(w.size());
+            for (int i = 0; i < c_in; i++)
+                for (int o = 0; o < c_out; o++)
+                    for (int k = 0; k < K; k++)
+                        out[((size_t)k * c_out + o) * c_in + i] = w[((size_t)i * c_out + o) * K + k];
+            return out;
+        });
+        c.b = w_.get(p + ".bias", {c_out}, Store::F32);
+        return c;
+    }
+
+    // U_a = sum_k G[a, k] w[:, :, k], from the folded kernel.
+    ggml_tensor *winograd_kernel(const std::string &p, int C) {
+        const Winograd &wg = winograd();
+        return w_.derived(p + ".wino", GGML_TYPE_F32, {wg.n, C, C}, [f = file_, p, C, &wg] {
+            auto w = folded(*f, p, {C, C, 7}, C);
+            std::vector<float> u((size_t)wg.n * C * C, 0.0f);
+            for (int a = 0; a < wg.n; a++)
+                for (int o = 0; o < C; o++)
+                    for (int i = 0; i < C; i++) {
+                        double acc = 0;
+                        for (int k = 0; k < 7; k++) acc += (double)wg.G[(size_t)a * 7 + k] * w[((size_t)o * C + i) * 7 + k];
+                        u[((size_t)a * C + o) * C + i] = (float)acc;
+                    }
+            return u;
+        });
+    }
+
+    ResUnit res_unit(const std::string &p, int C, int dilation) {
+        ResUnit r;
+        r.snake1 = snake(p + ".snake1", C);
+        // conv1 runs as Winograd: only its bias and geometry are kept besides U
+        r.conv1 = Conv{nullptr, w_.get(p + ".conv1.bias", {C}, Store::F32), C, C, {7, 1, dilation, 3 * dilation}, false};
+        r.wino = winograd_kernel(p + ".conv1", C);
+        r.snake2 = snake(p + ".snake2", C);
+        r.conv2 = conv(p + ".conv2", C, C, {1, 1, 1, 0});
+        return r;
+    }
+
+  private:
+    Weights &w_;
+    std::shared_ptr<GGUFFile> file_;
+    ggml_type compute_;
+};
+
+}  // namespace
+
+struct VAE::Model {
+    std::shared_ptr<Backend> backend;
+    std::shared_ptr<GGUFFile> file;
+    ggml_type compute = GGML_TYPE_F32;
+    std::unique_ptr<Weights> dec_w, enc_w;  // the encoder's are loaded on first use
+    bool enc_loaded = false;
+    Decoder dec;
+    Encoder enc;
+    std::unique_ptr<Runner> runner;
+};
+
+// ---------------------------------------------------------------------------
+// Graph building
+
+namespace {
+
+class Builder {
+  public:
+    Builder(Graph &g, ggml_type compute) : ctx_(g.ctx()), compute_(compute) {}
+
+    // x: [C, T] F32 -> snake(x (+ bias)) in the compute type.
+    ggml_tensor *snake(ggml_tensor *x, const Snake &s, ggml_tensor *bias = nullptr) {
+        ggml_tensor *args[4] = {x, s.alpha, s.inv_beta, bias};
+        return ggml_custom_4d(ctx_, compute_, x->ne[0], x->ne[1], 1, 1, args, bias ? 4 : 3, snake_kernel,
+                              GGML_N_TASKS_MAX, nullptr);
+    }
+
+    // x: [C_in, T] (compute type or F32) -> [C_out, T_out] F32, bias not yet added.
+    ggml_tensor *conv_nobias(ggml_tensor *x, const Conv &c) {
+        const ConvGeom &g = c.geom;
+        ggml_tensor *cols = x;
+        if (g.kernel != 1 || g.stride != 1 || g.padding != 0 || x->type != compute_) {
+            const int64_t T_out = (x->ne[1] + 2 * g.padding - (int64_t)g.dilation * (g.kernel - 1) - 1) / g.stride + 1;
+            cols = im2col(x, g, T_out);
+        }
+        return ggml_mul_mat(ctx_, c.w, cols);
+    }
+
+    ggml_tensor *conv(ggml_tensor *x, const Conv &c) {
+        ggml_tensor *y = conv_nobias(x, c);
+        return c.b ? ggml_add(ctx_, y, c.b) : y;
+    }
+
+    // x: [C_in, T_in] compute type -> [C_out, (T_in-1)*stride + K - 2*padding] F32.
+    ggml_tensor *conv_transposed(ggml_tensor *x, const Conv &c) {
+        const ConvGeom &g = c.geom;
+        ggml_tensor *cols = ggml_mul_mat(ctx_, c.w, x);  // [K*C_out, T_in]
+        const int64_t T_out = (x->ne[1] - 1) * g.stride + g.kernel - 2 * g.padding;
+        ggml_tensor *args[2] = {cols, c.b};
+        return ggml_custom_4d(ctx_, GGML_TYPE_F32, c.c_out, T_out, 1, 1, args, 2, col2im_kernel, GGML_N_TASKS_MAX,
+                              geom(g));
+    }
+
+    // x: [C, T] F32 -> [C, T] F32
+    ggml_tensor *res_unit(ggml_tensor *x, const ResUnit &r) {
+        const Winograd &wg = winograd();
+        const int d = r.conv1.geom.dilation;
+        const int64_t C = x->ne[0], T = x->ne[1], n_tiles = (T + (int64_t)wg.m * d - 1) / ((int64_t)wg.m * d) * d;
+        wgeoms_.push_back({&wg, d});
+        void *ud = &wgeoms_.back();
+        ggml_tensor *h = snake(x, r.snake1);
+        ggml_tensor *in_args[1] = {h};
+        ggml_tensor *v = ggml_custom_4d(ctx_, GGML_TYPE_F32, C, n_tiles, wg.n, 1, in_args, 1, wino_in_kernel,
+                                        GGML_N_TASKS_MAX, ud);                       // [C, n_tiles, n]
+        ggml_tensor *m = ggml_mul_mat(ctx_, r.wino, v);                              // [C, n_tiles, n]
+        ggml_tensor *out_args[4] = {m, r.conv1.b, r.snake2.alpha, r.snake2.inv_beta};
+        ggml_tensor *s2 = ggml_custom_4d(ctx_, compute_, C, T, 1, 1, out_args, 4, wino_out_snake_kernel,
+                                         GGML_N_TASKS_MAX, ud);                      // [C, T]
+        ggml_tensor *z = conv_nobias(s2, r.conv2);
+        ggml_tensor *args[3] = {z, r.conv2.b, x};
+        return ggml_custom_4d(ctx_, GGML_TYPE_F32, x->ne[0], x->ne[1], 1, 1, args, 3, residual_kernel,
+                              GGML_N_TASKS_MAX, nullptr);
+    }
+
+    // latents [latent_channels, T] -> audio [audio_channels, T * hop]
+    ggml_tensor *decoder(ggml_tensor *z, const Decoder &d) {
+        ggml_tensor *x = conv(z, d.conv1);
+        for (const auto &b : d.block) {
+            x = conv_transposed(snake(x, b.snake1), b.conv_t1);
+            for (const auto &r : b.res) x = res_unit(x, r);
+        }
+        return conv(snake(x, d.snake1), d.conv2);
+    }
+
+    // audio [audio_channels, N] -> [2 * latent_channels, N / hop]
+    ggml_tensor *encoder(ggml_tensor *a, const Encoder &e) {
+        ggml_tensor *x = conv(a, e.conv1);
+        for (const auto &b : e.block) {
+            for (const auto &r : b.res) x = res_unit(x, r);
+            x = conv(snake(x, b.snake1), b.conv1);
+        }
+        return conv(snake(x, e.snake1), e.conv2);
+    }
+
+  private:
+    ggml_tensor *im2col(ggml_tensor *x, const ConvGeom &g, int64_t T_out) {
+        ggml_tensor *args[1] = {x};
+        return ggml_custom_4d(ctx_, compute_, x->ne[0] * g.kernel, T_out, 1, 1, args, 1, im2col_kernel,
+                              GGML_N_TASKS_MAX, geom(g));
+    }
+
+    void *geom(const ConvGeom &g) {
+        geoms_.push_back(g);
+        return &geoms_.back();
+    }
+
+    ggml_context *ctx_;
+    ggml_type compute_;
+    // The custom ops point into these until the graph has run: a deque never moves them.
+    std::deque<ConvGeom> geoms_;
+    std::deque<WinoGeom> wgeoms_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+VAE::VAE(const std::string &path, std::shared_ptr<Backend> backend) : m_(new Model) {
+    m_->backend = std::move(backend);
+    m_->file = std::make_shared<GGUFFile>(path);
+    GGUFFile &f = *m_->file;
+    f.expect_architecture("acestep-vae");
+    cfg_ = read_config(f);
+
+    // F32 files compute in F32; BF16 and others in F16, which the CPU matmul
+    // kernels take directly and which keeps bf16's 8-bit mantissa whole.
+    const TensorInfo *probe = f.find("decoder.conv1.weight_v");
+    if (!probe) probe = &f.require("decoder.conv1.weight");
+    m_->compute = probe->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
+
+    const int n = (int)cfg_.ratios.size();
+    std::vector<int> mult = {1};
+    mult.insert(mult.end(), cfg_.channel_multiples.begin(), cfg_.channel_multiples.end());
+
+    m_->dec_w = std::make_unique<Weights>(m_->file, m_->backend);
+    {
+        Loader L(*m_->dec_w, m_->file, m_->compute);
+        Decoder &d = m_->dec;
+        const int ch = cfg_.decoder_channels;
+        d.conv1 = L.conv("decoder.conv1", cfg_.latent_channels, ch * mult[n], {7, 1, 1, 3});
+        for (int i = 0; i < n; i++) {
+            const int s = cfg_.ratios[n - 1 - i], c_in = ch * mult[n - i], c_out = ch * mult[n - i - 1];
+            const std::string p = "decoder.block." + std::to_string(i);
+            DecoderBlock b;
+            b.snake1 = L.snake(p + ".snake1", c_in);
+            b.conv_t1 = L.conv_transposed(p + ".conv_t1", c_in, c_out, {2 * s, s, 1, (s + 1) / 2});
+            for (int r = 0; r < 3; r++) b.res[r] = L.res_unit(p + ".res_unit" + std::to_string(r + 1), c_out, (int)std::pow(3, r));
+            d.block.push_back(b);
+        }
+        d.snake1 = L.snake("decoder.snake1", ch);
+        d.conv2 = L.conv("decoder.conv2", ch, cfg_.audio_channels, {7, 1, 1, 3}, /*bias=*/false);
+    }
+    m_->enc_w = std::make_unique<Weights>(m_->file, m_->backend);
+    if (f.find("encoder.conv1.weight_v") || f.find("encoder.conv1.weight")) {
+        Loader L(*m_->enc_w, m_->file, m_->compute);
+        Encoder &e = m_->enc;
+        const int ch = cfg_.encoder_hidden_size;
+        e.conv1 = L.conv("encoder.conv1", cfg_.audio_channels, ch, {7, 1, 1, 3});
+        for (int i = 0; i < n; i++) {
+            const int s = cfg_.ratios[i], c_in = ch * mult[i], c_out = ch * mult[i + 1];
+            const std::string p = "encoder.block." + std::to_string(i);
+            EncoderBlock b;
+            for (int r = 0; r < 3; r++) b.res[r] = L.res_unit(p + ".res_unit" + std::to_string(r + 1), c_in, (int)std::pow(3, r));
+            b.snake1 = L.snake(p + ".snake1", c_in);
+            b.conv1 = L.conv(p + ".conv1", c_in, c_out, {2 * s, s, 1, (s + 1) / 2});
+            e.block.push_back(b);
+        }
+        e.snake1 = L.snake("encoder.snake1", ch * mult[n]);
+        e.conv2 = L.conv("encoder.conv2", ch * mult[n], ch, {3, 1, 1, 1});
+    }
+    m_->dec_w->load();
+    m_->runner = std::make_unique<Runner>(m_->backend);
+}
+
+VAE::~VAE() = default;
+
+std::string VAE::compute_type() const { return m_->compute == GGML_TYPE_F32 ? "f32" : "f16"; }
+
+static void check_finite(const float *x, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        if (!std::isfinite(x[i]))
+            throw InputError(fmt("%s: NaN or infinity at flat index %zu", what, i));
+}
+
+// The windows of a tiled pass over n frames: [win0, win1) computed, [core0, core1) kept.
+struct Window {
+    int64_t win0, win1, core0, core1;
+};
+
+static std::vector<Window> windows(int64_t n, Tiling t) {
+    if (t.chunk <= 0 || t.chunk >= n) return {{0, n, 0, n}};
+    std::vector<Window> out;
+    for (int64_t c0 = 0; c0 < n; c0 += t.chunk) {
+        const int64_t c1 = std::min(n, c0 + t.chunk);
+        out.push_back({std::max<int64_t>(0, c0 - t.overlap), std::min(n, c1 + t.overlap), c0, c1});
+    }
+    return out;
+}
+
+static void check_tiling(Tiling t) {
+    if (t.chunk < 0) throw InputError(fmt("chunk must be >= 0 (0 = no tiling), got %lld", (long long)t.chunk));
+    if (t.overlap < 0) throw InputError(fmt("overlap must be >= 0, got %lld", (long long)t.overlap));
+}
+
+std::vector<float> VAE::decode(const float *latents, int64_t B, int64_t T, Tiling tiling) {
+    const int64_t C = cfg_.latent_channels, A = cfg_.audio_channels, hop = cfg_.hop_length();
+    if (B < 1 || T < 1) throw InputError(fmt("latents are empty (batch %lld, %lld frames)", (long long)B, (long long)T));
+    check_tiling(tiling);
+    check_finite(latents, (size_t)(B * T * C), "latents");
+    const int64_t N = T * hop;
+    std::vector<float> audio((size_t)(B * A * N));
+    for (int64_t b = 0; b < B; b++) {
+        for (const Window &w : windows(T, tiling)) {
+            const int64_t Tw = w.win1 - w.win0;
+            Graph g;
+            ggml_tensor *z = g.input("latents", GGML_TYPE_F32, {Tw, C});
+            Builder build(g, m_->compute);
+            ggml_tensor *y = build.decoder(z, m_->dec);  // [A, Tw*hop]
+            g.output(y);
+            m_->runner->alloc(g);
+            set_input(z, latents + (b * T + w.win0) * C, (size_t)(Tw * C));
+            m_->runner->compute(g);
+            std::vector<float> out = get_output(y);
+            // [Tw*hop, A] time-major -> (A, N) channel-major, keeping the core only.
+            const int64_t skip = (w.core0 - w.win0) * hop, len = (w.core1 - w.core0) * hop;
+            for (int64_t a = 0; a < A; a++) {
+                float *dst = audio.data() + (b * A + a) * N + w.core0 * hop;
+                for (int64_t i = 0; i < len; i++) dst[i] = out[(skip + i) * A + a];
+            }
+        }
+    }
+    return audio;
+}
+
+void VAE::encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::vector<float> &mean,
+                 std::vector<float> &stdev) {
+    const int64_t A = cfg_.audio_channels, L = cfg_.latent_channels, hop = cfg_.hop_length();
+    if (B < 1 || N < 1) throw InputError(fmt("audio is empty (batch %lld, %lld samples)", (long long)B, (long long)N));
+    if (N < hop)
+        throw InputError(fmt("audio has %lld samples, fewer than one latent frame (%lld samples)", (long long)N,
+                             (long long)hop));
+    if (m_->enc.block.empty())
+        throw FileError(fmt("%s: this VAE file has no encoder weights (encoder.*)", m_->file->path().c_str()));
+    check_tiling(tiling);
+    check_finite(audio, (size_t)(B * A * N), "audio");
+    if (!m_->enc_loaded) {
+        m_->enc_w->load();
+        m_->enc_loaded = true;
+    }
+    const int64_t T = N / hop;
+    mean.assign((size_t)(B * T * L), 0.0f);
+    stdev.assign((size_t)(B * T * L), 0.0f);
+    std::vector<float> in;
+    for (int64_t b = 0; b < B; b++) {
+        for (const Window &w : windows(T, tiling)) {
+            // Windows are whole frames, except that the last one takes the samples
+            // past the last whole frame as well, as the untiled pass sees them.
+            const int64_t s0 = w.win0 * hop, s1 = w.win1 == T ? N : w.win1 * hop, Ns = s1 - s0;
+            Graph g;
+            ggml_tensor *a = g.input("audio", GGML_TYPE_F32, {Ns, A});
+            Builder build(g, m_->compute);
+            ggml_tensor *h = build.encoder(a, m_->enc);  // [2L, Tw]
+            g.output(h);
+            m_->runner->alloc(g);
+            in.resize((size_t)(Ns * A));
+            for (int64_t i = 0; i < Ns; i++)
+                for (int64_t c = 0; c < A; c++) in[i * A + c] = audio[(b * A + c) * N + s0 + i];
+            set_input(a, in.data(), in.size());
+            m_->runner->compute(g);
+            std::vector<float> out = get_output(h);
+            const int64_t Tw = h->ne[1];
+            if (Tw != w.win1 - w.win0)
+                throw std::logic_error(fmt("encoder produced %lld frames for a window of %lld", (long long)Tw,
+                                           (long long)(w.win1 - w.win0)));
+            for (int64_t t = w.core0; t < w.core1; t++) {
+                const float *row = out.data() + (t - w.win0) * 2 * L;
+                float *m = mean.data() + (b * T + t) * L, *s = stdev.data() + (b * T + t) * L;
+                for (int64_t c = 0; c < L; c++) {
+                    m[c] = row[c];
+                    // softplus(x) = log1p(exp(x)), written to stay finite for large x
+                    const float x = row[L + c];
+                    s[c] = (x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x))) + 1e-4f;
+                }
+            }
+        }
+    }
+}
+
+}  // namespace ace
