@@ -22,3 +22,7 @@ def backends() -> list[dict]:
 
 
 __all__ = ["GGUFFile", "InputError", "ModelFileError", "backends", "__version__"]
+
+from .dit import DiT  # noqa: E402
+
+__all__ += ["DiT"]
