@@ -23,6 +23,9 @@ def backends() -> list[dict]:
 
 __all__ = ["GGUFFile", "InputError", "ModelFileError", "backends", "__version__"]
 
+from .dit import DiT  # noqa: E402
+
+__all__ += ["DiT"]
 from .text import ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
