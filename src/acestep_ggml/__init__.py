@@ -22,3 +22,8 @@ def backends() -> list[dict]:
 
 
 __all__ = ["GGUFFile", "InputError", "ModelFileError", "backends", "__version__"]
+
+from .text import ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
+from .tokenizer import Tokenizer  # noqa: E402
+
+__all__ += ["ConditionEncoder", "Detokenizer", "TextEncoder", "Tokenizer"]

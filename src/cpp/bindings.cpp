@@ -251,4 +251,5 @@ void bind_core(py::module_ &m) {
 PYBIND11_MODULE(_core, m) {
     m.doc() = "acestep-ggml native core: ggml graphs for ACE-Step 1.5";
     ace::bind_core(m);
+    ace::bind_text(m);
 }

@@ -24,5 +24,6 @@ py::array_t<float, py::array::c_style> as_f32(const py::handle &obj, const char 
 py::array_t<float> to_numpy(const std::vector<float> &data, const std::vector<ssize_t> &shape);
 
 void bind_core(py::module_ &m);
+void bind_text(py::module_ &m);
 
 }  // namespace ace

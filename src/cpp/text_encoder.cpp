@@ -1,0 +1,62 @@
+// text_encoder.cpp: Qwen3 text encoder graph.
+#include "text_encoder.h"
+
+namespace ace {
+
+void check_token_ids(const std::vector<int32_t> &ids, int64_t vocab, const char *what) {
+    if (ids.empty()) throw InputError(fmt("%s is empty: need at least one token id", what));
+    for (size_t i = 0; i < ids.size(); i++)
+        if (ids[i] < 0 || ids[i] >= vocab)
+            throw InputError(fmt("%s[%zu] = %d is outside the vocabulary [0, %lld)", what, i, ids[i],
+                                 (long long)vocab));
+}
+
+TextEncoder::TextEncoder(const std::string &path, std::shared_ptr<Backend> backend)
+    : file_(std::make_shared<GGUFFile>(path)), w_(file_, backend), runner_(backend) {
+    file_->expect_architecture("acestep-text-enc");
+    dims_ = dims_from_layer(*file_, "layers.0.", arch_f32(*file_, "attention.layer_norm_rms_epsilon", 1e-6f),
+                            arch_f32(*file_, "rope.freq_base", 1e6f));
+    auto e = file_->require("embed_tokens.weight").torch_shape();
+    if (e.size() != 2 || e[1] != dims_.hidden)
+        throw FileError(fmt("%s: embed_tokens.weight has shape %s, expected [vocab, %lld]", path.c_str(),
+                            shape_str(e).c_str(), (long long)dims_.hidden));
+    vocab_ = e[0];
+    embed_tokens_ = w_.get("embed_tokens.weight", {vocab_, dims_.hidden});
+    int n = count_layers(*file_, "layers.");
+    layers_.resize(n);
+    for (int i = 0; i < n; i++) layers_[i].load(w_, "layers." + std::to_string(i) + ".", dims_);
+    norm_.load(w_, "norm.weight", dims_.hidden, dims_.eps);
+    w_.load();
+}
+
+std::vector<float> TextEncoder::run(const std::vector<int32_t> &ids, bool with_layers) {
+    check_token_ids(ids, vocab_, "token ids");
+    const int64_t t = (int64_t)ids.size();
+    Graph g;
+    ggml_context *ctx = g.ctx();
+    ggml_tensor *tok = g.input("ids", GGML_TYPE_I32, {t});
+    ggml_tensor *x = ggml_get_rows(ctx, embed_tokens_, tok);  // [C, T]
+    ggml_tensor *pos = nullptr, *mask = nullptr;
+    if (with_layers) {
+        pos = g.input("pos", GGML_TYPE_I32, {t});
+        mask = g.input("mask", GGML_TYPE_F16, {t, t});
+        for (auto &layer : layers_) x = layer(ctx, x, pos, mask);
+        x = norm_(ctx, x);
+    }
+    g.output(x);
+    runner_.alloc(g);
+    set_input(tok, ids.data(), ids.size());
+    if (with_layers) {
+        auto p = iota(t);
+        set_input(pos, p.data(), p.size());
+        auto m = make_mask(t, t, MaskKind::Causal, 0);
+        ggml_backend_tensor_set(mask, m.data(), 0, m.size() * sizeof(ggml_fp16_t));
+    }
+    runner_.compute(g);
+    return get_output(x);
+}
+
+std::vector<float> TextEncoder::encode(const std::vector<int32_t> &ids) { return run(ids, true); }
+std::vector<float> TextEncoder::embed(const std::vector<int32_t> &ids) { return run(ids, false); }
+
+}  // namespace ace
