@@ -27,3 +27,6 @@ from .text import ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
 __all__ += ["ConditionEncoder", "Detokenizer", "TextEncoder", "Tokenizer"]
+from .lm import LM  # noqa: E402
+
+__all__ += ["LM"]

@@ -252,4 +252,5 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "acestep-ggml native core: ggml graphs for ACE-Step 1.5";
     ace::bind_core(m);
     ace::bind_text(m);
+    ace::bind_lm(m);
 }

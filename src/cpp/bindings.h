@@ -25,5 +25,6 @@ py::array_t<float> to_numpy(const std::vector<float> &data, const std::vector<ss
 
 void bind_core(py::module_ &m);
 void bind_text(py::module_ &m);
+void bind_lm(py::module_ &m);
 
 }  // namespace ace
