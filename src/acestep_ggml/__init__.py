@@ -34,3 +34,6 @@ from .audio import read_audio, write_audio  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ += ["VAE", "read_audio", "write_audio"]
+from .lm import LM  # noqa: E402
+
+__all__ += ["LM"]

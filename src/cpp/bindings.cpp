@@ -254,4 +254,5 @@ PYBIND11_MODULE(_core, m) {
     ace::bind_dit(m);
     ace::bind_text(m);
     ace::bind_vae(m);
+    ace::bind_lm(m);
 }

@@ -27,5 +27,6 @@ void bind_core(py::module_ &m);
 void bind_dit(py::module_ &m);
 void bind_text(py::module_ &m);
 void bind_vae(py::module_ &m);
+void bind_lm(py::module_ &m);
 
 }  // namespace ace

@@ -1,0 +1,186 @@
+"""The 5 Hz LM: a Qwen3 causal LM in a C++ graph with a KV cache, and the generation loop that
+turns a Request (caption, lyrics, partial metadata) into metadata plus audio codes."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import _core, fsm as _fsm
+from ._core import InputError, ModelFileError
+from .exchange import Request
+from .sampling import check_params, guided, sample
+from .tokenizer import Tokenizer
+
+INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"
+EOS = "<|im_end|>"
+N_AUDIO_CODES = 64000
+# Without the FSM the LM may ramble; the reference caps new tokens at 5 * duration + 500.
+EXTRA_NEW_TOKENS = 500
+MAX_COT_TOKENS = 512
+
+
+def chat_prompt(caption: Optional[str], lyrics: str, cot: Optional[str] = None) -> str:
+    """The reference's chat prompt (Qwen3 template).  Without ``cot`` the assistant turn is
+    opened for the chain of thought; with it the assistant turn holds the CoT and is closed, as
+    the template renders a finished assistant message.  ``caption=None`` drops the caption
+    (phase 1's unconditional prompt)."""
+    user = (f"# Caption\n{caption}\n\n" if caption is not None else "") + f"# Lyric\n{lyrics}\n"
+    text = (f"<|im_start|>system\n# Instruction\n{INSTRUCTION}\n\n<|im_end|>\n"
+            f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+    if cot is None:
+        return text
+    body = cot.split("<think>", 1)[-1].split("</think>", 1)[0].strip("\n")
+    return text + f"<think>\n{body}\n</think>\n\n<|im_end|>\n"
+
+
+def _metas(req: Request) -> Dict[str, Optional[str]]:
+    """The request's metadata as CoT values, checked against the FSM's ranges."""
+    if not isinstance(req.caption, str) or not req.caption.strip():
+        raise InputError("caption is empty: the LM needs a caption")
+    out: Dict[str, Optional[str]] = {"caption": req.caption}
+    lo, hi = _fsm.BPM_RANGE
+    if req.bpm is not None:
+        if not lo <= int(req.bpm) <= hi:
+            raise InputError(f"bpm {req.bpm} is outside {lo}..{hi}")
+        out["bpm"] = str(int(req.bpm))
+    lo, hi = _fsm.DURATION_RANGE
+    if req.duration is not None:
+        if not lo <= int(req.duration) <= hi:
+            raise InputError(f"duration {req.duration} s is outside {lo}..{hi} s")
+        out["duration"] = str(int(req.duration))
+    if req.keyscale is not None:
+        if req.keyscale not in _fsm.KEYSCALES:
+            raise InputError(f"keyscale {req.keyscale!r} is not a note A-G with optional #/b and major/minor")
+        out["keyscale"] = req.keyscale
+    if req.timesig is not None:
+        if str(req.timesig) not in _fsm.TIMESIGNATURES:
+            raise InputError(f"timesignature {req.timesig} is not one of {', '.join(_fsm.TIMESIGNATURES)}")
+        out["timesignature"] = str(req.timesig)
+    if req.language:
+        if req.language not in _fsm.LANGUAGES:
+            raise InputError(f"language {req.language!r} is not one of the LM's languages "
+                             f"({' '.join(_fsm.LANGUAGES)})")
+        out["language"] = req.language
+    return out
+
+
+class LM:
+    """The 5 Hz LM from an ``acestep-lm`` GGUF.
+
+    ``reset(n_seq, n_ctx)`` makes a KV cache of ``n_seq`` sequences, ``prefill(seq, ids)``
+    appends a prompt to one of them and ``decode(tokens)`` feeds one token to each; both return
+    next-token logits.  ``generate(request)`` does the whole job."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
+                 kv_type: str = "f16"):
+        self.path = str(path)
+        self._lm = _core._LM(self.path, device, int(n_threads or os.cpu_count() or 1))
+        self.kv_type = kv_type
+        self.tokenizer = Tokenizer.from_gguf(self.path)
+        tok = self.tokenizer.tokenizer
+        self.eos = tok.token_to_id(EOS)
+        self.first_code = tok.token_to_id("<|audio_code_0|>")
+        if self.eos is None or self.first_code is None:
+            raise ModelFileError(f"{self.path}: the tokenizer lacks {EOS} or <|audio_code_0|>")
+        last = tok.token_to_id(f"<|audio_code_{N_AUDIO_CODES - 1}|>")
+        if last != self.first_code + N_AUDIO_CODES - 1 or last >= self.vocab_size:
+            raise ModelFileError(f"{self.path}: the {N_AUDIO_CODES} audio-code tokens are not consecutive ids "
+                                 "inside the model's vocabulary")
+        self._cot = _fsm.CotConstraints(self.tokenizer.encode, tok.token_to_id("<think>"),
+                                        tok.token_to_id("</think>"), self.tokenizer.encode("\n"))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._lm.vocab_size
+
+    def reset(self, n_seq: int, n_ctx: int, kv_type: Optional[str] = None) -> None:
+        self._lm.reset(int(n_seq), int(n_ctx), kv_type or self.kv_type)
+
+    def prefill(self, seq: int, ids) -> np.ndarray:
+        """Appends ``ids`` to sequence ``seq``; logits after its last token: [vocab]."""
+        return self._lm.prefill(int(seq), ids)
+
+    def decode(self, tokens) -> np.ndarray:
+        """One token per sequence; next logits: [n_seq, vocab]."""
+        return self._lm.decode(tokens)
+
+    def length(self, seq: int) -> int:
+        return self._lm.length(int(seq))
+
+    # ------------------------------------------------------------------
+    def _run(self, prompts: List[List[int]], max_new: int, scale: float, constraint, stop: int,
+             rng: np.random.Generator, temperature: float, top_p, top_k) -> List[int]:
+        """Decodes from cond (and uncond, when guided) prompts; the same token goes to both."""
+        n_seq = len(prompts)
+        self.reset(n_seq, max(len(p) for p in prompts) + max_new)
+        rows = [self.prefill(s, p) for s, p in enumerate(prompts)]
+        out: List[int] = []
+        while len(out) < max_new:
+            logits = guided(rows[0], rows[1], scale) if n_seq == 2 else rows[0]
+            if constraint is not None:
+                ids = constraint.allowed()
+                tok = int(ids[sample(logits[ids], rng, temperature, top_p, top_k)])
+                constraint.advance(tok)
+            else:
+                tok = sample(logits, rng, temperature, top_p, top_k)
+            out.append(tok)
+            if tok == stop or (constraint is not None and constraint.done):
+                break
+            rows = list(self.decode([tok] * n_seq))
+        return out
+
+    def generate(self, request: Request, cfg_scale: float = 2.0, temperature: float = 0.85,
+                 top_p: Optional[float] = 0.9, top_k: Optional[int] = None, seed: Optional[int] = None,
+                 fsm: bool = True) -> Request:
+        """Fills the request's missing metadata (phase 1, a chain of thought) and its audio codes
+        (phase 2); returns a new Request.  Phase 1 runs only when bpm, duration, keyscale,
+        timesignature or language is missing."""
+        check_params(temperature, top_p, top_k)
+        if not math.isfinite(cfg_scale):
+            raise InputError(f"cfg_scale must be finite, got {cfg_scale}")
+        values = _metas(request)
+        rng = np.random.default_rng(seed)
+        enc = self.tokenizer.encode
+        guide = cfg_scale != 1.0
+        sample_args = (rng, temperature, top_p, top_k)
+        end_think = self._cot.end_think
+
+        if any(values.get(k) is None for k in ("bpm", "duration", "keyscale", "timesignature", "language")):
+            prompts = [enc(chat_prompt(request.caption, request.lyrics))]
+            if guide:
+                prompts.append(enc(chat_prompt(None, request.lyrics)))
+            constraint = _fsm.CotFSM(self._cot, values) if fsm else None
+            out = self._run(prompts, MAX_COT_TOKENS, cfg_scale, constraint, end_think, *sample_args)
+            parsed = constraint.values if fsm else _fsm.parse_cot(self.tokenizer.decode(out))
+            for k, v in parsed.items():
+                values.setdefault(k, v)
+
+        duration = _int_or(values.get("duration"), 120)
+        values["duration"] = str(duration)
+        cot = _fsm.cot_text(values)
+        n_codes = _fsm.CODES_PER_SECOND * duration
+        prompts = [enc(chat_prompt(request.caption, request.lyrics, cot))]
+        if guide:
+            prompts.append(enc(chat_prompt(request.caption, request.lyrics, "<think>\n</think>")))
+        if fsm:
+            constraint = _fsm.CodesFSM(n_codes, self.first_code, N_AUDIO_CODES, self.eos)
+            out = self._run(prompts, n_codes + 1, cfg_scale, constraint, self.eos, *sample_args)
+        else:
+            out = self._run(prompts, n_codes + EXTRA_NEW_TOKENS, cfg_scale, None, self.eos, *sample_args)
+        codes = [t - self.first_code for t in out if self.first_code <= t < self.first_code + N_AUDIO_CODES]
+
+        return dataclasses.replace(
+            request, codes=codes, duration=duration, bpm=_int_or(values.get("bpm"), None),
+            keyscale=values.get("keyscale") if values.get("keyscale") in _fsm.KEYSCALES else None,
+            timesig=_int_or(values.get("timesignature"), None), language=values.get("language") or request.language)
+
+
+def _int_or(text: Optional[str], fallback):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return fallback

@@ -1,0 +1,49 @@
+"""Next-token sampling as the reference LM does it: classifier-free guidance on the logits,
+then top-k, then top-p (nucleus), then temperature; temperature 0 is greedy."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+
+def guided(cond: np.ndarray, uncond: np.ndarray, scale: float) -> np.ndarray:
+    """CFG logits: uncond + scale * (cond - uncond)."""
+    cond = np.asarray(cond, dtype=np.float32)
+    uncond = np.asarray(uncond, dtype=np.float32)
+    return uncond + np.float32(scale) * (cond - uncond)
+
+
+def check_params(temperature: float, top_p: Optional[float], top_k: Optional[int]) -> None:
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
+
+
+def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 0.85,
+           top_p: Optional[float] = 0.9, top_k: Optional[int] = None) -> int:
+    """One token id from 1-D logits (entries of -inf are never drawn)."""
+    x = np.asarray(logits, dtype=np.float64)
+    if temperature == 0:
+        return int(np.argmax(x))
+    if top_k:
+        k = min(int(top_k), x.size)
+        kth = np.partition(x, x.size - k)[x.size - k]
+        x = np.where(x < kth, -np.inf, x)
+    if top_p is not None and 0.0 < top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose mass reaches top_p, always the first.
+        order = np.argsort(-x, kind="stable")
+        p = np.exp(x[order] - x[order[0]])
+        cum = np.cumsum(p / p.sum())
+        drop = np.empty_like(cum, dtype=bool)
+        drop[0] = False
+        drop[1:] = cum[:-1] > top_p
+        x = x.copy()
+        x[order[drop]] = -np.inf
+    x = x / temperature
+    p = np.exp(x - np.max(x))
+    p /= p.sum()
+    return int(rng.choice(p.size, p=p))

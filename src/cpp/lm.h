@@ -1,0 +1,58 @@
+// lm.h: the 5 Hz LM (acestep-lm), a Qwen3 causal LM with a KV cache holding several
+// sequences (cond and uncond for classifier-free guidance), each with its own length.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "blocks.h"
+
+namespace ace {
+
+class LM {
+  public:
+    LM(const std::string &path, std::shared_ptr<Backend> backend);
+    ~LM();
+    LM(const LM &) = delete;
+    LM &operator=(const LM &) = delete;
+
+    // Drops all sequences and allocates a cache of n_seq sequences of n_ctx positions each
+    // (kv_type F16 or F32), once: decoding never reallocates.
+    void reset(int n_seq, int64_t n_ctx, ggml_type kv_type);
+    // Appends ids to sequence `seq`; returns the logits of its last position: [vocab].
+    std::vector<float> prefill(int seq, const std::vector<int32_t> &ids);
+    // One token per sequence (tokens.size() == n_seq); returns the next logits: [n_seq, vocab].
+    std::vector<float> decode(const std::vector<int32_t> &tokens);
+
+    int64_t length(int seq) const;
+    int n_seq() const { return (int)len_.size(); }
+    int64_t n_ctx() const { return n_ctx_; }
+    int64_t vocab_size() const { return vocab_; }
+    const Dims &dims() const { return dims_; }
+    bool tied() const { return lm_head_ == embed_tokens_; }
+
+  private:
+    // Runs `ids` through the layers; sequence seqs[i] gets ids[i] at position len_[seqs[i]]
+    // onwards (one sequence with T tokens, or one token for each of several sequences).
+    // Returns logits of the last token of each sequence: [n, vocab].
+    std::vector<float> forward(const std::vector<int32_t> &ids, const std::vector<int> &seqs);
+    void free_cache();
+
+    std::shared_ptr<GGUFFile> file_;
+    Weights w_;
+    Dims dims_;
+    int64_t vocab_ = 0;
+    ggml_tensor *embed_tokens_ = nullptr, *lm_head_ = nullptr;
+    std::vector<Qwen3Layer> layers_;
+    RMSNorm norm_;
+    Runner runner_;
+
+    // k_[l], v_[l]: [D, Hkv, n_ctx, n_seq] (ne order)
+    ggml_context *cache_ctx_ = nullptr;
+    ggml_backend_buffer_t cache_buf_ = nullptr;
+    std::vector<ggml_tensor *> k_, v_;
+    std::vector<int64_t> len_;
+    int64_t n_ctx_ = 0;
+};
+
+}  // namespace ace

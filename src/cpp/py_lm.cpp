@@ -1,0 +1,56 @@
+// py_lm.cpp: Python binding of the 5 Hz LM.
+#include "bindings.h"
+#include "lm.h"
+
+namespace ace {
+
+static std::vector<int32_t> lm_ids(const py::handle &obj, const char *what) {
+    auto a = py::array::ensure(obj);
+    if (!a || a.ndim() != 1) throw InputError(fmt("%s must be a 1-D sequence of token ids", what));
+    if (a.size() > 0 && a.dtype().kind() != 'i' && a.dtype().kind() != 'u')
+        throw InputError(fmt("%s must be integers, got dtype %s", what, std::string(py::str(a.dtype())).c_str()));
+    auto v = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    std::vector<int32_t> out(v.size());
+    for (ssize_t i = 0; i < v.size(); i++) {
+        if (v.data()[i] < 0 || v.data()[i] > INT32_MAX)
+            throw InputError(fmt("%s[%zd] = %lld is outside the vocabulary", what, i, (long long)v.data()[i]));
+        out[i] = (int32_t)v.data()[i];
+    }
+    return out;
+}
+
+void bind_lm(py::module_ &m) {
+    py::class_<LM>(m, "_LM")
+        .def(py::init([](const std::string &path, const std::string &device, int n_threads) {
+            return new LM(path, Backend::create(device, n_threads));
+        }), py::arg("path"), py::arg("device"), py::arg("n_threads"))
+        .def_property_readonly("vocab_size", &LM::vocab_size)
+        .def_property_readonly("n_seq", &LM::n_seq)
+        .def_property_readonly("n_ctx", &LM::n_ctx)
+        .def_property_readonly("tied", &LM::tied)
+        .def("length", &LM::length)
+        .def("reset", [](LM &lm, int n_seq, int64_t n_ctx, const std::string &kv) {
+            if (kv != "f16" && kv != "f32") throw InputError(fmt("kv_type must be 'f16' or 'f32', got '%s'", kv.c_str()));
+            lm.reset(n_seq, n_ctx, kv == "f16" ? GGML_TYPE_F16 : GGML_TYPE_F32);
+        }, py::arg("n_seq"), py::arg("n_ctx"), py::arg("kv_type") = "f16")
+        .def("prefill", [](LM &lm, int seq, py::handle ids) {
+            auto v = lm_ids(ids, "token ids");
+            std::vector<float> out;
+            {
+                py::gil_scoped_release nogil;
+                out = lm.prefill(seq, v);
+            }
+            return to_numpy(out, {(ssize_t)lm.vocab_size()});
+        }, py::arg("seq"), py::arg("ids"))
+        .def("decode", [](LM &lm, py::handle tokens) {
+            auto v = lm_ids(tokens, "tokens");
+            std::vector<float> out;
+            {
+                py::gil_scoped_release nogil;
+                out = lm.decode(v);
+            }
+            return to_numpy(out, {(ssize_t)v.size(), (ssize_t)lm.vocab_size()});
+        }, py::arg("tokens"));
+}
+
+}  // namespace ace

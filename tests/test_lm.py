@@ -1,0 +1,135 @@
+"""5 Hz LM parity against transformers' Qwen3ForCausalLM (random weights, the real vocabulary),
+guidance, and bad input."""
+import numpy as np
+import pytest
+import torch
+
+import acestep_ggml
+from _lm_gguf import VOCAB, tiny_lm, write_lm
+from _text_gguf import parity
+from acestep_ggml.exchange import Request
+from acestep_ggml.sampling import guided
+
+# F32 weights and F32 KV cache: only summation order differs from PyTorch.
+COS_F32 = 0.99999
+# BF16 matrices against the F32 reference: ~0.4 % rounding per weight, F16 KV cache.
+COS_BF16 = 0.999
+
+
+def _seed():
+    return int(np.random.SeedSequence().entropy % 2**31)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
+def f32_lm(request, tmp_path_factory):
+    seed = _seed()
+    model = tiny_lm(seed, tie=request.param)
+    path = tmp_path_factory.mktemp("lm") / "lm.gguf"
+    write_lm(path, model)
+    return seed, model, acestep_ggml.LM(path, n_threads=2, kv_type="f32")
+
+
+def _check_step(ours, ref, seed, what, cmin=COS_F32):
+    cos, rel = parity(ours, ref)
+    assert cos >= cmin, f"seed {seed}: {what}: cos {cos:.7f} rel {rel:.2e}"
+    top_ours, top_ref = np.argsort(-ours)[:5], np.argsort(-ref)[:5]
+    assert list(top_ours) == list(top_ref), f"seed {seed}: {what}: top-5 {top_ours} != {top_ref}"
+
+
+def test_lm_prefill_and_decode_match_qwen3(f32_lm):
+    seed, model, lm = f32_lm
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, VOCAB, size=int(rng.integers(10, 60)))
+    steps = rng.integers(0, VOCAB, size=20)
+    lm.reset(1, len(prompt) + len(steps))
+    ours = [lm.prefill(0, prompt)] + [lm.decode([t])[0] for t in steps[:-1]]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(np.r_[prompt, steps[:-1]])[None]).logits[0, len(prompt) - 1:].numpy()
+    assert lm.length(0) == len(prompt) + len(steps) - 1
+    for i, o in enumerate(ours):
+        _check_step(o, ref[i], seed, f"position {len(prompt) - 1 + i}")
+
+
+def test_lm_greedy_decoding_matches_qwen3(f32_lm):
+    seed, model, lm = f32_lm
+    rng = np.random.default_rng(seed + 1)
+    prompt = rng.integers(0, VOCAB, size=24)
+    lm.reset(1, len(prompt) + 64)
+    logits, ours = lm.prefill(0, prompt), []
+    for _ in range(64):
+        ours.append(int(np.argmax(logits)))
+        logits = lm.decode([ours[-1]])[0]
+    with torch.no_grad():
+        ref = model.generate(torch.from_numpy(prompt)[None], max_new_tokens=64, min_new_tokens=64, do_sample=False,
+                             pad_token_id=0, eos_token_id=None)[0, len(prompt):].tolist()
+    assert ours == ref, f"seed {seed}: first difference at {next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)}"
+
+
+def test_lm_guided_batch_matches_two_reference_rows(f32_lm):
+    seed, model, lm = f32_lm
+    rng = np.random.default_rng(seed + 2)
+    cond, uncond = rng.integers(0, VOCAB, size=31), rng.integers(0, VOCAB, size=17)
+    tokens = rng.integers(0, VOCAB, size=5)
+    lm.reset(2, 64)
+    rows = [lm.prefill(0, cond), lm.prefill(1, uncond)]
+    for t in tokens:
+        rows = list(lm.decode([t, t]))
+    with torch.no_grad():
+        rc = model(torch.from_numpy(np.r_[cond, tokens])[None]).logits[0, -1].numpy()
+        ru = model(torch.from_numpy(np.r_[uncond, tokens])[None]).logits[0, -1].numpy()
+    _check_step(rows[0], rc, seed, "cond row")
+    _check_step(rows[1], ru, seed, "uncond row")
+    _check_step(guided(rows[0], rows[1], 2.0), ru + 2.0 * (rc - ru), seed, "guided logits")
+    assert (lm.length(0), lm.length(1)) == (36, 22)
+
+
+def test_lm_bf16_matches_qwen3(tmp_path):
+    seed = _seed()
+    model = tiny_lm(seed)
+    write_lm(tmp_path / "lm.gguf", model, dtype="bf16")
+    lm = acestep_ggml.LM(tmp_path / "lm.gguf", n_threads=2)
+    prompt = np.random.default_rng(seed).integers(0, VOCAB, size=40)
+    lm.reset(1, 48)
+    ours = [lm.prefill(0, prompt)] + [lm.decode([t])[0] for t in prompt[:5]]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(np.r_[prompt, prompt[:5]])[None]).logits[0, 39:].numpy()
+    for i, o in enumerate(ours):
+        cos, rel = parity(o, ref[i])
+        assert cos >= COS_BF16, f"seed {seed}: step {i}: cos {cos:.6f} rel {rel:.2e}"
+
+
+def test_lm_rejects_bad_input(f32_lm):
+    _, _, lm = f32_lm
+    lm.reset(2, 16)
+    with pytest.raises(acestep_ggml.InputError, match="empty"):
+        lm.prefill(0, [])
+    with pytest.raises(acestep_ggml.InputError, match=r"\[1\] = 215669"):
+        lm.prefill(0, [1, VOCAB])
+    with pytest.raises(acestep_ggml.InputError, match="outside the vocabulary"):
+        lm.prefill(0, [-1])
+    with pytest.raises(acestep_ggml.InputError, match="integers"):
+        lm.prefill(0, [1.5])
+    with pytest.raises(acestep_ggml.InputError, match="sequence 2 does not exist"):
+        lm.prefill(2, [1])
+    with pytest.raises(acestep_ggml.InputError, match="one token per sequence"):
+        lm.decode([1])
+    with pytest.raises(acestep_ggml.InputError, match="room for 16"):
+        lm.prefill(0, list(range(17)))
+    with pytest.raises(acestep_ggml.InputError, match="kv_type"):
+        lm.reset(1, 8, "q4")
+    with pytest.raises(acestep_ggml.InputError, match="n_ctx"):
+        lm.reset(1, 0)
+    req = Request(caption="calm piano", duration=10, bpm=100, keyscale="C major", timesig=4)
+    for change, msg in [({"caption": " "}, "caption is empty"), ({"duration": 5}, "duration 5"),
+                        ({"duration": 601}, "duration 601"), ({"bpm": 500}, "bpm 500"),
+                        ({"keyscale": "H major"}, "keyscale"), ({"timesig": 5}, "timesignature 5"),
+                        ({"language": "xx"}, "language 'xx'")]:
+        bad = Request(**{**req.__dict__, **change})
+        with pytest.raises(acestep_ggml.InputError, match=msg):
+            lm.generate(bad)
+    with pytest.raises(ValueError, match="temperature"):
+        lm.generate(req, temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        lm.generate(req, top_p=1.5)
+    with pytest.raises(acestep_ggml.ModelFileError):
+        acestep_ggml.LM("/nonexistent/lm.gguf")
