@@ -30,6 +30,41 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(quiet: bool):
+    """A tqdm bar per stage (the callback of the Python API), or nothing."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, leave=False, file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return report
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .pipeline import synth_from_dir
+
+    noise = np.load(args.init_noise) if args.init_noise else None
+    result = synth_from_dir(args.input_dir, args.models, args.output, seed=args.seed, steps=args.steps,
+                            shift=args.shift, guidance=args.guidance, init_noise=noise, device=args.device,
+                            n_threads=args.threads, progress=_progress(args.quiet))
+    if not args.quiet:
+        print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="acestep-ggml", description="ACE-Step 1.5 music generation on GGML")
     sub = p.add_subparsers(dest="command", required=True)
@@ -44,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight type of the matrices (default bf16, as published)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=_cmd_convert)
+
+    s = sub.add_parser("synth", help="exchange directory -> audio file (text encoder, DiT, VAE)")
+    s.add_argument("--input-dir", required=True, help="exchange directory (caption, lyrics, codes, bpm, ...)")
+    s.add_argument("--models", required=True, help="folder of GGUF files written by `convert` or downloaded")
+    s.add_argument("--output", "-o", required=True, help="output audio file (.wav or .flac)")
+    s.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 50 base/SFT)")
+    s.add_argument("--shift", type=float, default=3.0, help="timestep shift (default 3.0)")
+    s.add_argument("--guidance", type=float, default=None, help="guidance scale (default 1 turbo, 7 base/SFT)")
+    s.add_argument("--init-noise", default=None, help="initial noise as a (T, 64) float32 .npy file")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, metal, auto")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=_cmd_synth)
     return p
 
 

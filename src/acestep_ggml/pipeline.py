@@ -1,0 +1,225 @@
+"""The synth stage end to end: request -> text encoder -> condition encoder -> source latents
+(detokenized codes, or the silence latent) -> DiT sampling -> VAE -> stereo 48 kHz audio.
+
+Each stage is a native model; this module only routes arrays between them, in the order of
+diffusers' AceStepPipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import audio as audio_io
+from . import sampler
+from ._core import GGUFFile, InputError
+from .dit import DiT
+from .exchange import Request
+from .hub import ModelSet, find_models
+from .text import ConditionEncoder, Detokenizer, TextEncoder
+from .tokenizer import Tokenizer
+from .vae import VAE
+
+INSTRUCTIONS = {
+    "text2music": "Fill the audio semantic mask based on the given conditions:",
+    "cover": "Generate audio semantic tokens based on the given conditions:",
+}
+
+# progress(stage, done, total): stage is "text", "condition", "codes", "dit" or "vae".
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class SynthResult:
+    """Stereo audio (2, N) float32 at `sample_rate`, the clean latents, what made them, and,
+    with ``keep_stages=True``, every intermediate array (for stage-by-stage comparisons)."""
+
+    audio: np.ndarray
+    sample_rate: int
+    latents: np.ndarray
+    request: Request
+    seed: int
+    stages: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, **kwargs) -> None:
+        """Write the audio; the format follows the extension (see acestep_ggml.write_audio)."""
+        audio_io.write_audio(path, self.audio, self.sample_rate, **kwargs)
+
+
+class Synthesizer:
+    """The synth stage over a folder of GGUFs (or a ModelSet).
+
+    Models load on first use; with ``keep_loaded=False`` (default) each stage's weights are freed
+    as soon as the stage is done, so peak memory is that of the largest stage, not their sum.
+    """
+
+    def __init__(self, models: str | os.PathLike | ModelSet, device: str = "cpu", n_threads: Optional[int] = None,
+                 keep_loaded: bool = False, dit: Optional[str] = None):
+        self.models = models if isinstance(models, ModelSet) else find_models(models)
+        self.device, self.n_threads, self.keep_loaded = device, n_threads, keep_loaded
+        self.paths = {
+            "dit": self.models.get("acestep-dit", prefer=dit),
+            "text": self.models.get("acestep-text-enc"),
+            "vae": self.models.get("acestep-vae"),
+        }
+        self._loaded: dict[str, object] = {}
+        self._tokenizer: Optional[Tokenizer] = None
+
+    # -- model lifetime ---------------------------------------------------------------
+    def _model(self, name: str):
+        if name not in self._loaded:
+            p, kw = self.paths, dict(device=self.device, n_threads=self.n_threads)
+            make = {
+                "text": lambda: TextEncoder(str(p["text"]), **kw),
+                "condition": lambda: ConditionEncoder(str(p["dit"]), str(p["text"]), **kw),
+                "codes": lambda: Detokenizer(str(p["dit"]), **kw),
+                "dit": lambda: DiT(p["dit"], **kw),
+                "vae": lambda: VAE(str(p["vae"]), **kw),
+            }[name]
+            self._loaded[name] = make()
+        return self._loaded[name]
+
+    def _done(self, name: str) -> None:
+        if not self.keep_loaded:
+            self._loaded.pop(name, None)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer.from_gguf(str(self.paths["text"]))
+        return self._tokenizer
+
+    def is_turbo(self) -> bool:
+        f = GGUFFile(str(self.paths["dit"]))
+        try:
+            return bool(f.get("acestep.is_turbo"))
+        except KeyError:
+            return "turbo" in self.paths["dit"].name
+
+    def latents_per_second(self) -> float:
+        """Sample rate over the VAE's hop (25 for ACE-Step 1.5), read from the VAE file's config."""
+        cfg = json.loads(GGUFFile(str(self.paths["vae"])).get("acestep.config_json"))
+        return cfg.get("sampling_rate", 48000) / math.prod(cfg.get("downsampling_ratios", [2, 4, 4, 6, 10]))
+
+    # -- the job ------------------------------------------------------------------------
+    def __call__(self, request: Request, *, seed: Optional[int] = None, steps: Optional[int] = None,
+                 shift: float = 3.0, guidance: Optional[float] = None, timesteps=None,
+                 cfg_interval: tuple[float, float] = (0.0, 1.0), init_noise: Optional[np.ndarray] = None,
+                 progress: Optional[Progress] = None, keep_stages: bool = False) -> SynthResult:
+        turbo = self.is_turbo()
+        steps = steps if steps is not None else (8 if turbo else 50)
+        guidance = guidance if guidance is not None else (1.0 if turbo else 7.0)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        report = progress or (lambda stage, done, total: None)
+        stages: dict[str, np.ndarray] = {}
+        keep = (lambda k, v: stages.__setitem__(k, np.array(v, copy=True))) if keep_stages else (lambda k, v: None)
+
+        has_codes = bool(request.codes)
+        lps = self.latents_per_second()
+        # With codes the latent length is 5 frames per code; the prompt states it in seconds.
+        duration = len(request.codes) * 5 / lps if has_codes else request.resolved_duration()
+        task = "cover" if has_codes else "text2music"
+
+        # Text: the caption prompt through the whole encoder, the lyrics through its embedding table only.
+        tok = self.tokenizer
+        text_ids = tok.text_ids(request.caption, instruction=INSTRUCTIONS[task], bpm=request.bpm,
+                                timesignature=None if request.timesig is None else str(request.timesig),
+                                keyscale=request.keyscale, duration=duration)
+        lyric_ids = tok.lyric_ids(request.lyrics, request.language or "en")
+        report("text", 0, 1)
+        text_hidden = self._model("text").encode(text_ids)
+        keep("text_hidden", text_hidden)
+        if keep_stages:
+            keep("lyric_embed", self._model("text").embed(lyric_ids))
+        self._done("text")
+        report("text", 1, 1)
+
+        report("condition", 0, 1)
+        cond = self._model("condition")
+        enc_hidden, _ = cond.encode(text_hidden, lyric_ids)
+        silence = cond.silence_latent
+        null_emb = cond.null_condition_emb if guidance > 1.0 else None
+        self._done("condition")
+        keep("enc_hidden", enc_hidden)
+        report("condition", 1, 1)
+
+        if has_codes:
+            report("codes", 0, 1)
+            src = self._model("codes").decode(request.codes)
+            self._done("codes")
+            report("codes", 1, 1)
+        else:
+            length = math.ceil(duration * lps)
+            reps = -(-length // silence.shape[0])
+            src = np.tile(silence, (reps, 1))[:length] if reps > 1 else silence[:length]
+        src = np.ascontiguousarray(src, dtype=np.float32)
+        chunk_mask = np.ones_like(src)
+        keep("context", np.concatenate([src, chunk_mask], axis=-1))
+
+        noise = sampler.initial_noise(src.shape[0], seed, src.shape[1]) if init_noise is None else init_noise
+        noise = np.asarray(noise, dtype=np.float32)
+        if noise.shape != src.shape:
+            raise InputError(f"init noise has shape {noise.shape}; this request needs {src.shape}")
+
+        def on_step(i, t, x):
+            report("dit", i + 1, steps)
+
+        dit = self._model("dit")
+        velocities: list[np.ndarray] = []
+        if keep_stages:
+            forward = dit.forward
+
+            def recording_forward(*args, **kwargs):
+                v = forward(*args, **kwargs)
+                velocities.append(np.array(v, copy=True))
+                return v
+
+            dit.forward = recording_forward
+        report("dit", 0, steps)
+        try:
+            null = None if null_emb is None else np.broadcast_to(null_emb, enc_hidden.shape)
+            x0 = dit.sample(enc_hidden, src, chunk_mask, noise=noise, num_steps=steps, shift=shift,
+                            timesteps=timesteps, guidance_scale=guidance, null_encoder_states=null,
+                            cfg_interval=cfg_interval, callback=on_step)
+        finally:
+            if keep_stages:
+                dit.forward = forward
+        self._done("dit")
+        for i, v in enumerate(velocities):
+            keep(f"v_t{i}", v)
+        keep("x0", x0)
+
+        report("vae", 0, 1)
+        wave = self._model("vae").decode(x0)
+        sample_rate = self._model("vae").sample_rate
+        self._done("vae")
+        report("vae", 1, 1)
+        keep("audio_raw", wave)
+        out = audio_io.normalize_peak(np.asarray(wave, dtype=np.float32)).astype(np.float32)
+        keep("audio", out)
+
+        used = request if has_codes else dataclasses.replace(request, duration=int(round(duration)))
+        return SynthResult(audio=out, sample_rate=sample_rate, latents=x0, request=used, seed=seed, stages=stages)
+
+
+def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, output: str | os.PathLike,
+                   **kwargs) -> SynthResult:
+    """The `synth` CLI as a function: read the exchange directory, synthesise, write `output`.
+
+    Nothing is written when any step fails.
+    """
+    from .exchange import read_request
+
+    request = read_request(input_dir)
+    device = kwargs.pop("device", "cpu")
+    n_threads = kwargs.pop("n_threads", None)
+    result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs)
+    result.save(Path(output))
+    return result

@@ -1,0 +1,169 @@
+"""The synth stage end to end against diffusers' AceStepPipeline on tiny random models:
+text2music (silence latent) and cover from codes, F32 and BF16 weights, stage by stage;
+plus the `synth` CLI and its exchange-directory errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
+from transformers import AutoTokenizer
+
+import fixtures
+from _vae_gguf import make_reference as make_vae_reference
+from acestep_ggml.convert import convert
+from acestep_ggml.exchange import Request, write_request
+from acestep_ggml.pipeline import Synthesizer
+
+# A tiny VAE whose sample rate makes 25 latents per second (hop 8 at "200 Hz"), so the
+# pipeline's duration arithmetic is the real one while the audio stays short.
+SYNTH_VAE = dict(encoder_hidden_size=128, downsampling_ratios=[2, 4], channel_multiples=[1, 2], decoder_channels=8,
+                 decoder_input_channels=64, audio_channels=2, sampling_rate=200)
+CAPTION = "dreamy synth-pop, female vocals, 90s drum machine"
+LYRICS = "[Verse]\nneon lights over the bay\n[Chorus]\nwe run, we run 夜の街"
+
+
+def cosine(a, b) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+@pytest.fixture(scope="module")
+def synth_models(lm_tokenizer_dir, tmp_path_factory):
+    seed = int.from_bytes(os.urandom(4), "little")
+    models = fixtures.build_models(seed, vae=SYNTH_VAE)
+    # The generic random init makes the VAE chaotic: bf16 rounding of its weights alone moves
+    # PyTorch's own output to cosine 0.4-0.99.  A variance-preserving init behaves like a
+    # trained VAE (bf16 weights: cosine 0.99995), so the bf16 bar below tests our numerics.
+    models.vae.load_state_dict(make_vae_reference(SYNTH_VAE, seed).state_dict())
+    root = fixtures.save_original(models, tmp_path_factory.mktemp("synth") / "checkpoints", lm_tokenizer_dir)
+    out = {}
+    for dtype in ("f32", "bf16"):
+        out[dtype] = tmp_path_factory.mktemp(f"synth-{dtype}")
+        convert(root, out[dtype], dtype=dtype, quiet=True)
+    return models, out, seed
+
+
+def reference_run(models: fixtures.TinyModels, noise: np.ndarray, duration: float, codes=None):
+    """diffusers' pipeline on the same weights and noise, with every stage captured by hooks."""
+    pipe = AceStepPipeline(
+        vae=models.vae, text_encoder=models.text_encoder,
+        tokenizer=AutoTokenizer.from_pretrained(fixtures.qwen3_tokenizer_dir()),
+        transformer=models.transformer, condition_encoder=models.condition_encoder,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
+        audio_tokenizer=models.audio_tokenizer, audio_token_detokenizer=models.audio_token_detokenizer)
+    stages, hooks = {}, []
+    velocities = []
+
+    # Forward hooks must return None: anything else replaces the module's output.
+    def grab(name, pick):
+        def hook(module, args, kwargs, output):
+            stages.setdefault(name, pick(args, kwargs, output).detach().float().numpy()[0])
+        return hook
+
+    def on_transformer(module, args, kwargs, output):
+        stages.setdefault("context", kwargs["context_latents"].float().numpy()[0])
+        velocities.append(output[0].detach().float().numpy()[0])
+
+    def on_decoder(module, args, output):
+        stages.setdefault("audio_raw", output.detach().float().numpy()[0])
+
+    hooks.append(models.text_encoder.register_forward_hook(
+        grab("text_hidden", lambda a, k, o: o.last_hidden_state), with_kwargs=True))
+    embeds = []
+    hooks.append(models.text_encoder.embed_tokens.register_forward_hook(lambda m, a, o: embeds.append(o) and None))
+    hooks.append(models.condition_encoder.register_forward_hook(grab("enc_hidden", lambda a, k, o: o[0]),
+                                                                with_kwargs=True))
+    hooks.append(models.transformer.register_forward_hook(on_transformer, with_kwargs=True))
+    hooks.append(models.vae.decoder.register_forward_hook(on_decoder))
+    try:
+        with torch.no_grad():
+            out = pipe(prompt=CAPTION, lyrics=LYRICS, audio_duration=duration, vocal_language="en",
+                       num_inference_steps=8, guidance_scale=1.0, shift=3.0,
+                       latents=torch.from_numpy(noise)[None], output_type="np", bpm=120, keyscale="F# minor",
+                       timesignature="4", audio_codes=codes)
+    finally:
+        for h in hooks:
+            h.remove()
+    stages["lyric_embed"] = embeds[-1].detach().float().numpy()[0]  # the last lookup is the lyric prompt
+    for i, v in enumerate(velocities):
+        stages[f"v_t{i}"] = v
+    stages["audio"] = out.audios[0]
+    return stages
+
+
+def run_both(synth_models, dtype: str, codes=None):
+    models, folders, seed = synth_models
+    duration = 2.0 if codes is None else len(codes) / 5
+    req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesig=4, language="en",
+                  duration=None if codes else int(duration), codes=codes)
+    length = int(duration * 25)
+    noise = np.random.default_rng().standard_normal((length, 64), dtype=np.float32)
+    ours = Synthesizer(folders[dtype])(req, init_noise=noise, keep_stages=True, seed=0).stages
+    code_str = None if codes is None else "".join(f"<|audio_code_{c}|>" for c in codes)
+    ref = reference_run(models, noise, duration, code_str)
+    return ours, ref, seed
+
+
+STAGES = ["text_hidden", "lyric_embed", "enc_hidden", "context"] + [f"v_t{i}" for i in range(8)] + ["audio_raw",
+                                                                                                    "audio"]
+
+
+@pytest.mark.parametrize("codes", [None, "codes"], ids=["text2music", "cover_from_codes"])
+def test_synth_matches_diffusers_pipeline_f32(synth_models, codes):
+    code_list = list(np.random.default_rng().integers(0, 64000, 8)) if codes else None
+    ours, ref, seed = run_both(synth_models, "f32", [int(c) for c in code_list] if code_list else None)
+    table = {k: cosine(ours[k], ref[k]) for k in STAGES}
+    print("\nstage cosines:", {k: round(v, 6) for k, v in table.items()})
+    for k in STAGES:
+        assert ours[k].shape == ref[k].shape, (k, ours[k].shape, ref[k].shape)
+    # F32 weights and activations on both sides: each stage differs only by summation order,
+    # so every stage sits well above the issue's 0.999 bar.
+    bad = {k: v for k, v in table.items() if v < 0.999}
+    assert not bad, f"model seed {seed}: stages below 0.999: {bad}"
+
+
+def test_synth_bf16_weights_final_audio(synth_models):
+    ours, ref, seed = run_both(synth_models, "bf16")
+    # BF16 weights vs the F32 reference: PyTorch's own bf16 run lands near 0.9999 on the DiT (SPEC);
+    # through 8 steps and the VAE, 0.99 leaves room for the rounding of every weight.
+    c = cosine(ours["audio"], ref["audio"])
+    assert c >= 0.99, f"model seed {seed}: final audio cosine {c}"
+
+
+def test_synth_cli_writes_the_requested_duration(synth_models, tmp_path):
+    import soundfile as sf
+
+    _, folders, _ = synth_models
+    write_request(tmp_path / "ex", Request(caption=CAPTION, lyrics=LYRICS, duration=3))
+    out = tmp_path / "song.wav"
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "synth", "--input-dir", str(tmp_path / "ex"),
+                        "--models", str(folders["f32"]), "--output", str(out), "--seed", "7", "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    info = sf.info(str(out))
+    assert info.channels == 2 and info.samplerate == 200 and info.frames == 3 * 25 * 8
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"lyrics": "la"}, "caption: missing or empty"),
+    ({"caption": "x", "bpm": "fast"}, "bpm: expected an integer"),
+    ({"caption": "x", "codes": "1,64000"}, "entry 1 = 64000 is outside 0..63999"),
+])
+def test_synth_cli_bad_exchange_dir_writes_nothing(synth_models, tmp_path, files, message):
+    _, folders, _ = synth_models
+    ex = tmp_path / "ex"
+    ex.mkdir()
+    for k, v in files.items():
+        (ex / k).write_text(v)
+    out = tmp_path / "song.wav"
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "synth", "--input-dir", str(ex),
+                        "--models", str(folders["f32"]), "--output", str(out), "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.wav*"))
