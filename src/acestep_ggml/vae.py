@@ -11,8 +11,9 @@ from ._core import InputError
 # Tiling, in latent frames (1920 samples each).  The decoder and encoder see about
 # 9 frames either side of a frame (3-tap convs and three dilated 7-tap residual units
 # at each rate), so 12 frames of overlap make tiled output equal to untiled up to
-# float rounding.  128-frame chunks (5 s of audio) keep the working set near 1 GiB
-# while the overlap costs 19 % extra compute; see benchmarks/bench_vae.py.
+# float rounding.  128-frame chunks (5 s of audio) hold a 30 s decode at 1.5 GiB
+# peak RSS with the real model (BF16 file) while the overlap costs 19 % extra
+# compute; see benchmarks/bench_vae.py.
 DEFAULT_CHUNK = 128
 DEFAULT_OVERLAP = 12
 

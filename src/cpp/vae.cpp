@@ -383,7 +383,6 @@ struct Conv {
     ggml_tensor *w = nullptr, *b = nullptr;  // w: [K*C_in, C_out] (conv) or [C_in, K*C_out] (transposed)
     int c_in = 0, c_out = 0;
     ConvGeom geom{};
-    bool transposed = false;
 };
 
 struct ResUnit {
@@ -479,7 +478,7 @@ class Loader {
     }
 
     Conv conv(const std::string &p, int c_in, int c_out, ConvGeom g, bool bias = true) {
-        Conv c{nullptr, nullptr, c_in, c_out, g, false};
+        Conv c{nullptr, nullptr, c_in, c_out, g};
         const int K = g.kernel;
         c.w = w_.derived(p + ".weight", compute_, {c_out, (int64_t)K * c_in}, [f = file_, p, c_in, c_out, K] {
             auto w = folded(*f, p, {c_out, c_in, K}, c_out);
@@ -495,7 +494,7 @@ class Loader {
     }
 
     Conv conv_transposed(const std::string &p, int c_in, int c_out, ConvGeom g) {
-        Conv c{nullptr, nullptr, c_in, c_out, g, true};
+        Conv c{nullptr, nullptr, c_in, c_out, g};
         const int K = g.kernel;
         c.w = w_.derived(p + ".weight", compute_, {(int64_t)K * c_out, c_in}, [f = file_, p, c_in, c_out, K] {
             auto w = folded(*f, p, {c_in, c_out, K}, c_in);
@@ -531,7 +530,7 @@ class Loader {
         ResUnit r;
         r.snake1 = snake(p + ".snake1", C);
         // conv1 runs as Winograd: only its bias and geometry are kept besides U
-        r.conv1 = Conv{nullptr, w_.get(p + ".conv1.bias", {C}, Store::F32), C, C, {7, 1, dilation, 3 * dilation}, false};
+        r.conv1 = Conv{nullptr, w_.get(p + ".conv1.bias", {C}, Store::F32), C, C, {7, 1, dilation, 3 * dilation}};
         r.wino = winograd_kernel(p + ".conv1", C);
         r.snake2 = snake(p + ".snake2", C);
         r.conv2 = conv(p + ".conv2", C, C, {1, 1, 1, 0});
