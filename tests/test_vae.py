@@ -123,8 +123,10 @@ def test_encode_bf16_within_torch_bf16_error(model):
 # Tiles: a frame depends on about 9 latent frames either side (3-tap convs and three
 # dilated 7-tap residual units per rate: 3 + 1 + 39/10 + ... frames), so with 12 frames
 # of overlap each kept sample sees exactly the data the untiled pass sees, and only
-# float rounding (different matmul shapes) may differ: 1e-5 relative.
-TILE_REL = 1e-5
+# float rounding may differ: different matmul shapes and Winograd F(4,7) tiles that fall
+# on other frames (measured up to 1.1e-5 relative).  A truncated receptive field would
+# show as 1e-2 or more, so 5e-5 keeps the test sharp.
+TILE_REL = 5e-5
 
 
 def test_tiled_decode_matches_untiled(real_shape):

@@ -28,61 +28,19 @@ int VAEConfig::hop_length() const {
     return h;
 }
 
-// ---------------------------------------------------------------------------
-// acestep.config_json: the few integer fields we need, without a JSON library.
-
 namespace {
-
-// Position just after `"key":`, or npos.
-size_t json_value_pos(const std::string &js, const std::string &key) {
-    std::string quoted = "\"" + key + "\"";
-    size_t p = js.find(quoted);
-    if (p == std::string::npos) return p;
-    p += quoted.size();
-    while (p < js.size() && (std::isspace((unsigned char)js[p]) || js[p] == ':')) p++;
-    return p;
-}
-
-bool json_int(const std::string &js, const std::string &key, int &out) {
-    size_t p = json_value_pos(js, key);
-    if (p == std::string::npos) return false;
-    char *end = nullptr;
-    long v = std::strtol(js.c_str() + p, &end, 10);
-    if (end == js.c_str() + p) return false;
-    out = (int)v;
-    return true;
-}
-
-bool json_int_list(const std::string &js, const std::string &key, std::vector<int> &out) {
-    size_t p = json_value_pos(js, key);
-    if (p == std::string::npos || js[p] != '[') return false;
-    std::vector<int> v;
-    const char *s = js.c_str() + p + 1;
-    for (;;) {
-        while (*s && (std::isspace((unsigned char)*s) || *s == ',')) s++;
-        if (*s == ']') break;
-        char *end = nullptr;
-        long x = std::strtol(s, &end, 10);
-        if (end == s) return false;
-        v.push_back((int)x);
-        s = end;
-    }
-    out = v;
-    return true;
-}
 
 VAEConfig read_config(const GGUFFile &f) {
     VAEConfig c;  // the ACE-Step 1.5 VAE, for files that carry no config
-    std::string js = f.get_str("acestep.config_json", "");
-    if (!js.empty()) {
-        json_int(js, "encoder_hidden_size", c.encoder_hidden_size);
-        json_int_list(js, "downsampling_ratios", c.ratios);
-        json_int_list(js, "channel_multiples", c.channel_multiples);
-        json_int(js, "decoder_channels", c.decoder_channels);
-        json_int(js, "decoder_input_channels", c.latent_channels);
-        json_int(js, "audio_channels", c.audio_channels);
-        json_int(js, "sampling_rate", c.sampling_rate);
-    }
+    Config js = f.config();
+    auto ints = [](const std::vector<int64_t> &v) { return std::vector<int>(v.begin(), v.end()); };
+    c.encoder_hidden_size = (int)js.get_int("encoder_hidden_size", c.encoder_hidden_size);
+    c.ratios = ints(js.get_int_list("downsampling_ratios", {c.ratios.begin(), c.ratios.end()}));
+    c.channel_multiples = ints(js.get_int_list("channel_multiples", {c.channel_multiples.begin(), c.channel_multiples.end()}));
+    c.decoder_channels = (int)js.get_int("decoder_channels", c.decoder_channels);
+    c.latent_channels = (int)js.get_int("decoder_input_channels", c.latent_channels);
+    c.audio_channels = (int)js.get_int("audio_channels", c.audio_channels);
+    c.sampling_rate = (int)js.get_int("sampling_rate", c.sampling_rate);
     auto bad = [&](const char *what) {
         return FileError(fmt("%s: acestep.config_json: %s", f.path().c_str(), what));
     };
