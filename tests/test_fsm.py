@@ -114,11 +114,12 @@ def test_prompts_match_the_reference_chat_template():
             [system, user, {"role": "assistant", "content": c}], tokenize=False, add_generation_prompt=False)
 
 
+# One thread: the tiny graphs are too small to share, and spinning threads stall on a busy machine.
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("lm") / "lm.gguf"
     write_lm(path, tiny_lm(7), dtype="bf16")
-    return acestep_ggml.LM(path, n_threads=2)
+    return acestep_ggml.LM(path, n_threads=1)
 
 
 @pytest.mark.parametrize("trial", range(3))
@@ -142,3 +143,18 @@ def test_generate_with_all_metadata_skips_phase_one(tiny):
     req = Request(caption="ambient", duration=10, bpm=60, keyscale="C minor", timesig=4, language="en")
     out = tiny.generate(req, seed=1, temperature=0.0)
     assert len(out.codes) == 50 and (out.bpm, out.keyscale, out.timesig) == (60, "C minor", 4)
+
+
+def test_cli_lm_writes_the_exchange_directory(tiny, tmp_path):
+    from acestep_ggml.cli import main
+    from acestep_ggml.exchange import read_request
+
+    out = tmp_path / "song"
+    rc = main(["lm", "--models", str(tmp_path), "--lm", tiny.path, "--caption", "calm piano", "--duration", "10",
+               "--bpm", "70", "--keyscale", "D minor", "--timesignature", "3", "--seed", "3", "--threads", "1",
+               "--output-dir", str(out)])
+    assert rc == 0
+    req = read_request(out)
+    assert len(req.codes) == 50 and (req.bpm, req.keyscale, req.timesig, req.duration) == (70, "D minor", 3, 10)
+    assert main(["lm", "--models", str(tmp_path), "--lm", tiny.path, "--caption", "x", "--duration", "5",
+                 "--output-dir", str(out)]) == 2

@@ -65,6 +65,20 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lm(args: argparse.Namespace) -> int:
+    from .exchange import Request, write_request
+    from .lm import LM
+
+    req = Request(caption=args.caption, lyrics=args.lyrics, bpm=args.bpm, duration=args.duration,
+                  keyscale=args.keyscale, timesig=args.timesignature, language=args.language)
+    out = LM.from_models(args.models, args.lm, n_threads=args.threads).generate(
+        req, cfg_scale=args.cfg_scale, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        seed=args.seed, fsm=args.fsm)
+    write_request(args.output_dir, out)
+    print(args.output_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="acestep-ggml", description="ACE-Step 1.5 music generation on GGML")
     sub = p.add_subparsers(dest="command", required=True)
@@ -93,6 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=_cmd_synth)
+    s = sub.add_parser("lm", help="5 Hz LM: caption (+ lyrics, metadata) -> metadata and audio codes in an "
+                                  "exchange directory")
+    s.add_argument("--models", required=True, help="folder of GGUFs (or checkpoints / hub repo)")
+    s.add_argument("--lm", default=None, help="LM size in the file name (0.6B, 1.7B, 4B) or a GGUF file")
+    s.add_argument("--caption", required=True)
+    s.add_argument("--lyrics", default="")
+    s.add_argument("--bpm", type=int)
+    s.add_argument("--duration", type=int, help="seconds, 10..600 (default: the LM chooses)")
+    s.add_argument("--keyscale", help="e.g. 'F# minor'")
+    s.add_argument("--timesignature", type=int, help="2, 3, 4 or 6")
+    s.add_argument("--language", default="en")
+    s.add_argument("--cfg-scale", type=float, default=2.0)
+    s.add_argument("--temperature", type=float, default=0.85)
+    s.add_argument("--top-p", type=float, default=0.9)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--fsm", action=argparse.BooleanOptionalAction, default=True,
+                   help="constrained decoding (default on)")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    s.add_argument("--output-dir", required=True, help="exchange directory to write")
+    s.set_defaults(func=_cmd_lm)
     return p
 
 

@@ -93,6 +93,17 @@ class LM:
         self._cot = _fsm.CotConstraints(self.tokenizer.encode, tok.token_to_id("<think>"),
                                         tok.token_to_id("</think>"), self.tokenizer.encode("\n"))
 
+    @classmethod
+    def from_models(cls, models: str | os.PathLike, which: Optional[str] = None, device: str = "cpu",
+                    n_threads: Optional[int] = None) -> "LM":
+        """The LM of a model folder (or checkpoint folder / hub repo, see ``hub.resolve``): ``which``
+        is a size in the file name ("0.6B", "1.7B", "4B") or a GGUF path; default the first found."""
+        from . import hub
+
+        if which and os.path.isfile(which):
+            return cls(which, device, n_threads)
+        return cls(hub.find_models(hub.resolve(models)).get("acestep-lm", prefer=which), device, n_threads)
+
     @property
     def vocab_size(self) -> int:
         return self._lm.vocab_size
@@ -159,7 +170,8 @@ class LM:
             for k, v in parsed.items():
                 values.setdefault(k, v)
 
-        duration = _int_or(values.get("duration"), 120)
+        lo, hi = _fsm.DURATION_RANGE
+        duration = min(max(_int_or(values.get("duration"), 120), lo), hi)
         values["duration"] = str(duration)
         cot = _fsm.cot_text(values)
         n_codes = _fsm.CODES_PER_SECOND * duration
