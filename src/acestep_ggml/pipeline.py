@@ -21,7 +21,7 @@ from . import sampler
 from ._core import GGUFFile, InputError
 from .dit import DiT
 from .exchange import Request
-from .hub import ModelSet, find_models
+from .hub import ModelSet, find_models, resolve
 from .text import ConditionEncoder, Detokenizer, TextEncoder
 from .tokenizer import Tokenizer
 from .vae import VAE
@@ -53,7 +53,8 @@ class SynthResult:
 
 
 class Synthesizer:
-    """The synth stage over a folder of GGUFs (or a ModelSet).
+    """The synth stage over a folder of GGUFs, a checkpoint folder or hub repo (see ``hub.resolve``),
+    or a ModelSet.
 
     Models load on first use; with ``keep_loaded=False`` (default) each stage's weights are freed
     as soon as the stage is done, so peak memory is that of the largest stage, not their sum.
@@ -61,7 +62,7 @@ class Synthesizer:
 
     def __init__(self, models: str | os.PathLike | ModelSet, device: str = "cpu", n_threads: Optional[int] = None,
                  keep_loaded: bool = False, dit: Optional[str] = None):
-        self.models = models if isinstance(models, ModelSet) else find_models(models)
+        self.models = models if isinstance(models, ModelSet) else find_models(resolve(models))
         self.device, self.n_threads, self.keep_loaded = device, n_threads, keep_loaded
         self.paths = {
             "dit": self.models.get("acestep-dit", prefer=dit),
