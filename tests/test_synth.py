@@ -167,3 +167,28 @@ def test_synth_cli_bad_exchange_dir_writes_nothing(synth_models, tmp_path, files
     assert r.returncode == 2
     assert message in r.stderr
     assert not out.exists() and not list(tmp_path.glob("*.wav*"))
+
+
+def test_generate_cli_runs_lm_then_synth(synth_models, tmp_path):
+    import soundfile as sf
+
+    _, folders, _ = synth_models
+    out = tmp_path / "song.flac"
+    # All metadata given: the LM skips its chain of thought and writes 5 codes per second.
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "generate", "--caption", CAPTION, "--lyrics", LYRICS,
+                        "--duration", "10", "--bpm", "100", "--keyscale", "C major", "--timesignature", "4",
+                        "--models", str(folders["f32"]), "--seed", "3", "--threads", "1", "-o", str(out), "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    info = sf.info(str(out))
+    assert info.format == "FLAC" and info.channels == 2 and info.samplerate == 200
+    assert info.frames == 10 * 5 * 5 * 8  # 10 s * 5 codes/s * 5 latents/code * hop 8
+
+
+def test_generate_without_models_says_how_to_get_them(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "generate", "--caption", "x", "--no-lm",
+                        "-o", str(tmp_path / "a.wav")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    assert "Serveurperso/ACE-Step-1.5-GGUF" in r.stderr and "HF_HUB_OFFLINE" in r.stderr
+    assert not (tmp_path / "a.wav").exists()

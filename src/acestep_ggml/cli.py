@@ -65,6 +65,26 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from . import hub
+    from .pipeline import generate
+
+    lyrics = args.lyrics
+    if args.lyrics_file:
+        with open(args.lyrics_file, encoding="utf-8") as f:
+            lyrics = f.read()
+    result = generate(args.models or hub.GGUF_REPO, args.caption, lyrics, duration=args.duration, bpm=args.bpm,
+                      keyscale=args.keyscale, timesignature=args.timesignature, language=args.language,
+                      seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
+                      use_lm=not args.no_lm, lm=args.lm, device=args.device, n_threads=args.threads,
+                      progress=_progress(args.quiet))
+    result.save(args.output)
+    if not args.quiet:
+        print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",
+              file=sys.stderr)
+    return 0
+
+
 def _cmd_lm(args: argparse.Namespace) -> int:
     from .exchange import Request, write_request
     from .lm import LM
@@ -128,6 +148,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     s.add_argument("--output-dir", required=True, help="exchange directory to write")
     s.set_defaults(func=_cmd_lm)
+
+    s = sub.add_parser("generate", help="caption (+ lyrics) -> song: the LM, then the synth stage")
+    s.add_argument("--caption", required=True, help="what the music sounds like")
+    lyr = s.add_mutually_exclusive_group()
+    lyr.add_argument("--lyrics", default="", help="lyrics text ([Verse], [Chorus] tags welcome)")
+    lyr.add_argument("--lyrics-file", default=None, help="read the lyrics from a UTF-8 file")
+    s.add_argument("--duration", type=int, default=None, help="seconds (default: the LM chooses; 120 with --no-lm)")
+    s.add_argument("--bpm", type=int, default=None)
+    s.add_argument("--keyscale", default=None, help="e.g. 'F# minor'")
+    s.add_argument("--timesignature", type=int, default=None, help="2, 3, 4 or 6")
+    s.add_argument("--language", default="en")
+    s.add_argument("--seed", type=int, default=None, help="seed of the LM sampling and the noise (default random)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 50 base/SFT)")
+    s.add_argument("--guidance", type=float, default=None, help="DiT guidance (default 1 turbo, 7 base/SFT)")
+    s.add_argument("--shift", type=float, default=3.0)
+    s.add_argument("--no-lm", action="store_true", help="skip the LM: synthesise from noise, no audio codes")
+    s.add_argument("--lm", default=None, help="LM size in the file name (0.6B, 1.7B, 4B) or a GGUF file")
+    s.add_argument("--models", default=None,
+                   help="GGUF folder, checkpoint folder or hub repo (default: the published GGUFs, from the cache)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--output", "-o", required=True, help="output audio file (.wav or .flac)")
+    s.set_defaults(func=_cmd_generate)
     return p
 
 

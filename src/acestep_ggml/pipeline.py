@@ -224,3 +224,29 @@ def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, outp
     result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs)
     result.save(Path(output))
     return result
+
+
+def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, duration: Optional[int] = None,
+             bpm: Optional[int] = None, keyscale: Optional[str] = None, timesignature: Optional[int] = None,
+             language: str = "en", seed: Optional[int] = None, steps: Optional[int] = None,
+             guidance: Optional[float] = None, shift: float = 3.0, use_lm: bool = True, lm: Optional[str] = None,
+             device: str = "cpu", n_threads: Optional[int] = None,
+             progress: Optional[Progress] = None) -> SynthResult:
+    """A song from a caption: the 5 Hz LM writes missing metadata and the audio codes, then the
+    synth stage renders them.  ``use_lm=False`` synthesises from noise with the silence latent.
+    The LM is freed before the synth stage loads, so both never sit in memory together."""
+    from .lm import LM
+
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
+                      timesig=timesignature, language=language)
+    folder = resolve(models)
+    if use_lm:
+        if progress:
+            progress("lm", 0, 1)
+        request = LM.from_models(folder, lm, device=device, n_threads=n_threads).generate(request, seed=seed)
+        if progress:
+            progress("lm", 1, 1)
+    return Synthesizer(folder, device=device, n_threads=n_threads)(request, seed=seed, steps=steps, shift=shift,
+                                                                   guidance=guidance, progress=progress)
