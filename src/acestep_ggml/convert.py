@@ -174,7 +174,7 @@ def _component(folder: Path, kind: str, name: str, config: dict) -> Component:
     return comp
 
 
-def _diffusers_dit_config(root: Path, parts: dict[str, dict]) -> dict:
+def _diffusers_dit_config(parts: dict[str, dict]) -> dict:
     """The original-style config.json of the DiT, rebuilt from the sub-model configs."""
     drop = ("_class_name", "_diffusers_version", "_name_or_path")
     t, c = parts["transformer"], parts["condition_encoder"]
@@ -202,7 +202,7 @@ def _diffusers_components(root: Path) -> list[Component]:
         missing = [p for p in ("transformer", "condition_encoder") if p not in parts]
         if missing:
             raise FileNotFoundError(f"{root}: diffusers pipeline lacks {', '.join(missing)}/ needed for the DiT")
-        cfg = _diffusers_dit_config(root, parts)
+        cfg = _diffusers_dit_config(parts)
         version = str(cfg.get("model_version") or ("turbo" if cfg["is_turbo"] else "base"))
         comp = Component("dit", version if version.startswith("acestep-") else f"acestep-v15-{version}", cfg)
         for part in parts:
