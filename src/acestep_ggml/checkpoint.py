@@ -12,6 +12,7 @@ import numpy as np
 
 # safetensors dtype -> numpy dtype of the raw storage (BF16 kept as its 16 bits).
 _ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8")}
+FLOAT_SOURCE_DTYPES = frozenset(_ST_DTYPES)
 
 
 class SafetensorsFile:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .checkpoint import SafetensorsFile, as_f32, f32_to_bf16_bits, load_torch_tensor
+from .checkpoint import FLOAT_SOURCE_DTYPES, SafetensorsFile, as_f32, f32_to_bf16_bits, load_torch_tensor
 from .gguf_writer import GGUFWriter, iter_rows
 
 DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32", "q8_0": "Q8_0"}
@@ -122,6 +122,8 @@ def _tensors(files: list[SafetensorsFile], rename: Callable[[str], str]) -> list
     out = []
     for f in files:
         for name in sorted(f.entries, key=lambda n: f.entries[n][2]):
+            if f.dtype(name) not in FLOAT_SOURCE_DTYPES:
+                raise ValueError(f"{f.path}: tensor {name} has dtype {f.dtype(name)}; only float tensors convert")
             out.append(_Tensor(rename(name), f.shape(name), lambda f=f, name=name: f.raw(name)))
     return out
 
@@ -172,7 +174,7 @@ def _component(folder: Path, kind: str, name: str, config: dict) -> Component:
     return comp
 
 
-def _diffusers_dit_config(root: Path, parts: dict[str, dict]) -> dict:
+def _diffusers_dit_config(parts: dict[str, dict]) -> dict:
     """The original-style config.json of the DiT, rebuilt from the sub-model configs."""
     drop = ("_class_name", "_diffusers_version", "_name_or_path")
     t, c = parts["transformer"], parts["condition_encoder"]
@@ -200,7 +202,7 @@ def _diffusers_components(root: Path) -> list[Component]:
         missing = [p for p in ("transformer", "condition_encoder") if p not in parts]
         if missing:
             raise FileNotFoundError(f"{root}: diffusers pipeline lacks {', '.join(missing)}/ needed for the DiT")
-        cfg = _diffusers_dit_config(root, parts)
+        cfg = _diffusers_dit_config(parts)
         version = str(cfg.get("model_version") or ("turbo" if cfg["is_turbo"] else "base"))
         comp = Component("dit", version if version.startswith("acestep-") else f"acestep-v15-{version}", cfg)
         for part in parts:
@@ -304,7 +306,6 @@ def _add_tokenizer(w: GGUFWriter, comp: Component) -> None:
         data = json.loads(hf_json)
         vocab, merges = data["model"]["vocab"], [_merge_text(m) for m in data["model"].get("merges", [])]
         added = [(a["id"], a["content"], bool(a.get("special"))) for a in data.get("added_tokens", [])]
-        tok_cfg_dir = folder
     else:
         folder = next((d for d in comp.tokenizer_dirs if (d / "vocab.json").exists() and (d / "merges.txt").exists()), None)
         if folder is None:
@@ -316,7 +317,6 @@ def _add_tokenizer(w: GGUFWriter, comp: Component) -> None:
         decoder = _read_json(folder / "tokenizer_config.json").get("added_tokens_decoder", {}) \
             if (folder / "tokenizer_config.json").exists() else {}
         added = [(int(i), a["content"], bool(a.get("special"))) for i, a in decoder.items()]
-        tok_cfg_dir = folder
     n = max([*vocab.values(), *(i for i, _, _ in added)]) + 1
     tokens: list[str | None] = [None] * n
     types = np.ones(n, dtype=np.int32)  # 1 normal
@@ -334,7 +334,7 @@ def _add_tokenizer(w: GGUFWriter, comp: Component) -> None:
     w.add_string_array("tokenizer.ggml.tokens", tokens)
     w.add_int32_array("tokenizer.ggml.token_type", types.tolist())
     w.add_string_array("tokenizer.ggml.merges", merges)
-    tok_cfg = _read_json(tok_cfg_dir / "tokenizer_config.json") if (tok_cfg_dir / "tokenizer_config.json").exists() else {}
+    tok_cfg = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").exists() else {}
     for role in ("bos", "eos", "unk", "pad"):
         tok = tok_cfg.get(f"{role}_token")
         tok = tok.get("content") if isinstance(tok, dict) else tok

@@ -43,7 +43,7 @@ def _string(s: str) -> bytes:
 
 
 @dataclass
-class _Tensor:
+class _Planned:
     name: str
     shape: tuple[int, ...]  # PyTorch order
     type_name: str
@@ -64,7 +64,8 @@ class GGUFWriter:
     def __init__(self, architecture: str):
         self._kv: list[bytes] = []
         self._keys: set[str] = set()
-        self._tensors: list[_Tensor] = []
+        self._tensors: list[_Planned] = []
+        self._names: set[str] = set()
         self.add_string("general.architecture", architecture)
 
     # -- metadata ---------------------------------------------------------
@@ -98,9 +99,10 @@ class GGUFWriter:
     # -- tensors ----------------------------------------------------------
     def add_tensor(self, name: str, shape: tuple[int, ...], type_name: str,
                    produce: Callable[[], Iterable[bytes]]) -> None:
-        if any(t.name == name for t in self._tensors):
+        if name in self._names:
             raise ValueError(f"duplicate tensor {name}")
-        self._tensors.append(_Tensor(name, tuple(int(d) for d in shape), type_name, produce))
+        self._names.add(name)
+        self._tensors.append(_Planned(name, tuple(int(d) for d in shape), type_name, produce))
 
     @property
     def tensors(self) -> list[tuple[str, tuple[int, ...], str, int]]:
@@ -118,7 +120,7 @@ class GGUFWriter:
         head = b"".join(out)
         return head + b"\0" * (-len(head) % ALIGNMENT)
 
-    def write(self, path: str | os.PathLike, progress: Callable[[_Tensor], None] | None = None) -> Path:
+    def write(self, path: str | os.PathLike, progress: Callable[[_Planned], None] | None = None) -> Path:
         """Writes `path` through `path.tmp`, renamed only once complete."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
