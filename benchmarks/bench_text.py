@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -89,7 +88,7 @@ def run_torch(stage, kind, repeat):
         ids = torch.from_numpy(x["ids"])[None]
         fn = lambda: m(input_ids=ids).last_hidden_state
     else:
-        cond, tok, detok = dit_side_models(0, **dit_dims())
+        cond, tok, detok = dit_side_models(0, with_cond=stage == "cond", **dit_dims())
         if stage == "cond":
             emb = torch.nn.Embedding(VOCAB, 1024).to(dtype)
             cond = cond.to(dtype)
@@ -125,7 +124,9 @@ def child(args):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its parent's peak.
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024 ** 2  # KiB -> GiB
     print(json.dumps(dict(load=load, best=min(times), median=float(np.median(times)), peak_gib=peak)))
 
 
