@@ -122,22 +122,25 @@ TINY_DIT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, nu
 
 
 def dit_side_models(seed: int, text_hidden_dim: int = 32, timbre_hidden_dim: int = 8, lyric_layers: int = 3,
-                    timbre_layers: int = 2, detok_layers: int = 2, **dims):
-    """Random diffusers condition encoder, audio tokenizer and detokenizer of one config
-    (TINY_DIT unless dims override it)."""
+                    timbre_layers: int = 2, detok_layers: int = 2, with_cond: bool = True, **dims):
+    """Random diffusers condition encoder (None unless with_cond), audio tokenizer and
+    detokenizer of one config (TINY_DIT unless dims override it)."""
     from diffusers.pipelines.ace_step.modeling_ace_step import (
         AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepConditionEncoder)
     d = {**TINY_DIT, **dims}
     torch.manual_seed(seed)
     cond = AceStepConditionEncoder(text_hidden_dim=text_hidden_dim, timbre_hidden_dim=timbre_hidden_dim,
                                    num_lyric_encoder_hidden_layers=lyric_layers,
-                                   num_timbre_encoder_hidden_layers=timbre_layers, **d)
+                                   num_timbre_encoder_hidden_layers=timbre_layers, **d) if with_cond else None
     tok = AceStepAudioTokenizer(audio_acoustic_hidden_dim=timbre_hidden_dim, fsq_dim=d["hidden_size"],
                                 num_attention_pooler_hidden_layers=1, **d)
     detok = AceStepAudioTokenDetokenizer(audio_acoustic_hidden_dim=timbre_hidden_dim,
                                          num_attention_pooler_hidden_layers=detok_layers, **d)
     for i, m in enumerate((cond, tok, detok)):
-        randomize(m, seed + i)
-    with torch.no_grad():
-        cond.silence_latent.copy_(torch.randn(cond.silence_latent.shape, generator=torch.Generator().manual_seed(seed)))
+        if m is not None:
+            randomize(m, seed + i)
+    if cond is not None:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            cond.silence_latent.copy_(torch.randn(cond.silence_latent.shape, generator=g))
     return cond, tok, detok

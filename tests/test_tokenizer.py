@@ -38,7 +38,8 @@ def reference():
     return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
 
 
-def _write(path, **kv):
+def _write(path, kv):
+    """A GGUF holding only the metadata kv."""
     w = gguf.GGUFWriter(str(path), "acestep-text-enc")
     for k, v in kv.items():
         (w.add_string if isinstance(v, str) else w.add_array)(k, v)
@@ -58,22 +59,14 @@ def ours(request, tmp_path_factory):
     tokens = sorted(vocab, key=vocab.get)
     merges = [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
     if request.param == "huggingface_json":
-        _write(path, **{"tokenizer.huggingface.json": tj})
+        _write(path, {"tokenizer.huggingface.json": tj})
     elif request.param == "bpe_tokens_only":  # what acestep.cpp's published files may carry
-        _write(path, **{"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens,
-                        "tokenizer.ggml.merges": merges})
+        _write(path, {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges})
     else:  # llama.cpp convention: added tokens in the list, typed control (3) / user-defined (4)
         added = sorted(spec["added_tokens"], key=lambda a: a["id"])
         types = [1] * len(tokens) + [3 if a["special"] else 4 for a in added]
-        w = gguf.GGUFWriter(str(path), "acestep-text-enc")
-        w.add_string("tokenizer.ggml.model", "gpt2")
-        w.add_array("tokenizer.ggml.tokens", tokens + [a["content"] for a in added])
-        w.add_array("tokenizer.ggml.token_type", types)
-        w.add_array("tokenizer.ggml.merges", merges)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
+        _write(path, {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens + [a["content"] for a in added],
+                     "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges})
     return Tokenizer.from_gguf(path)
 
 

@@ -13,7 +13,11 @@ void Linear::load(Weights &w, const std::string &prefix, int64_t in, int64_t out
 }
 
 ggml_tensor *Linear::operator()(ggml_context *ctx, ggml_tensor *x) const {
-    ggml_tensor *y = ggml_mul_mat(ctx, weight, x);
+    // One [in, rows] product: mul_mat over a 3-D/4-D x would run one small GEMM per batch
+    // slice and re-read the weight for each (the detokenizer has a batch of N sequences of 5).
+    if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
+    ggml_tensor *y = ggml_mul_mat(ctx, weight, ggml_reshape_2d(ctx, x, x->ne[0], ggml_nrows(x)));
+    y = ggml_reshape_4d(ctx, y, weight->ne[1], x->ne[1], x->ne[2], x->ne[3]);
     return bias ? ggml_add(ctx, y, bias) : y;
 }
 
@@ -55,7 +59,7 @@ ggml_tensor *attention(ggml_context *ctx, ggml_tensor *q, ggml_tensor *k, ggml_t
     return ggml_reshape_3d(ctx, o, d * h, tq, b);
 }
 
-void SelfAttention::load(Weights &w, const std::string &p, const Dims &d, bool has_bias) {
+void Attention::load(Weights &w, const std::string &p, const Dims &d, bool has_bias) {
     n_head = d.n_head;
     n_kv_head = d.n_kv_head;
     head_dim = d.head_dim;
@@ -68,23 +72,23 @@ void SelfAttention::load(Weights &w, const std::string &p, const Dims &d, bool h
     k_norm.load(w, p + "k_norm.weight", head_dim, d.eps);
 }
 
-ggml_tensor *SelfAttention::query(ggml_context *ctx, ggml_tensor *x, ggml_tensor *pos) const {
+ggml_tensor *Attention::query(ggml_context *ctx, ggml_tensor *x, ggml_tensor *pos) const {
     ggml_tensor *q = ggml_reshape_4d(ctx, q_proj(ctx, x), head_dim, n_head, x->ne[1], x->ne[2]);
     q = q_norm(ctx, q);
     return pos ? rope_neox(ctx, q, pos, rope_theta) : q;
 }
 
-ggml_tensor *SelfAttention::key(ggml_context *ctx, ggml_tensor *src, ggml_tensor *pos) const {
+ggml_tensor *Attention::key(ggml_context *ctx, ggml_tensor *src, ggml_tensor *pos) const {
     ggml_tensor *k = ggml_reshape_4d(ctx, k_proj(ctx, src), head_dim, n_kv_head, src->ne[1], src->ne[2]);
     k = k_norm(ctx, k);
     return pos ? rope_neox(ctx, k, pos, rope_theta) : k;
 }
 
-ggml_tensor *SelfAttention::value(ggml_context *ctx, ggml_tensor *src) const {
+ggml_tensor *Attention::value(ggml_context *ctx, ggml_tensor *src) const {
     return ggml_reshape_4d(ctx, v_proj(ctx, src), head_dim, n_kv_head, src->ne[1], src->ne[2]);
 }
 
-ggml_tensor *SelfAttention::attend(ggml_context *ctx, ggml_tensor *q, ggml_tensor *k, ggml_tensor *v,
+ggml_tensor *Attention::attend(ggml_context *ctx, ggml_tensor *q, ggml_tensor *k, ggml_tensor *v,
                                    ggml_tensor *mask) const {
     // [D, H, T, B] -> [D, T, H, B]: heads become the batch dimension of the attention.
     q = ggml_permute(ctx, q, 0, 2, 1, 3);
@@ -94,7 +98,7 @@ ggml_tensor *SelfAttention::attend(ggml_context *ctx, ggml_tensor *q, ggml_tenso
     return o_proj(ctx, o);
 }
 
-ggml_tensor *SelfAttention::operator()(ggml_context *ctx, ggml_tensor *x, ggml_tensor *pos, ggml_tensor *mask) const {
+ggml_tensor *Attention::operator()(ggml_context *ctx, ggml_tensor *x, ggml_tensor *pos, ggml_tensor *mask) const {
     return attend(ctx, query(ctx, x, pos), key(ctx, x, pos), value(ctx, x), mask);
 }
 

@@ -49,8 +49,11 @@ struct Dims {
     float eps = 1e-6f, rope_theta = 1e6f;
 };
 
-// Qwen3-style attention: q/k/v/o projections, RMSNorm per head on q and k.
-struct SelfAttention {
+// Qwen3-style attention: q/k/v/o projections, RMSNorm per head on q and k.  Serves as
+// self-attention (operator(), RoPE at pos), cross-attention (query(x, null), key/value of the
+// encoder states with pos = null, attend(..., null mask)) and cached decoding (key/value of
+// the new tokens copied into a cache, attend() on views of the cache with a Causal mask).
+struct Attention {
     Linear q_proj, k_proj, v_proj, o_proj;
     RMSNorm q_norm, k_norm;
     int64_t n_head = 0, n_kv_head = 0, head_dim = 0;
@@ -79,7 +82,7 @@ struct SwiGLU {
 // Pre-norm decoder layer (Qwen3DecoderLayer, AceStepEncoderLayer).
 struct Qwen3Layer {
     RMSNorm input_layernorm, post_attention_layernorm;
-    SelfAttention self_attn;
+    Attention self_attn;
     SwiGLU mlp;
     void load(Weights &w, const std::string &prefix, const Dims &d);
     // x: [C, T, B] -> [C, T, B]

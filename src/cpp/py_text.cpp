@@ -34,6 +34,19 @@ static std::vector<float> rows(const py::handle &obj, const char *what, int64_t 
     return std::vector<float>(a.data(), a.data() + a.size());
 }
 
+// A TextEncoder method from ids [T] to rows [T, hidden], as a Python method.
+static auto ids_to_rows(std::vector<float> (TextEncoder::*method)(const std::vector<int32_t> &)) {
+    return [method](TextEncoder &e, py::handle ids) {
+        auto v = as_ids(py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ids));
+        std::vector<float> out;
+        {
+            py::gil_scoped_release nogil;
+            out = (e.*method)(v);
+        }
+        return to_numpy(out, {(ssize_t)v.size(), (ssize_t)e.hidden()});
+    };
+}
+
 void bind_text(py::module_ &m) {
     py::class_<TextEncoder>(m, "_TextEncoder")
         .def(py::init([](const std::string &path, const std::string &device, int n_threads) {
@@ -41,24 +54,8 @@ void bind_text(py::module_ &m) {
         }), py::arg("path"), py::arg("device"), py::arg("n_threads"))
         .def_property_readonly("hidden", &TextEncoder::hidden)
         .def_property_readonly("vocab_size", &TextEncoder::vocab_size)
-        .def("encode", [](TextEncoder &e, py::handle ids) {
-            auto v = as_ids(py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ids));
-            std::vector<float> out;
-            {
-                py::gil_scoped_release nogil;
-                out = e.encode(v);
-            }
-            return to_numpy(out, {(ssize_t)v.size(), (ssize_t)e.hidden()});
-        })
-        .def("embed", [](TextEncoder &e, py::handle ids) {
-            auto v = as_ids(py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ids));
-            std::vector<float> out;
-            {
-                py::gil_scoped_release nogil;
-                out = e.embed(v);
-            }
-            return to_numpy(out, {(ssize_t)v.size(), (ssize_t)e.hidden()});
-        });
+        .def("encode", ids_to_rows(&TextEncoder::encode))
+        .def("embed", ids_to_rows(&TextEncoder::embed));
 
     py::class_<ConditionEncoder>(m, "_ConditionEncoder")
         .def(py::init([](const std::string &dit, const std::string &text, const std::string &device, int n_threads) {
