@@ -39,7 +39,7 @@ class DiT {
   private:
     struct Layer {
         RMSNorm self_attn_norm, cross_attn_norm, mlp_norm;
-        SelfAttention self_attn, cross_attn;
+        Attention self_attn, cross_attn;
         SwiGLU mlp;
         ggml_tensor *scale_shift_table = nullptr;  // [6, H]: AdaLN base, added to the timestep projection
     };

@@ -105,7 +105,7 @@ std::vector<float> LM::forward(const std::vector<int32_t> &ids, const std::vecto
     const float scale = 1.0f / std::sqrt((float)D);
     for (size_t l = 0; l < layers_.size(); l++) {
         const Qwen3Layer &L = layers_[l];
-        const SelfAttention &A = L.self_attn;
+        const Attention &A = L.self_attn;
         ggml_tensor *h = L.input_layernorm(ctx, x);
         // [D, H, n, 1]: RoPE reads one position per token, so sequences share dimension 2.
         ggml_tensor *q = A.query(ctx, h, pos), *k = A.key(ctx, h, pos), *v = A.value(ctx, h);
