@@ -26,6 +26,7 @@ __all__ = ["GGUFFile", "InputError", "ModelFileError", "backends", "__version__"
 from .dit import DiT  # noqa: E402
 
 __all__ += ["DiT"]
+
 from .text import ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 

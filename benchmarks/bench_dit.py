@@ -1,0 +1,157 @@
+"""One DiT forward at the real size (random weights): ours with BF16 / F16 / Q8_0 weight files
+against PyTorch fp32 and bf16, in one run.  Prints time, throughput, peak memory and accuracy
+against PyTorch fp32.
+
+Each measurement runs in its own subprocess so that its peak RSS is its own.
+
+    PYTHONPATH=src python benchmarks/bench_dit.py [--frames 750] [--enc 200] [--types bf16,f16,q8_0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+REAL = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=24, num_attention_heads=16,
+            num_key_value_heads=8, head_dim=128, in_channels=192, audio_acoustic_hidden_dim=64, patch_size=2,
+            rope_theta=1000000.0, rms_norm_eps=1e-6, sliding_window=128)
+
+
+def _model(seed):
+    import torch
+    from _dit_gguf import tiny_dit
+    torch.set_num_threads(os.cpu_count())
+    return tiny_dit(seed, **REAL)
+
+
+def _peak_gib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _flops(frames, enc):
+    # Matmul FLOPs: every weight sees the N = frames / 2 tokens, except the cross-attention K/V
+    # projections (encoder tokens); attention scores and mixing on top.
+    c = REAL
+    H, I, L, D = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["head_dim"]
+    hq, hk = c["num_attention_heads"] * D, c["num_key_value_heads"] * D
+    n = (frames + 1) // 2
+    per_layer = 2 * n * (2 * (H * hq + hq * H) + H * hk * 2 + 3 * H * I) + 2 * enc * (2 * H * hk)
+    attn = 4 * hq * n * (min(n, 2 * c["sliding_window"] + 1) + n) / 2 + 4 * hq * n * enc
+    return L * (per_layer + attn)
+
+
+def phase_write(args):
+    import acestep_ggml
+    from _dit_gguf import write_dit_gguf
+    model = _model(args.seed)
+    rng = np.random.default_rng(args.seed)
+    np.savez(os.path.join(args.dir, "inputs.npz"), x=rng.standard_normal((1, args.frames, 64), dtype=np.float32),
+             src=rng.standard_normal((1, args.frames, 64), dtype=np.float32),
+             enc=rng.standard_normal((1, args.enc, 2048), dtype=np.float32), t=np.array([0.75], np.float32))
+    for ty in args.types.split(","):
+        write_dit_gguf(model, os.path.join(args.dir, f"dit-{ty}.gguf"), weight_type=ty,
+                       quantize=acestep_ggml._core.quantize)
+    return {}
+
+
+def phase_torch(args):
+    import torch
+    model = _model(args.seed)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = model.to(dtype)
+    d = np.load(os.path.join(args.dir, "inputs.npz"))
+    x, src, enc, t = (torch.from_numpy(d[k]).to(dtype) for k in ("x", "src", "enc", "t"))
+    ctx = torch.cat([src, torch.ones_like(src)], dim=-1)
+    times = []
+    with torch.no_grad():
+        for _ in range(args.repeats + 1):
+            t0 = time.perf_counter()
+            v = model(x, t, t, enc, ctx, return_dict=False)[0]
+            times.append(time.perf_counter() - t0)
+    out = v.float().numpy()
+    np.save(os.path.join(args.dir, f"out-torch-{args.dtype}.npy"), out)
+    return {"first_s": times[0], "times_s": times[1:]}
+
+
+def phase_ggml(args):
+    import acestep_ggml
+    t0 = time.perf_counter()
+    dit = acestep_ggml.DiT(os.path.join(args.dir, f"dit-{args.dtype}.gguf"))
+    load_s = time.perf_counter() - t0
+    d = np.load(os.path.join(args.dir, "inputs.npz"))
+    times = []
+    for _ in range(args.repeats + 1):  # the first call also builds and allocates the graph
+        t0 = time.perf_counter()
+        v = dit.forward(d["x"], d["t"], d["enc"], d["src"])
+        times.append(time.perf_counter() - t0)
+    np.save(os.path.join(args.dir, f"out-ggml-{args.dtype}.npy"), v)
+    return {"load_s": load_s, "first_s": times[0], "times_s": times[1:], "weight_gib": dit._m.weight_bytes / 2**30}
+
+
+def _run(args, phase, dtype=""):
+    cmd = [sys.executable, __file__, "--phase", phase, "--dtype", dtype, "--dir", args.dir,
+           "--frames", str(args.frames), "--enc", str(args.enc), "--types", args.types,
+           "--repeats", str(args.repeats), "--seed", str(args.seed)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=750, help="latent frames (25 per second)")
+    p.add_argument("--enc", type=int, default=200, help="encoder tokens")
+    p.add_argument("--types", default="bf16,f16,q8_0", help="our weight types to measure")
+    p.add_argument("--repeats", type=int, default=2, help="timed forwards after the first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--phase", default="", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="", help=argparse.SUPPRESS)
+    p.add_argument("--dir", default="", help="where the GGUFs and outputs go (default: a temporary folder)")
+    args = p.parse_args()
+
+    if args.phase:
+        res = {"write": phase_write, "torch": phase_torch, "ggml": phase_ggml}[args.phase](args)
+        res["peak_gib"] = _peak_gib()
+        print(json.dumps(res))
+        return
+
+    tmp = None
+    if not args.dir:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_dit_")
+        args.dir = tmp.name
+    print(f"DiT forward: {args.frames} latent frames ({(args.frames + 1) // 2} tokens), {args.enc} encoder tokens, "
+          f"{os.cpu_count()} threads, {_flops(args.frames, args.enc) / 1e12:.2f} TFLOP")
+    _run(args, "write")
+    results = {}
+    for dt in ("fp32", "bf16"):
+        results[f"torch {dt}"] = (_run(args, "torch", dt), f"out-torch-{dt}.npy")
+    for ty in args.types.split(","):
+        results[f"ggml {ty}"] = (_run(args, "ggml", ty), f"out-ggml-{ty}.npy")
+
+    ref = np.load(os.path.join(args.dir, "out-torch-fp32.npy")).astype(np.float64).ravel()
+    base = min(results["torch bf16"][0]["times_s"])
+    flops = _flops(args.frames, args.enc)
+    print(f"{'run':<12} {'best s':>8} {'first s':>8} {'GFLOP/s':>8} {'vs torch bf16':>14} {'peak GiB':>9} "
+          f"{'cos vs fp32':>12} {'rel L2':>9}")
+    for name, (r, out) in results.items():
+        o = np.load(os.path.join(args.dir, out)).astype(np.float64).ravel()
+        cos = o @ ref / (np.linalg.norm(o) * np.linalg.norm(ref))
+        rel = np.linalg.norm(o - ref) / np.linalg.norm(ref)
+        best = min(r["times_s"])
+        print(f"{name:<12} {best:8.2f} {r['first_s']:8.2f} {flops / best / 1e9:8.0f} {base / best:13.2f}x "
+              f"{r['peak_gib']:9.2f} {cos:12.6f} {rel:9.2e}")
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
