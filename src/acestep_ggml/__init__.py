@@ -21,20 +21,18 @@ def backends() -> list[dict]:
     return _core.backends()
 
 
-__all__ = ["GGUFFile", "InputError", "ModelFileError", "backends", "__version__"]
-
+# The models (each a native graph), then the stages built from them.
+from .audio import read_audio, write_audio  # noqa: E402
 from .dit import DiT  # noqa: E402
-
-__all__ += ["DiT"]
-
+from .exchange import Request  # noqa: E402
+from .lm import LM  # noqa: E402
+from .pipeline import SynthResult, Synthesizer, generate  # noqa: E402
 from .text import ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
-
-__all__ += ["ConditionEncoder", "Detokenizer", "TextEncoder", "Tokenizer"]
-from .audio import read_audio, write_audio  # noqa: E402
 from .vae import VAE  # noqa: E402
 
-__all__ += ["VAE", "read_audio", "write_audio"]
-from .lm import LM  # noqa: E402
-
-__all__ += ["LM"]
+__all__ = [
+    "GGUFFile", "InputError", "ModelFileError", "backends", "__version__",
+    "ConditionEncoder", "Detokenizer", "DiT", "LM", "Request", "SynthResult", "Synthesizer", "TextEncoder",
+    "Tokenizer", "VAE", "generate", "read_audio", "write_audio",
+]
