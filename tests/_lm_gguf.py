@@ -12,7 +12,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from _text_gguf import _bf16_bits, _finish, randomize
+from _text_gguf import _bf16_bits, _finish, qwen3_writer, randomize
 
 QWEN3_VOCAB = 151669
 VOCAB = QWEN3_VOCAB + 64000
@@ -40,21 +40,9 @@ def tiny_lm(seed: int, tie: bool = False, hidden: int = 64, layers: int = 2, voc
 
 def write_lm(path, model: Qwen3ForCausalLM, dtype: str = "f32", tokenizer: bool = True) -> None:
     """An ``acestep-lm`` GGUF: matrices in ``dtype`` (f32, bf16 or q8_0), norms F32."""
-    arch = "acestep-lm"
     c = model.config
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_uint32(f"{arch}.block_count", c.num_hidden_layers)
-    w.add_uint32(f"{arch}.embedding_length", c.hidden_size)
-    w.add_uint32(f"{arch}.feed_forward_length", c.intermediate_size)
-    w.add_uint32(f"{arch}.attention.head_count", c.num_attention_heads)
-    w.add_uint32(f"{arch}.attention.head_count_kv", c.num_key_value_heads)
-    w.add_uint32(f"{arch}.attention.key_length", c.head_dim)
-    w.add_uint32(f"{arch}.vocab_size", c.vocab_size)
-    w.add_uint32(f"{arch}.context_length", c.max_position_embeddings)
-    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c.rms_norm_eps)
-    w.add_float32(f"{arch}.rope.freq_base", float(c.rope_parameters["rope_theta"]))
+    w = qwen3_writer(path, "acestep-lm", c)
     w.add_bool("acestep.tie_word_embeddings", bool(c.tie_word_embeddings))
-    w.add_string("acestep.config_json", c.to_json_string(use_diff=False))
     if tokenizer:
         w.add_string("tokenizer.ggml.model", "gpt2")
         w.add_string("tokenizer.huggingface.json", tokenizer_json())

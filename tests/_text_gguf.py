@@ -54,11 +54,8 @@ def _finish(w: gguf.GGUFWriter) -> None:
     w.close()
 
 
-def write_text_encoder(path, model, bf16: bool = False, tokenizer_json: str | None = None,
-                       tokens=None, merges=None) -> None:
-    """A transformers Qwen3Model as an ``acestep-text-enc`` GGUF."""
-    arch = "acestep-text-enc"
-    c = model.config
+def qwen3_writer(path, arch: str, c) -> gguf.GGUFWriter:
+    """A GGUFWriter holding the standard Qwen3 keys of a transformers config, as the published files have them."""
     w = gguf.GGUFWriter(str(path), arch)
     w.add_uint32(f"{arch}.block_count", c.num_hidden_layers)
     w.add_uint32(f"{arch}.embedding_length", c.hidden_size)
@@ -67,9 +64,18 @@ def write_text_encoder(path, model, bf16: bool = False, tokenizer_json: str | No
     w.add_uint32(f"{arch}.attention.head_count_kv", c.num_key_value_heads)
     w.add_uint32(f"{arch}.attention.key_length", c.head_dim)
     w.add_uint32(f"{arch}.vocab_size", c.vocab_size)
+    w.add_uint32(f"{arch}.context_length", c.max_position_embeddings)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c.rms_norm_eps)
     w.add_float32(f"{arch}.rope.freq_base", float(c.rope_parameters["rope_theta"]))
     w.add_string("acestep.config_json", c.to_json_string(use_diff=False))
+    return w
+
+
+def write_text_encoder(path, model, bf16: bool = False, tokenizer_json: str | None = None,
+                       tokens=None, merges=None) -> None:
+    """A transformers Qwen3Model as an ``acestep-text-enc`` GGUF."""
+    c = model.config
+    w = qwen3_writer(path, "acestep-text-enc", c)
     if tokens is not None:
         w.add_string("tokenizer.ggml.model", "gpt2")
         w.add_array("tokenizer.ggml.tokens", list(tokens))

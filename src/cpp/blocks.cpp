@@ -174,6 +174,20 @@ float arch_f32(const GGUFFile &f, const std::string &key, float fallback) {
     return f.get_f32(f.architecture() + "." + key, fallback);
 }
 
+Dims qwen3_dims(const GGUFFile &f, const std::string &layers_prefix) {
+    return dims_from_layer(f, layers_prefix + "0.", arch_f32(f, "attention.layer_norm_rms_epsilon", 1e-6f),
+                           arch_f32(f, "rope.freq_base", 1e6f));
+}
+
+ggml_tensor *load_embedding(Weights &w, const std::string &name, int64_t hidden, int64_t &vocab) {
+    auto e = w.file().require(name).torch_shape();
+    if (e.size() != 2 || e[1] != hidden)
+        throw FileError(fmt("%s: %s has shape %s, expected [vocab, %lld]", w.file().path().c_str(), name.c_str(),
+                            shape_str(e).c_str(), (long long)hidden));
+    vocab = e[0];
+    return w.get(name, {vocab, hidden});
+}
+
 std::vector<int32_t> iota(int64_t n) {
     std::vector<int32_t> v(n);
     for (int64_t i = 0; i < n; i++) v[i] = (int32_t)i;

@@ -108,6 +108,12 @@ enum class MaskKind { Full, Causal, Window };
 std::vector<ggml_fp16_t> make_mask(int64_t tq, int64_t tk, MaskKind kind, int64_t window,
                                    const std::vector<uint8_t> &key_valid = {});
 
+// Dims of a Qwen3 stack whose layers are "<layers_prefix>N.", with eps and RoPE theta from
+// the standard keys under the file's architecture.
+Dims qwen3_dims(const GGUFFile &f, const std::string &layers_prefix);
+// A token-embedding table [vocab, hidden]; sets vocab from the file, checks the width.
+ggml_tensor *load_embedding(Weights &w, const std::string &name, int64_t hidden, int64_t &vocab);
+
 // A standard key under the file's architecture prefix ("<arch>.rope.freq_base").
 float arch_f32(const GGUFFile &f, const std::string &key, float fallback);
 

@@ -10,14 +10,8 @@ namespace ace {
 LM::LM(const std::string &path, std::shared_ptr<Backend> backend)
     : file_(std::make_shared<GGUFFile>(path)), w_(file_, backend), runner_(backend) {
     file_->expect_architecture("acestep-lm");
-    dims_ = dims_from_layer(*file_, "model.layers.0.", arch_f32(*file_, "attention.layer_norm_rms_epsilon", 1e-6f),
-                            arch_f32(*file_, "rope.freq_base", 1e6f));
-    auto e = file_->require("model.embed_tokens.weight").torch_shape();
-    if (e.size() != 2 || e[1] != dims_.hidden)
-        throw FileError(fmt("%s: model.embed_tokens.weight has shape %s, expected [vocab, %lld]", path.c_str(),
-                            shape_str(e).c_str(), (long long)dims_.hidden));
-    vocab_ = e[0];
-    embed_tokens_ = w_.get("model.embed_tokens.weight", {vocab_, dims_.hidden});
+    dims_ = qwen3_dims(*file_, "model.layers.");
+    embed_tokens_ = load_embedding(w_, "model.embed_tokens.weight", dims_.hidden, vocab_);
     // Published files say whether the head is tied; a file without lm_head.weight can only be tied.
     const bool tie = file_->get_bool("acestep.tie_word_embeddings", !w_.has("lm_head.weight"));
     if (!tie && !w_.has("lm_head.weight"))

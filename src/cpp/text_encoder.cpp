@@ -14,14 +14,8 @@ void check_token_ids(const std::vector<int32_t> &ids, int64_t vocab, const char 
 TextEncoder::TextEncoder(const std::string &path, std::shared_ptr<Backend> backend)
     : file_(std::make_shared<GGUFFile>(path)), w_(file_, backend), runner_(backend) {
     file_->expect_architecture("acestep-text-enc");
-    dims_ = dims_from_layer(*file_, "layers.0.", arch_f32(*file_, "attention.layer_norm_rms_epsilon", 1e-6f),
-                            arch_f32(*file_, "rope.freq_base", 1e6f));
-    auto e = file_->require("embed_tokens.weight").torch_shape();
-    if (e.size() != 2 || e[1] != dims_.hidden)
-        throw FileError(fmt("%s: embed_tokens.weight has shape %s, expected [vocab, %lld]", path.c_str(),
-                            shape_str(e).c_str(), (long long)dims_.hidden));
-    vocab_ = e[0];
-    embed_tokens_ = w_.get("embed_tokens.weight", {vocab_, dims_.hidden});
+    dims_ = qwen3_dims(*file_, "layers.");
+    embed_tokens_ = load_embedding(w_, "embed_tokens.weight", dims_.hidden, vocab_);
     int n = count_layers(*file_, "layers.");
     layers_.resize(n);
     for (int i = 0; i < n; i++) layers_[i].load(w_, "layers." + std::to_string(i) + ".", dims_);
