@@ -14,8 +14,6 @@ import acestep_ggml
 from acestep_ggml import ModelFileError, _core
 from acestep_ggml.convert import convert
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-
 
 @pytest.fixture(scope="module")
 def vae_file(tiny_original_dir, tmp_path_factory) -> Path:
@@ -87,8 +85,8 @@ def test_tensor_of_integer_type(tmp_path):
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "acestep_ggml", *map(str, args)], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    # The environment as the tests got it: the installed package in CI, PYTHONPATH=src in a dev tree.
+    return subprocess.run([sys.executable, "-m", "acestep_ggml", *map(str, args)], capture_output=True, text=True)
 
 
 def test_cli_convert_missing_directory(tmp_path):
