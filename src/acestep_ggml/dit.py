@@ -50,7 +50,7 @@ class DiT:
                noise: Optional[np.ndarray] = None, num_steps: int = 8, shift: float = 3.0,
                timesteps: Optional[Sequence[float]] = None, guidance_scale: float = 1.0,
                null_encoder_states=None, cfg_interval: tuple[float, float] = (0.0, 1.0),
-               callback: Optional[Callable[[int, float, np.ndarray], None]] = None) -> np.ndarray:
+               callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None) -> np.ndarray:
         """Runs the flow-matching sampler from seeded (or given) noise to clean latents ``(T, 64)``.
 
         Turbo checkpoints: leave ``guidance_scale`` at 1.  Base/SFT: ``guidance_scale > 1`` with

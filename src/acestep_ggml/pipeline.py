@@ -169,29 +169,19 @@ class Synthesizer:
         if noise.shape != src.shape:
             raise InputError(f"init noise has shape {noise.shape}; this request needs {src.shape}")
 
-        def on_step(i, t, x):
+        velocities: list[np.ndarray] = []
+
+        def on_step(i, t, x, v):
+            if keep_stages:
+                velocities.append(np.array(v, copy=True))
             report("dit", i + 1, steps)
 
         dit = self._model("dit")
-        velocities: list[np.ndarray] = []
-        if keep_stages:
-            forward = dit.forward
-
-            def recording_forward(*args, **kwargs):
-                v = forward(*args, **kwargs)
-                velocities.append(np.array(v, copy=True))
-                return v
-
-            dit.forward = recording_forward
         report("dit", 0, steps)
-        try:
-            null = None if null_emb is None else np.broadcast_to(null_emb, enc_hidden.shape)
-            x0 = dit.sample(enc_hidden, src, chunk_mask, noise=noise, num_steps=steps, shift=shift,
-                            timesteps=timesteps, guidance_scale=guidance, null_encoder_states=null,
-                            cfg_interval=cfg_interval, callback=on_step)
-        finally:
-            if keep_stages:
-                dit.forward = forward
+        null = None if null_emb is None else np.broadcast_to(null_emb, enc_hidden.shape)
+        x0 = dit.sample(enc_hidden, src, chunk_mask, noise=noise, num_steps=steps, shift=shift,
+                        timesteps=timesteps, guidance_scale=guidance, null_encoder_states=null,
+                        cfg_interval=cfg_interval, callback=on_step)
         self._done("dit")
         for i, v in enumerate(velocities):
             keep(f"v_t{i}", v)

@@ -102,7 +102,7 @@ VelocityFn = Callable[[np.ndarray, float, bool], object]
 def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = 8, shift: float = 3.0,
            timesteps: Optional[Sequence[float]] = None, guidance_scale: float = 1.0,
            cfg_interval: tuple[float, float] = (0.0, 1.0),
-           callback: Optional[Callable[[int, float, np.ndarray], None]] = None) -> np.ndarray:
+           callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None) -> np.ndarray:
     """Integrates the flow ODE from ``noise`` (t = 1) to t = 0 with Euler steps.
 
     ``x ← x + (t_next − t)·v``; the step after the last timestep goes to 0.  With
@@ -121,12 +121,12 @@ def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = 8, shift: f
         t = float(t)
         guided = buffer is not None and lo <= 1.0 - t <= hi
         if guided:
-            v_cond, v_null = velocity(x, t, True)
-            v = apg(v_cond, v_null, guidance_scale - 1.0, buffer)
+            v_model, v_null = velocity(x, t, True)
+            v = apg(v_model, v_null, guidance_scale - 1.0, buffer)
         else:
-            v = velocity(x, t, False)
+            v = v_model = velocity(x, t, False)
         t_next = float(ts[i + 1]) if i + 1 < len(ts) else 0.0
         x = x + np.float32(t_next - t) * np.asarray(v, dtype=np.float32)
         if callback is not None:
-            callback(i, t, x)
+            callback(i, t, x, v_model)  # after the step; v_model: the model's (conditional) velocity
     return x
