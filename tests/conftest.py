@@ -39,3 +39,31 @@ def tiny_original_dir(tiny_models, lm_tokenizer_dir, tmp_path_factory) -> Path:
 def tiny_diffusers_dir(tiny_models, tmp_path_factory) -> Path:
     """A diffusers AceStepPipeline directory of tiny_models."""
     return fixtures.save_diffusers(tiny_models, tmp_path_factory.mktemp("diffusers") / "pipeline")
+
+
+# A tiny VAE whose sample rate makes 25 latents per second (hop 8 at "200 Hz"), so the
+# pipeline's duration arithmetic is the real one while the audio stays short.
+SYNTH_VAE = dict(encoder_hidden_size=128, downsampling_ratios=[2, 4], channel_multiples=[1, 2], decoder_channels=8,
+                 decoder_input_channels=64, audio_channels=2, sampling_rate=200)
+
+
+@pytest.fixture(scope="session")
+def synth_models(lm_tokenizer_dir, tmp_path_factory):
+    """Tiny models for whole pipelines: (torch models, original checkpoint dir, {dtype: GGUF dir}, seed)."""
+    from _vae_gguf import make_reference as make_vae_reference
+
+    from acestep_ggml.convert import convert
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"\nsynth model seed: {seed}")
+    models = fixtures.build_models(seed, vae=SYNTH_VAE)
+    # The generic random init makes the VAE chaotic: bf16 rounding of its weights alone moves
+    # PyTorch's own output to cosine 0.4-0.99.  A variance-preserving init behaves like a
+    # trained VAE (bf16 weights: cosine 0.99995), so bf16 bars test our numerics.
+    models.vae.load_state_dict(make_vae_reference(SYNTH_VAE, seed).state_dict())
+    root = fixtures.save_original(models, tmp_path_factory.mktemp("synth") / "checkpoints", lm_tokenizer_dir)
+    out = {}
+    for dtype in ("f32", "bf16"):
+        out[dtype] = tmp_path_factory.mktemp(f"synth-{dtype}")
+        convert(root, out[dtype], dtype=dtype, quiet=True)
+    return models, root, out, seed

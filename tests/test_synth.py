@@ -14,15 +14,9 @@ from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
 from transformers import AutoTokenizer
 
 import fixtures
-from _vae_gguf import make_reference as make_vae_reference
-from acestep_ggml.convert import convert
 from acestep_ggml.exchange import Request, write_request
 from acestep_ggml.pipeline import Synthesizer
 
-# A tiny VAE whose sample rate makes 25 latents per second (hop 8 at "200 Hz"), so the
-# pipeline's duration arithmetic is the real one while the audio stays short.
-SYNTH_VAE = dict(encoder_hidden_size=128, downsampling_ratios=[2, 4], channel_multiples=[1, 2], decoder_channels=8,
-                 decoder_input_channels=64, audio_channels=2, sampling_rate=200)
 CAPTION = "dreamy synth-pop, female vocals, 90s drum machine"
 LYRICS = "[Verse]\nneon lights over the bay\n[Chorus]\nwe run, we run 夜の街"
 
@@ -30,22 +24,6 @@ LYRICS = "[Verse]\nneon lights over the bay\n[Chorus]\nwe run, we run 夜の街"
 def cosine(a, b) -> float:
     a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-
-
-@pytest.fixture(scope="module")
-def synth_models(lm_tokenizer_dir, tmp_path_factory):
-    seed = int.from_bytes(os.urandom(4), "little")
-    models = fixtures.build_models(seed, vae=SYNTH_VAE)
-    # The generic random init makes the VAE chaotic: bf16 rounding of its weights alone moves
-    # PyTorch's own output to cosine 0.4-0.99.  A variance-preserving init behaves like a
-    # trained VAE (bf16 weights: cosine 0.99995), so the bf16 bar below tests our numerics.
-    models.vae.load_state_dict(make_vae_reference(SYNTH_VAE, seed).state_dict())
-    root = fixtures.save_original(models, tmp_path_factory.mktemp("synth") / "checkpoints", lm_tokenizer_dir)
-    out = {}
-    for dtype in ("f32", "bf16"):
-        out[dtype] = tmp_path_factory.mktemp(f"synth-{dtype}")
-        convert(root, out[dtype], dtype=dtype, quiet=True)
-    return models, out, seed
 
 
 def reference_run(models: fixtures.TinyModels, noise: np.ndarray, duration: float, codes=None, guidance=1.0):
@@ -99,7 +77,7 @@ def reference_run(models: fixtures.TinyModels, noise: np.ndarray, duration: floa
 
 
 def run_both(synth_models, dtype: str, codes=None, guidance=1.0):
-    models, folders, seed = synth_models
+    models, _, folders, seed = synth_models
     duration = 2.0 if codes is None else len(codes) / 5
     req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesig=4, language="en",
                   duration=None if codes else int(duration), codes=codes)
@@ -150,7 +128,7 @@ def test_synth_bf16_weights_final_audio(synth_models):
 def test_synth_cli_writes_the_requested_duration(synth_models, tmp_path):
     import soundfile as sf
 
-    _, folders, _ = synth_models
+    _, _, folders, _ = synth_models
     write_request(tmp_path / "ex", Request(caption=CAPTION, lyrics=LYRICS, duration=3))
     out = tmp_path / "song.wav"
     r = subprocess.run([sys.executable, "-m", "acestep_ggml", "synth", "--input-dir", str(tmp_path / "ex"),
@@ -167,7 +145,7 @@ def test_synth_cli_writes_the_requested_duration(synth_models, tmp_path):
     ({"caption": "x", "codes": "1,64000"}, "entry 1 = 64000 is outside 0..63999"),
 ])
 def test_synth_cli_bad_exchange_dir_writes_nothing(synth_models, tmp_path, files, message):
-    _, folders, _ = synth_models
+    _, _, folders, _ = synth_models
     ex = tmp_path / "ex"
     ex.mkdir()
     for k, v in files.items():
@@ -184,7 +162,7 @@ def test_synth_cli_bad_exchange_dir_writes_nothing(synth_models, tmp_path, files
 def test_generate_cli_runs_lm_then_synth(synth_models, tmp_path):
     import soundfile as sf
 
-    _, folders, _ = synth_models
+    _, _, folders, _ = synth_models
     out = tmp_path / "song.flac"
     # All metadata given: the LM skips its chain of thought and writes 5 codes per second.
     r = subprocess.run([sys.executable, "-m", "acestep_ggml", "generate", "--caption", CAPTION, "--lyrics", LYRICS,

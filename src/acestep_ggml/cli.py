@@ -85,6 +85,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_download(args: argparse.Namespace) -> int:
+    from . import hub
+
+    files = tuple(args.files) if args.files else hub.DEFAULT_GGUF_FILES
+    print(hub.download(args.repo or hub.GGUF_REPO, files, quiet=args.quiet))
+    return 0
+
+
 def _cmd_lm(args: argparse.Namespace) -> int:
     from .exchange import Request, write_request
     from .lm import LM
@@ -172,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--output", "-o", required=True, help="output audio file (.wav or .flac)")
     s.set_defaults(func=_cmd_generate)
+
+    s = sub.add_parser("download", help="fetch the default GGUF model set into the Hugging Face cache")
+    s.add_argument("--repo", default=None, help="hub repo (default: the published ACE-Step 1.5 GGUFs)")
+    s.add_argument("--files", nargs="*", default=None, help="file names or patterns (default: turbo DiT, text "
+                                                             "encoder, VAE, 0.6B LM)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_download)
     return p
 
 

@@ -122,8 +122,12 @@ def snapshot(repo_id: str, allow_patterns: list[str] | None = None, quiet: bool 
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
+    # huggingface_hub reads these once, at import; read them per call so a process can change them.
+    cache = os.environ.get("HF_HUB_CACHE") or None
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in ("1", "ON", "YES", "TRUE")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, cache_dir=cache,
+                                      local_files_only=offline))
     except LocalEntryNotFoundError as e:
         raise ModelsNotFound(
             f"{repo_id} is not in the Hugging Face cache and could not be downloaded ({e.__class__.__name__}); "

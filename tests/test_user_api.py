@@ -1,0 +1,118 @@
+"""The user's way in: models from a (fake) hub cache, threads, interrupts, download errors."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import acestep_ggml as ace
+
+CAPTION = "warm analog pads, slow"
+
+
+def put_in_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """Lay `folder` out as huggingface_hub's cache holds a downloaded snapshot of `repo_id`."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+
+
+@pytest.fixture(scope="module")
+def fake_hub(synth_models, tmp_path_factory):
+    """One repo of original checkpoints and one of GGUFs, as huggingface_hub's cache holds them."""
+    _, checkpoints, ggufs, _ = synth_models
+    cache = tmp_path_factory.mktemp("hf-cache")
+    put_in_hub_cache(cache, "Org/acestep-checkpoints", checkpoints)
+    put_in_hub_cache(cache, "Org/acestep-gguf", ggufs["f32"])
+    return cache
+
+
+@pytest.fixture
+def offline_hub(fake_hub, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(fake_hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ACESTEP_GGML_HOME", str(tmp_path / "home"))  # where converted checkpoints go
+    return fake_hub
+
+
+@pytest.mark.parametrize("repo", ["Org/acestep-gguf", "Org/acestep-checkpoints"])
+def test_generate_from_a_hub_repo(offline_hub, repo):
+    song = ace.generate(repo, CAPTION, duration=1, use_lm=False, seed=5, n_threads=1)
+    assert song.audio.shape == (2, 25 * 8) and song.audio.dtype == np.float32  # 1 s at 25 latents/s, hop 8
+    assert song.sample_rate == 200
+
+
+def test_checkpoint_repo_is_converted_once(offline_hub, tmp_path):
+    first = ace.hub.resolve("Org/acestep-checkpoints")
+    stamp = (first / "source.json").stat().st_mtime_ns
+    assert ace.hub.resolve("Org/acestep-checkpoints") == first
+    assert (first / "source.json").stat().st_mtime_ns == stamp, "the second call must reuse the conversion"
+    assert str(first).startswith(str(tmp_path / "home"))
+
+
+def test_cli_generate_and_download_from_the_fake_hub(offline_hub, tmp_path):
+    import soundfile as sf
+
+    out = tmp_path / "a.wav"
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "generate", "--caption", CAPTION, "--no-lm",
+                        "--duration", "1", "--models", "Org/acestep-gguf", "--threads", "1", "-o", str(out),
+                        "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sf.info(str(out)).channels == 2
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "download", "--repo", "Org/acestep-gguf", "--files",
+                        "*.gguf", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("0123abcd")
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "download", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 2 and "HF_HUB_OFFLINE" in r.stderr
+
+
+def test_two_threads_same_seed_same_audio(offline_hub):
+    folder = ace.hub.resolve("Org/acestep-gguf")
+    results = [None, None]
+
+    def run(i):
+        results[i] = ace.Synthesizer(folder, n_threads=1)(ace.Request(caption=CAPTION, duration=1), seed=11).audio
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0] is not None and results[1] is not None
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_ctrl_c_stops_without_a_partial_file(offline_hub, tmp_path):
+    out = tmp_path / "long.wav"
+    # A long song on tiny models: still running when the interrupt arrives.
+    p = subprocess.Popen([sys.executable, "-m", "acestep_ggml", "generate", "--caption", CAPTION, "--no-lm",
+                          "--duration", "600", "--steps", "200", "--models", "Org/acestep-gguf", "--threads", "1",
+                          "-o", str(out), "--quiet"], stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    p.send_signal(signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        pytest.fail("generate did not stop within 60 s of Ctrl-C")
+    assert p.returncode == 130, err
+    assert "interrupted" in err
+    assert not out.exists() and not list(tmp_path.glob("*.wav*"))
+
+
+def test_invalid_arguments_say_which(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "generate", "--caption", "x", "--duration", "0",
+                        "--no-lm", "--models", str(tmp_path), "-o", str(tmp_path / "x.wav")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert str(tmp_path) in r.stderr  # the folder holds no models: named, with how to get them
