@@ -110,9 +110,23 @@ def test_ctrl_c_stops_without_a_partial_file(offline_hub, tmp_path):
     assert not out.exists() and not list(tmp_path.glob("*.wav*"))
 
 
-def test_invalid_arguments_say_which(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "generate", "--caption", "x", "--duration", "0",
-                        "--no-lm", "--models", str(tmp_path), "-o", str(tmp_path / "x.wav")],
-                       capture_output=True, text=True)
+def test_missing_models_say_how_to_get_them(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "generate", "--caption", "x", "--no-lm",
+                        "--models", str(tmp_path), "-o", str(tmp_path / "x.wav")], capture_output=True, text=True)
     assert r.returncode == 2
-    assert str(tmp_path) in r.stderr  # the folder holds no models: named, with how to get them
+    assert str(tmp_path) in r.stderr and "download" in r.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--duration", "0"], "duration must be 1..600 seconds, got 0"),
+    (["--duration", "601"], "duration must be 1..600 seconds, got 601"),
+    (["--steps", "0"], "steps must be at least 1"),
+    (["--shift", "-1"], "shift must be a positive number"),
+])
+def test_invalid_arguments_say_which(offline_hub, tmp_path, args, words):
+    out = tmp_path / "x.wav"
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", "generate", "--caption", "x", "--no-lm",
+                        "--models", "Org/acestep-gguf", "-o", str(out), *args], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert words in r.stderr
+    assert not out.exists()

@@ -142,7 +142,8 @@ def resolve(source: str | os.PathLike, dtype: str = "bf16", quiet: bool = False)
             return path
         if _is_checkpoint_dir(path):
             return convert_cached(path, dtype=dtype, quiet=quiet)
-        raise ModelsNotFound(f"{path} holds neither GGUF files nor checkpoints")
+        raise ModelsNotFound(f"{path} holds neither GGUF files nor checkpoints; run `python -m acestep_ggml "
+                             f"download` for the default models, or `python -m acestep_ggml convert CHECKPOINTS {path}`")
     if path.exists():
         raise ModelsNotFound(f"{path} is a file; pass the folder that holds the models")
     if not _REPO_ID.match(str(source)):

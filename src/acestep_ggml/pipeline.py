@@ -20,7 +20,7 @@ from . import audio as audio_io
 from . import sampler
 from ._core import GGUFFile, InputError
 from .dit import DiT
-from .exchange import Request
+from .exchange import MAX_DURATION, Request
 from .hub import ModelSet, find_models, resolve
 from .text import ConditionEncoder, Detokenizer, TextEncoder
 from .tokenizer import Tokenizer
@@ -113,6 +113,12 @@ class Synthesizer:
                  shift: float = 3.0, guidance: Optional[float] = None, timesteps=None,
                  cfg_interval: tuple[float, float] = (0.0, 1.0), init_noise: Optional[np.ndarray] = None,
                  progress: Optional[Progress] = None, keep_stages: bool = False) -> SynthResult:
+        if not request.codes and request.duration is not None and not 1 <= request.duration <= MAX_DURATION:
+            raise InputError(f"duration must be 1..{MAX_DURATION} seconds, got {request.duration}")
+        if steps is not None and steps < 1:
+            raise InputError(f"steps must be at least 1, got {steps}")
+        if not (math.isfinite(shift) and shift > 0):
+            raise InputError(f"shift must be a positive number, got {shift}")
         turbo = self.is_turbo()
         steps = steps if steps is not None else (8 if turbo else 50)
         guidance = guidance if guidance is not None else (1.0 if turbo else 7.0)
