@@ -51,6 +51,14 @@ def test_generate_from_a_hub_repo(offline_hub, repo):
     assert song.sample_rate == 200
 
 
+def test_pipeline_from_pretrained_keeps_models_for_repeated_calls(offline_hub):
+    pipe = ace.Pipeline.from_pretrained("Org/acestep-gguf", n_threads=1, keep_loaded=True)
+    a = pipe.generate(CAPTION, duration=10, bpm=90, keyscale="A minor", timesignature=4, seed=2)
+    b = pipe.generate(CAPTION, duration=10, bpm=90, keyscale="A minor", timesignature=4, seed=2)
+    assert len(a.request.codes) == 50 and a.request.bpm == 90  # the LM's codes, 5 per second, and the metadata
+    np.testing.assert_array_equal(a.audio, b.audio)
+
+
 def test_checkpoint_repo_is_converted_once(offline_hub, tmp_path):
     first = ace.hub.resolve("Org/acestep-checkpoints")
     stamp = (first / "source.json").stat().st_mtime_ns

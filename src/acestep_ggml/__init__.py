@@ -26,13 +26,13 @@ from .audio import read_audio, write_audio  # noqa: E402
 from .dit import DiT  # noqa: E402
 from .exchange import Request  # noqa: E402
 from .lm import LM  # noqa: E402
-from .pipeline import SynthResult, Synthesizer, generate  # noqa: E402
+from .pipeline import Pipeline, SynthResult, Synthesizer, generate  # noqa: E402
 from .text import ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ = [
     "GGUFFile", "InputError", "ModelFileError", "backends", "__version__",
-    "ConditionEncoder", "Detokenizer", "DiT", "LM", "Request", "SynthResult", "Synthesizer", "TextEncoder",
+    "ConditionEncoder", "Detokenizer", "DiT", "LM", "Pipeline", "Request", "SynthResult", "Synthesizer", "TextEncoder",
     "Tokenizer", "VAE", "generate", "read_audio", "write_audio",
 ]

@@ -222,27 +222,48 @@ def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, outp
     return result
 
 
-def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, duration: Optional[int] = None,
-             bpm: Optional[int] = None, keyscale: Optional[str] = None, timesignature: Optional[int] = None,
-             language: str = "en", seed: Optional[int] = None, steps: Optional[int] = None,
-             guidance: Optional[float] = None, shift: float = 3.0, use_lm: bool = True, lm: Optional[str] = None,
-             device: str = "cpu", n_threads: Optional[int] = None,
-             progress: Optional[Progress] = None) -> SynthResult:
-    """A song from a caption: the 5 Hz LM writes missing metadata and the audio codes, then the
-    synth stage renders them.  ``use_lm=False`` synthesises from noise with the silence latent.
-    The LM is freed before the synth stage loads, so both never sit in memory together."""
-    from .lm import LM
+class Pipeline:
+    """LM + synth: a song from a caption, from a GGUF folder, a checkpoint folder (converted once
+    into the cache) or a hub repo id.  Models load when a stage needs them and are freed after it,
+    unless ``keep_loaded=True`` (faster repeated calls, more memory)."""
 
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little")
-    request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
-                      timesig=timesignature, language=language)
-    folder = resolve(models)
-    if use_lm:
-        if progress:
-            progress("lm", 0, 1)
-        request = LM.from_models(folder, lm, device=device, n_threads=n_threads).generate(request, seed=seed)
-        if progress:
-            progress("lm", 1, 1)
-    return Synthesizer(folder, device=device, n_threads=n_threads)(request, seed=seed, steps=steps, shift=shift,
-                                                                   guidance=guidance, progress=progress)
+    def __init__(self, models: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
+                 keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16"):
+        self.folder = resolve(models, dtype=dtype)
+        self.device, self.n_threads, self.keep_loaded, self.lm_choice = device, n_threads, keep_loaded, lm
+        self.synth = Synthesizer(self.folder, device=device, n_threads=n_threads, keep_loaded=keep_loaded)
+        self._lm = None
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, **kwargs) -> "Pipeline":
+        return cls(source, **kwargs)
+
+    def generate(self, caption: str, lyrics: str = "", *, duration: Optional[int] = None, bpm: Optional[int] = None,
+                 keyscale: Optional[str] = None, timesignature: Optional[int] = None, language: str = "en",
+                 seed: Optional[int] = None, steps: Optional[int] = None, guidance: Optional[float] = None,
+                 shift: float = 3.0, use_lm: bool = True, progress: Optional[Progress] = None) -> SynthResult:
+        """The 5 Hz LM writes the missing metadata and the audio codes, then the synth stage renders
+        them; ``use_lm=False`` synthesises from noise with the silence latent.  Without
+        ``keep_loaded`` the LM is freed before the synth stage loads."""
+        from .lm import LM
+
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
+                          timesig=timesignature, language=language)
+        if use_lm:
+            if progress:
+                progress("lm", 0, 1)
+            lm = self._lm or LM.from_models(self.folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
+            self._lm = lm if self.keep_loaded else None
+            request = lm.generate(request, seed=seed)
+            del lm
+            if progress:
+                progress("lm", 1, 1)
+        return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, progress=progress)
+
+
+def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",
+             n_threads: Optional[int] = None, lm: Optional[str] = None, **kwargs) -> SynthResult:
+    """One song in one call: ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)``."""
+    return Pipeline(models, device=device, n_threads=n_threads, lm=lm).generate(caption, lyrics, **kwargs)
