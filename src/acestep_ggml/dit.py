@@ -8,6 +8,7 @@ import numpy as np
 
 from . import _core, sampler
 from ._core import InputError
+from ._threads import resolve_threads
 
 
 class DiT:
@@ -18,7 +19,7 @@ class DiT:
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None):
-        self._m = _core.DiT(os.fspath(path), device, n_threads or os.cpu_count() or 1)
+        self._m = _core.DiT(os.fspath(path), device, resolve_threads(n_threads))
         self.config: dict = self._m.config
 
     def forward(self, x_t, t, encoder_states, src_latents, chunk_mask=None) -> np.ndarray:

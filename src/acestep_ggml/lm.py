@@ -14,6 +14,7 @@ from ._core import InputError, ModelFileError
 from .exchange import Request
 from .sampling import check_params, guided, sample
 from .tokenizer import Tokenizer
+from ._threads import resolve_threads
 
 INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"
 EOS = "<|im_end|>"
@@ -78,7 +79,7 @@ class LM:
     def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
                  kv_type: str = "f16"):
         self.path = str(path)
-        self._lm = _core._LM(self.path, device, int(n_threads or os.cpu_count() or 1))
+        self._lm = _core._LM(self.path, device, resolve_threads(n_threads))
         self.kv_type = kv_type
         self.tokenizer = Tokenizer.from_gguf(self.path)
         tok = self.tokenizer.tokenizer

@@ -2,17 +2,13 @@
 audio-code detokenizer, each a thin wrapper over its C++ graph (numpy in, numpy out)."""
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _core
 from ._core import InputError
-
-
-def _threads(n_threads: Optional[int]) -> int:
-    return n_threads if n_threads else (os.cpu_count() or 1)
+from ._threads import resolve_threads
 
 
 def _int_array(values, what: str) -> np.ndarray:
@@ -43,7 +39,7 @@ class TextEncoder:
     """
 
     def __init__(self, path: str, device: str = "cpu", n_threads: Optional[int] = None):
-        self._m = _core._TextEncoder(str(path), device, _threads(n_threads))
+        self._m = _core._TextEncoder(str(path), device, resolve_threads(n_threads))
 
     @property
     def hidden_size(self) -> int:
@@ -73,7 +69,7 @@ class ConditionEncoder:
 
     def __init__(self, dit_path: str, text_encoder_path: str, device: str = "cpu",
                  n_threads: Optional[int] = None):
-        self._m = _core._ConditionEncoder(str(dit_path), str(text_encoder_path), device, _threads(n_threads))
+        self._m = _core._ConditionEncoder(str(dit_path), str(text_encoder_path), device, resolve_threads(n_threads))
 
     @property
     def hidden_size(self) -> int:
@@ -102,7 +98,7 @@ class Detokenizer:
     ``acestep-dit`` GGUF): ``decode(codes (N,) ints in [0, 64000))`` -> 25 Hz latents ``(5N, 64)``."""
 
     def __init__(self, dit_path: str, device: str = "cpu", n_threads: Optional[int] = None):
-        self._m = _core._Detokenizer(str(dit_path), device, _threads(n_threads))
+        self._m = _core._Detokenizer(str(dit_path), device, resolve_threads(n_threads))
 
     @property
     def codebook_size(self) -> int:

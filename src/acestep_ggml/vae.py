@@ -7,6 +7,7 @@ import numpy as np
 
 from . import _core
 from ._core import InputError
+from ._threads import resolve_threads
 
 # Tiling, in latent frames (1920 samples each).  The decoder and encoder see about
 # 9 frames either side of a frame (3-tap convs and three dilated 7-tap residual units
@@ -33,7 +34,7 @@ class VAE:
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: int | None = None):
-        self._vae = _core.VAE(os.fspath(path), device, n_threads or os.cpu_count() or 1)
+        self._vae = _core.VAE(os.fspath(path), device, resolve_threads(n_threads))
 
     @property
     def sample_rate(self) -> int:
