@@ -35,6 +35,11 @@ INSTRUCTIONS = {
 Progress = Callable[[str, int, int], None]
 
 
+def new_seed() -> int:
+    """A fresh random seed for runs that were given none (reported back in the result)."""
+    return int.from_bytes(os.urandom(4), "little")
+
+
 @dataclass
 class SynthResult:
     """Stereo audio (2, N) float32 at `sample_rate`, the clean latents, what made them, and,
@@ -71,6 +76,9 @@ class Synthesizer:
         }
         self._loaded: dict[str, object] = {}
         self._tokenizer: Optional[Tokenizer] = None
+        # Read once from the files' metadata: every call needs them, and they cannot change.
+        self.is_turbo = self._read_is_turbo()
+        self.latents_per_second = self._read_latents_per_second()
 
     # -- model lifetime ---------------------------------------------------------------
     def _model(self, name: str):
@@ -96,14 +104,14 @@ class Synthesizer:
             self._tokenizer = Tokenizer.from_gguf(str(self.paths["text"]))
         return self._tokenizer
 
-    def is_turbo(self) -> bool:
+    def _read_is_turbo(self) -> bool:
         f = GGUFFile(str(self.paths["dit"]))
         try:
             return bool(f.get("acestep.is_turbo"))
         except KeyError:
             return "turbo" in self.paths["dit"].name
 
-    def latents_per_second(self) -> float:
+    def _read_latents_per_second(self) -> float:
         """Sample rate over the VAE's hop (25 for ACE-Step 1.5), read from the VAE file's config."""
         cfg = json.loads(GGUFFile(str(self.paths["vae"])).get("acestep.config_json"))
         return cfg.get("sampling_rate", 48000) / math.prod(cfg.get("downsampling_ratios", [2, 4, 4, 6, 10]))
@@ -119,17 +127,17 @@ class Synthesizer:
             raise InputError(f"steps must be at least 1, got {steps}")
         if not (math.isfinite(shift) and shift > 0):
             raise InputError(f"shift must be a positive number, got {shift}")
-        turbo = self.is_turbo()
+        turbo = self.is_turbo
         steps = steps if steps is not None else (8 if turbo else 50)
         guidance = guidance if guidance is not None else (1.0 if turbo else 7.0)
         if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little")
+            seed = new_seed()
         report = progress or (lambda stage, done, total: None)
         stages: dict[str, np.ndarray] = {}
         keep = (lambda k, v: stages.__setitem__(k, np.array(v, copy=True))) if keep_stages else (lambda k, v: None)
 
         has_codes = bool(request.codes)
-        lps = self.latents_per_second()
+        lps = self.latents_per_second
         # With codes the latent length is 5 frames per code; the prompt states it in seconds.
         duration = len(request.codes) * 5 / lps if has_codes else request.resolved_duration()
         task = "cover" if has_codes else "text2music"
@@ -248,7 +256,7 @@ class Pipeline:
         from .lm import LM
 
         if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little")
+            seed = new_seed()
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
                           timesig=timesignature, language=language)
         if use_lm:
