@@ -71,6 +71,26 @@ def test_dit_matches_reference_bf16_weights(model, tmp_path):
     assert cos >= 0.999, f"seed={SEED} cos={cos} rel={rel}"
 
 
+def test_bf16_weights_kept_or_loaded_as_f16_agree(model, tmp_path, monkeypatch):
+    # On a CPU without native BF16 dot products the BF16 matmul weights are loaded as F16
+    # (faster there).  BF16 -> F16 is exact for weights in F16's normal range, so the two
+    # loads differ only by how the activations are rounded for the matmul (BF16 keeps 8 bits
+    # of mantissa, F16 11): a cosine far above the 0.999 the BF16 file reaches against F32.
+    path = tmp_path / "dit-bf16.gguf"
+    write_dit_gguf(model, str(path), weight_type="bf16")
+    rng = np.random.default_rng(SEED + 5)
+    x, t, enc, src, mask = _inputs(rng, 1, 16, 4)
+    outs = []
+    for keep in ("1", "0"):
+        monkeypatch.setenv("ACESTEP_GGML_KEEP_BF16", keep)
+        dit = acestep_ggml.DiT(path, n_threads=2)
+        outs.append((dit.forward(x, t, enc, src, mask), dit._m.weight_bytes))
+    (kept, n_kept), (loaded, n_loaded) = outs
+    assert n_kept == n_loaded  # both 2 bytes per weight
+    cos, rel = _metrics(loaded, kept)
+    assert cos >= 0.9999, f"seed={SEED} cos={cos} rel={rel}"
+
+
 def test_unbatched_input_and_shape_changes_reuse_the_model(dit_f32):
     rng = np.random.default_rng(SEED + 2)
     x, t, enc, src, mask = _inputs(rng, 2, 19, 6)

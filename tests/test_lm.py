@@ -84,6 +84,29 @@ def test_lm_guided_batch_matches_two_reference_rows(f32_lm):
     assert (lm.length(0), lm.length(1)) == (36, 22)
 
 
+def test_lm_decode_computes_only_the_asked_rows(f32_lm):
+    # The audio-code phase asks for the 64000 code rows only; they must be the same numbers
+    # as the matching slice of the whole head (each logit is its own dot product, so the
+    # only allowed difference is summation order inside the matmul kernel).
+    seed, _, lm = f32_lm
+    rng = np.random.default_rng(seed + 3)
+    prompt, tok = rng.integers(0, VOCAB, size=23), int(rng.integers(0, VOCAB))
+    lo, hi = 151669, VOCAB
+    outs = []
+    for span in ((0, None), (lo, hi), (lo + 5, lo + 6)):
+        lm.reset(2, 32)
+        lm.prefill(0, prompt)
+        lm.prefill(1, prompt[:7])
+        outs.append(lm.decode([tok, tok], *span))
+    full, codes, one = outs
+    assert codes.shape == (2, hi - lo) and one.shape == (2, 1)
+    np.testing.assert_allclose(codes, full[:, lo:hi], rtol=1e-5, atol=1e-5 * np.abs(full).max())
+    np.testing.assert_allclose(one[:, 0], full[:, lo + 5], rtol=1e-5, atol=1e-5 * np.abs(full).max())
+    for bad in ((-1, 10), (10, 10), (0, VOCAB + 1)):
+        with pytest.raises(acestep_ggml.InputError, match="logit rows"):
+            lm.decode([tok, tok], *bad)
+
+
 def test_lm_bf16_matches_qwen3(tmp_path):
     seed = _seed()
     model = tiny_lm(seed)

@@ -116,9 +116,11 @@ class LM:
         """Appends ``ids`` to sequence ``seq``; logits after its last token: [vocab]."""
         return self._lm.prefill(int(seq), ids)
 
-    def decode(self, tokens) -> np.ndarray:
-        """One token per sequence; next logits: [n_seq, vocab]."""
-        return self._lm.decode(tokens)
+    def decode(self, tokens, lo: int = 0, hi: Optional[int] = None) -> np.ndarray:
+        """One token per sequence; next logits of the vocabulary ids ``lo..hi-1`` (default all):
+        [n_seq, hi - lo].  Computing only the rows the next token may take saves most of the
+        output head's work in the audio-code phase."""
+        return self._lm.decode(tokens, int(lo), -1 if hi is None else int(hi))
 
     def length(self, seq: int) -> int:
         return self._lm.length(int(seq))
@@ -130,19 +132,27 @@ class LM:
         n_seq = len(prompts)
         self.reset(n_seq, max(len(p) for p in prompts) + max_new)
         rows = [self.prefill(s, p) for s, p in enumerate(prompts)]
+        lo = 0  # rows[i][j] is the logit of token lo + j
         out: List[int] = []
         while len(out) < max_new:
-            logits = guided(rows[0], rows[1], scale) if n_seq == 2 else rows[0]
-            if constraint is not None:
-                ids = constraint.allowed()
-                tok = int(ids[sample(logits[ids], rng, temperature, top_p, top_k)])
-                constraint.advance(tok)
+            ids = constraint.allowed() if constraint is not None else None
+            if ids is not None and ids.size == 1:
+                tok = int(ids[0])  # forced: nothing to draw
             else:
+                logits = guided(rows[0], rows[1], scale) if n_seq == 2 else rows[0]
+                if ids is not None and not (ids[0] == lo and ids.size == logits.size):
+                    logits = logits[ids - lo]  # a subset of the computed rows
                 tok = sample(logits, rng, temperature, top_p, top_k)
+                tok = int(ids[tok]) if ids is not None else lo + tok
+            if constraint is not None:
+                constraint.advance(tok)
             out.append(tok)
             if tok == stop or (constraint is not None and constraint.done):
                 break
-            rows = list(self.decode([tok] * n_seq))
+            # The FSM's allowed ids are sorted: the head computes only the span that holds them.
+            nxt = constraint.allowed() if constraint is not None else None
+            lo, hi = (int(nxt[0]), int(nxt[-1]) + 1) if nxt is not None else (0, None)
+            rows = list(self.decode([tok] * n_seq, lo, hi))
         return out
 
     def generate(self, request: Request, cfg_scale: float = 2.0, temperature: float = 0.85,

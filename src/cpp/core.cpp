@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
+#include <map>
 #include <mutex>
 
 #include "ggml-alloc.h"
@@ -565,7 +567,7 @@ std::vector<float> GGUFFile::read_f32(const TensorInfo &t) const {
 // Weights
 
 Weights::Weights(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend)
-    : file_(std::move(file)), backend_(std::move(backend)) {
+    : file_(std::move(file)), backend_(std::move(backend)), bf16_as_f16_(backend_->bf16_as_f16()) {
     // Metadata only: tensors live in the backend buffer allocated by load().
     ggml_init_params p = {/*mem_size=*/ggml_tensor_overhead() * (file_->tensors().size() + 1024),
                           /*mem_buffer=*/nullptr, /*no_alloc=*/true};
@@ -603,6 +605,7 @@ ggml_tensor *Weights::get(const std::string &name, const std::vector<int64_t> &t
         throw FileError(fmt("%s: tensor '%s' has type %s, which is not a float or quantized type",
                             file_->path().c_str(), name.c_str(), ggml_type_name(info.type)));
     ggml_type type = store == Store::F32 ? GGML_TYPE_F32 : store == Store::F16 ? GGML_TYPE_F16 : info.type;
+    if (type == GGML_TYPE_BF16 && store == Store::Keep && bf16_as_f16_) type = GGML_TYPE_F16;
     ggml_tensor *t = new_tensor(name, type, torch_shape);
     entries_.push_back({t, &info, nullptr});
     return t;
@@ -624,8 +627,28 @@ static void store_floats(ggml_tensor *t, const std::vector<float> &v, const std:
         return;
     }
     std::vector<uint8_t> buf(ggml_nbytes(t));
+    if (t->type == GGML_TYPE_F16) {  // saturate rather than overflow to inf
+        std::vector<float> c(v);
+        for (float &x : c) x = std::min(65504.0f, std::max(-65504.0f, x));
+        ggml_quantize_chunk(t->type, c.data(), buf.data(), 0, ggml_nrows(t), t->ne[0], nullptr);
+        ggml_backend_tensor_set(t, buf.data(), 0, buf.size());
+        return;
+    }
     ggml_quantize_chunk(t->type, v.data(), buf.data(), 0, ggml_nrows(t), t->ne[0], nullptr);
     ggml_backend_tensor_set(t, buf.data(), 0, buf.size());
+}
+
+// BF16 -> F16 in place (both 2 bytes), saturating at F16's largest finite value.
+static void bf16_to_f16_inplace(void *data, int64_t n) {
+    constexpr int64_t kSlice = 4096;
+    float tmp[kSlice];
+    auto *p = static_cast<uint16_t *>(data);
+    for (int64_t i = 0; i < n; i += kSlice) {
+        int64_t m = std::min(kSlice, n - i);
+        ggml_cpu_bf16_to_fp32(reinterpret_cast<const ggml_bf16_t *>(p + i), tmp, m);
+        for (int64_t j = 0; j < m; j++) tmp[j] = std::min(65504.0f, std::max(-65504.0f, tmp[j]));
+        ggml_cpu_fp32_to_fp16(tmp, reinterpret_cast<ggml_fp16_t *>(p + i), m);
+    }
 }
 
 void Weights::load() {
@@ -650,6 +673,16 @@ void Weights::load() {
                 file_->read(*e.info, staging.data());
                 ggml_backend_tensor_set(e.tensor, staging.data(), 0, staging.size());
             }
+        } else if (e.info->type == GGML_TYPE_BF16 && e.tensor->type == GGML_TYPE_F16) {
+            // Same size: read the BF16 bytes where they will live, convert in place in slices.
+            uint8_t *dst = static_cast<uint8_t *>(e.tensor->data);
+            if (!host) {
+                staging.resize(e.info->nbytes);
+                dst = staging.data();
+            }
+            file_->read(*e.info, dst);
+            bf16_to_f16_inplace(dst, e.info->numel());
+            if (!host) ggml_backend_tensor_set(e.tensor, staging.data(), 0, staging.size());
         } else {
             store_floats(e.tensor, file_->read_f32(*e.info), file_->path() + ": " + e.info->name);
         }
@@ -686,6 +719,13 @@ void Graph::output(ggml_tensor *t) {
     ggml_build_forward_expand(graph_, t);
 }
 
+bool Backend::bf16_as_f16() const {
+    if (!is_cpu()) return false;
+    const char *keep = std::getenv("ACESTEP_GGML_KEEP_BF16");
+    if (keep && *keep && std::string(keep) != "0") return false;
+    return !ggml_cpu_has_avx512_bf16();
+}
+
 Runner::Runner(std::shared_ptr<Backend> backend, size_t max_nodes) : backend_(std::move(backend)) {
     std::vector<ggml_backend_t> backends = {backend_->primary()};
     if (!backend_->is_cpu() && backend_->cpu()) backends.push_back(backend_->cpu());
@@ -704,7 +744,67 @@ void Runner::alloc(Graph &g) {
                                      last_ggml_error().c_str()));
 }
 
+// ACESTEP_GGML_PROFILE=1: every node is computed on its own and timed; totals per op
+// (matmuls per weight type) go to stderr at exit.  For finding where the time goes only:
+// splitting the graph costs a little time per node.
+namespace {
+struct Profile {
+    std::mutex mu;
+    std::map<std::string, std::pair<double, long>> ops;  // seconds, count
+    double last = 0;
+    static double now() {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    }
+    static Profile &get() {
+        static Profile *p = [] {
+            auto *q = new Profile;
+            std::atexit([] { get().print(); });
+            return q;
+        }();
+        return *p;
+    }
+    static bool enabled() {
+        static const bool on = [] {
+            const char *e = std::getenv("ACESTEP_GGML_PROFILE");
+            return e && *e && std::string(e) != "0";
+        }();
+        return on;
+    }
+    static bool observe(ggml_tensor *t, bool ask, void *) {
+        if (ask) return true;
+        Profile &p = get();
+        double t1 = now();
+        std::string key = ggml_op_desc(t);
+        if (t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_MUL_MAT_ID)
+            key += fmt("(%s)", ggml_type_name(t->src[0]->type));
+        else if (t->op == GGML_OP_CUSTOM || t->op == GGML_OP_MAP_CUSTOM1 || t->op == GGML_OP_MAP_CUSTOM2 ||
+                 t->op == GGML_OP_MAP_CUSTOM3)
+            key += fmt("(%s)", t->name);
+        std::lock_guard<std::mutex> lock(p.mu);
+        auto &e = p.ops[key];
+        e.first += t1 - p.last;
+        e.second += 1;
+        p.last = t1;
+        return true;
+    }
+    void print() {
+        std::vector<std::pair<std::string, std::pair<double, long>>> v(ops.begin(), ops.end());
+        std::sort(v.begin(), v.end(), [](auto &a, auto &b) { return a.second.first > b.second.first; });
+        double total = 0;
+        for (auto &e : v) total += e.second.first;
+        std::fprintf(stderr, "acestep-ggml profile: %.3f s in %zu op kinds\n", total, v.size());
+        for (auto &e : v)
+            std::fprintf(stderr, "  %-40s %9.3f s %5.1f%% %8ld nodes\n", e.first.c_str(), e.second.first,
+                         100 * e.second.first / (total > 0 ? total : 1), e.second.second);
+    }
+};
+}  // namespace
+
 void Runner::compute(Graph &g) {
+    if (Profile::enabled()) {
+        ggml_backend_sched_set_eval_callback(sched_, Profile::observe, nullptr);
+        Profile::get().last = Profile::now();
+    }
     ggml_status st = ggml_backend_sched_graph_compute(sched_, g.graph());
     if (st != GGML_STATUS_SUCCESS)
         throw std::runtime_error(fmt("graph computation failed on %s (status %d): %s", backend_->name().c_str(),

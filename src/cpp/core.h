@@ -65,6 +65,11 @@ class Backend {
     ggml_backend_t primary() const { return primary_; }
     ggml_backend_t cpu() const { return cpu_; }
     bool is_cpu() const { return primary_ == cpu_; }
+    // True on a CPU without native BF16 dot products (no AVX512-BF16), where ggml
+    // multiplies BF16 weights about 35% slower than F16 ones: Store::Keep then loads
+    // BF16 matmul weights as F16, which is exact for |w| in F16's normal range
+    // (6.1e-5 .. 65504) and costs the same memory.  ACESTEP_GGML_KEEP_BF16=1 disables it.
+    bool bf16_as_f16() const;
     const std::string &name() const { return name_; }
     int n_threads() const { return n_threads_; }
 
@@ -173,7 +178,8 @@ bool is_weight_type(ggml_type type);  // float or block-quantized: what a weight
 // Weights: backend tensors of one model, declared by name, then loaded in one go.
 
 enum class Store {
-    Keep,  // the file's type (BF16, Q8_0, ...): matmul weights
+    Keep,  // the file's type (BF16, Q8_0, ...): matmul weights; BF16 becomes F16 where
+           // that multiplies faster (see Backend::bf16_as_f16, Weights::keep_bf16)
     F32,   // converted to F32 at load: norms, biases, tables used in element-wise ops
     F16,   // converted to F16 at load: convolution kernels
 };
@@ -188,6 +194,9 @@ class Weights {
     // A tensor from the file, checked against the expected PyTorch-order shape.
     ggml_tensor *get(const std::string &name, const std::vector<int64_t> &torch_shape, Store store = Store::Keep);
     bool has(const std::string &name) const { return file_->find(name) != nullptr; }
+    // Keep BF16 matmul weights as BF16 even where the backend would prefer F16: for
+    // memory-bound decoding (one or two rows), where BF16 dot products measured faster.
+    void keep_bf16() { bf16_as_f16_ = false; }
     // A tensor computed at load time from file data (e.g. folding weight norm).
     ggml_tensor *derived(const std::string &name, ggml_type type, const std::vector<int64_t> &torch_shape,
                          std::function<std::vector<float>()> compute);
@@ -211,6 +220,7 @@ class Weights {
     ggml_context *ctx_ = nullptr;
     ggml_backend_buffer_t buffer_ = nullptr;
     std::vector<Entry> entries_;
+    bool bf16_as_f16_;
 };
 
 // ---------------------------------------------------------------------------

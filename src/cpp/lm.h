@@ -21,8 +21,9 @@ class LM {
     void reset(int n_seq, int64_t n_ctx, ggml_type kv_type);
     // Appends ids to sequence `seq`; returns the logits of its last position: [vocab].
     std::vector<float> prefill(int seq, const std::vector<int32_t> &ids);
-    // One token per sequence (tokens.size() == n_seq); returns the next logits: [n_seq, vocab].
-    std::vector<float> decode(const std::vector<int32_t> &tokens);
+    // One token per sequence (tokens.size() == n_seq); returns the next logits of the
+    // vocabulary rows [lo, hi) (hi < 0: to the end): [n_seq, hi - lo].
+    std::vector<float> decode(const std::vector<int32_t> &tokens, int64_t lo = 0, int64_t hi = -1);
 
     int64_t length(int seq) const;
     int n_seq() const { return (int)len_.size(); }
@@ -34,8 +35,8 @@ class LM {
   private:
     // Runs `ids` through the layers; sequence seqs[i] gets ids[i] at position len_[seqs[i]]
     // onwards (one sequence with T tokens, or one token for each of several sequences).
-    // Returns logits of the last token of each sequence: [n, vocab].
-    std::vector<float> forward(const std::vector<int32_t> &ids, const std::vector<int> &seqs);
+    // Returns logits (vocabulary rows [lo, hi)) of the last token of each sequence: [n, hi - lo].
+    std::vector<float> forward(const std::vector<int32_t> &ids, const std::vector<int> &seqs, int64_t lo, int64_t hi);
     void free_cache();
 
     std::shared_ptr<GGUFFile> file_;

@@ -44,15 +44,16 @@ void bind_lm(py::module_ &m) {
             }
             return to_numpy(out, {(ssize_t)lm.vocab_size()});
         }, py::arg("seq"), py::arg("ids"))
-        .def("decode", [](LM &lm, py::handle tokens) {
+        .def("decode", [](LM &lm, py::handle tokens, int64_t lo, int64_t hi) {
             auto v = lm_ids(tokens, "tokens");
             std::vector<float> out;
             {
                 py::gil_scoped_release nogil;
-                out = lm.decode(v);
+                out = lm.decode(v, lo, hi);
             }
-            return to_numpy(out, {(ssize_t)v.size(), (ssize_t)lm.vocab_size()});
-        }, py::arg("tokens"));
+            ssize_t rows = (ssize_t)(out.size() / std::max<size_t>(v.size(), 1));
+            return to_numpy(out, {(ssize_t)v.size(), rows});
+        }, py::arg("tokens"), py::arg("lo") = 0, py::arg("hi") = -1);
 }
 
 }  // namespace ace
