@@ -59,6 +59,38 @@ def test_pipeline_from_pretrained_keeps_models_for_repeated_calls(offline_hub):
     np.testing.assert_array_equal(a.audio, b.audio)
 
 
+def test_progress_follows_lm_tokens_dit_steps_and_vae_tiles(offline_hub):
+    events = []
+    pipe = ace.Pipeline.from_pretrained("Org/acestep-gguf", n_threads=1)
+    # bpm missing: the LM writes a chain of thought first.  30 s at 25 latents/s = 750 frames,
+    # decoded in tiles of the VAE's default chunk.
+    song = pipe.generate(CAPTION, duration=30, keyscale="A minor", timesignature=4, seed=3, steps=4,
+                         progress=lambda *e: events.append(e))
+    stages = list(dict.fromkeys(stage for stage, _, _ in events))
+    assert stages == ["lm-metadata", "lm-codes", "text", "condition", "codes", "dit", "vae"]
+    cot = [done for stage, done, total in events if stage == "lm-metadata"]
+    assert cot == list(range(len(cot))) and len(cot) > 5  # every token, unknown total (0)
+    codes = [(done, total) for stage, done, total in events if stage == "lm-codes"]
+    assert codes[0] == (0, 150) and codes[-1] == (150, 150) and len(song.request.codes) == 150
+    assert [d for s, d, _ in events if s == "dit"] == [0, 1, 2, 3, 4]
+    chunk = ace.vae.DEFAULT_CHUNK
+    tiles = [(d, t) for s, d, t in events if s == "vae"]
+    assert tiles == [(i, -(-750 // chunk)) for i in range(1, -(-750 // chunk) + 1)]
+
+
+def test_default_lm_is_the_largest_that_fits(tmp_path):
+    files = []
+    for name, size in (("lm-0.6B.gguf", 600), ("lm-1.7B.gguf", 1700), ("lm-4B.gguf", 4000)):
+        (tmp_path / name).write_bytes(b"\0" * size)
+        files.append(tmp_path / name)
+    pick = ace.hub.choose_lm
+    assert pick(files, 10_000).name == "lm-4B.gguf"
+    assert pick(files, 4000).name == "lm-1.7B.gguf"  # 4000 bytes of weights need 30% more
+    assert pick(files, 100).name == "lm-0.6B.gguf"  # nothing fits: the smallest
+    assert pick(files, None).name == "lm-0.6B.gguf"  # memory unknown: the smallest
+    assert ace.hub.available_memory("cpu") > 0
+
+
 def test_checkpoint_repo_is_converted_once(offline_hub, tmp_path):
     first = ace.hub.resolve("Org/acestep-checkpoints")
     stamp = (first / "source.json").stat().st_mtime_ns

@@ -150,6 +150,25 @@ def test_tiled_encode_matches_untiled(real_shape):
     assert r <= TILE_REL, f"seed {SEED}: tiled vs untiled rel L2 {r:.2e}, cosine {c:.8f}"
 
 
+def test_tile_progress_and_stopping_between_tiles(real_shape):
+    _, vae = real_shape
+    z = np.zeros((2, 25, 64), np.float32)
+    seen = []
+    vae.decode(z, chunk=10, overlap=2, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 6) for i in range(1, 7)]  # 3 tiles per item, 2 items
+    seen.clear()
+    vae.encode(np.zeros((1, 2, 25 * 1920), np.float32), chunk=10, overlap=2,
+               progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+    def stop(done, total):
+        if done == 2:
+            raise KeyboardInterrupt  # what Ctrl-C raises inside the callback
+
+    with pytest.raises(KeyboardInterrupt):
+        vae.decode(z, chunk=10, overlap=2, progress=stop)
+
+
 def test_unbatched_shapes(real_shape):
     ref, vae = real_shape
     rng = np.random.default_rng(SEED + 6)

@@ -41,11 +41,16 @@ def _progress(quiet: bool):
     def report(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, leave=False, file=sys.stderr)
+            for other in bars.values():  # stages run one after another
+                other.close()
+            bars.clear()
+            # total 0: a length not known ahead (the LM's chain of thought)
+            bar = bars[stage] = tqdm(total=total or None, desc=stage, leave=False, file=sys.stderr,
+                                     unit="tok" if stage.startswith("lm") else "it")
         bar.n = done
         bar.refresh()
-        if done >= total:
-            bar.close()
+        if total and done >= total:
+            bars.pop(stage).close()
 
     return report
 
@@ -101,7 +106,7 @@ def _cmd_lm(args: argparse.Namespace) -> int:
                   keyscale=args.keyscale, timesig=args.timesignature, language=args.language)
     out = LM.from_models(args.models, args.lm, n_threads=args.threads).generate(
         req, cfg_scale=args.cfg_scale, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        seed=args.seed, fsm=args.fsm)
+        seed=args.seed, fsm=args.fsm, progress=_progress(args.quiet))
     write_request(args.output_dir, out)
     print(args.output_dir)
     return 0
@@ -155,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     s.add_argument("--output-dir", required=True, help="exchange directory to write")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=_cmd_lm)
 
     s = sub.add_parser("generate", help="caption (+ lyrics) -> song: the LM, then the synth stage")

@@ -61,6 +61,44 @@ class ModelSet:
         return found[0]
 
 
+# An LM needs its weights plus room for the KV cache (cond + uncond) and work buffers.
+LM_MEMORY_FACTOR = 1.3
+
+
+def available_memory(device: str = "cpu") -> int | None:
+    """Bytes a model may use on ``device``: the free memory ggml reports for a GPU, else the
+    system's available memory (Linux MemAvailable, else free pages); None if unknown."""
+    if not device.startswith("cpu"):
+        from . import backends
+
+        gpus = [d for d in backends() if d["type"] != "cpu"]
+        index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+        if index < len(gpus) and gpus[index]["memory_free"]:
+            return int(gpus[index]["memory_free"])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def choose_lm(files: list[Path], available: int | None) -> Path:
+    """The LM a machine can hold: the largest file whose size times LM_MEMORY_FACTOR fits in
+    ``available`` bytes; the smallest when none fits or the memory is unknown."""
+    by_size = sorted(files, key=lambda p: (p.stat().st_size, p.name))
+    if available is not None:
+        fitting = [p for p in by_size if p.stat().st_size * LM_MEMORY_FACTOR <= available]
+        if fitting:
+            return fitting[-1]
+    return by_size[0]
+
+
 def find_models(folder: str | os.PathLike) -> ModelSet:
     """Sort the *.gguf files of a folder by kind; files of other kinds are ignored."""
     folder = Path(folder)

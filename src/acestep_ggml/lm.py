@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -98,12 +98,18 @@ class LM:
     def from_models(cls, models: str | os.PathLike, which: Optional[str] = None, device: str = "cpu",
                     n_threads: Optional[int] = None) -> "LM":
         """The LM of a model folder (or checkpoint folder / hub repo, see ``hub.resolve``): ``which``
-        is a size in the file name ("0.6B", "1.7B", "4B") or a GGUF path; default the first found."""
+        is a size in the file name ("0.6B", "1.7B", "4B") or a GGUF path; by default the largest
+        LM the device's free memory holds (``hub.choose_lm``)."""
         from . import hub
 
         if which and os.path.isfile(which):
             return cls(which, device, n_threads)
-        return cls(hub.find_models(hub.resolve(models)).get("acestep-lm", prefer=which), device, n_threads)
+        found = hub.find_models(hub.resolve(models))
+        if which:
+            return cls(found.get("acestep-lm", prefer=which), device, n_threads)
+        found.get("acestep-lm")  # raises, saying how to get models, when there is none
+        path = hub.choose_lm(found.files["acestep-lm"], hub.available_memory(device))
+        return cls(path, device, n_threads)
 
     @property
     def vocab_size(self) -> int:
@@ -127,8 +133,9 @@ class LM:
 
     # ------------------------------------------------------------------
     def _run(self, prompts: List[List[int]], max_new: int, scale: float, constraint, stop: int,
-             rng: np.random.Generator, temperature: float, top_p, top_k) -> List[int]:
-        """Decodes from cond (and uncond, when guided) prompts; the same token goes to both."""
+             rng: np.random.Generator, temperature: float, top_p, top_k, tick=None) -> List[int]:
+        """Decodes from cond (and uncond, when guided) prompts; the same token goes to both.
+        ``tick(n)`` is called after each token with the number of tokens so far."""
         n_seq = len(prompts)
         self.reset(n_seq, max(len(p) for p in prompts) + max_new)
         rows = [self.prefill(s, p) for s, p in enumerate(prompts)]
@@ -147,6 +154,8 @@ class LM:
             if constraint is not None:
                 constraint.advance(tok)
             out.append(tok)
+            if tick is not None:
+                tick(len(out))
             if tok == stop or (constraint is not None and constraint.done):
                 break
             # The FSM's allowed ids are sorted: the head computes only the span that holds them.
@@ -157,10 +166,14 @@ class LM:
 
     def generate(self, request: Request, cfg_scale: float = 2.0, temperature: float = 0.85,
                  top_p: Optional[float] = 0.9, top_k: Optional[int] = None, seed: Optional[int] = None,
-                 fsm: bool = True) -> Request:
+                 fsm: bool = True, progress: Optional[Callable[[str, int, int], None]] = None) -> Request:
         """Fills the request's missing metadata (phase 1, a chain of thought) and its audio codes
         (phase 2); returns a new Request.  Phase 1 runs only when bpm, duration, keyscale,
-        timesignature or language is missing."""
+        timesignature or language is missing.
+
+        ``progress(stage, done, total)`` follows the tokens: stage "lm-metadata" (phase 1,
+        ``total`` 0 as its length is not known ahead) and "lm-codes" (``total`` = the codes to
+        write, 5 per second)."""
         check_params(temperature, top_p, top_k)
         if not math.isfinite(cfg_scale):
             raise InputError(f"cfg_scale must be finite, got {cfg_scale}")
@@ -176,7 +189,10 @@ class LM:
             if guide:
                 prompts.append(enc(chat_prompt(None, request.lyrics)))
             constraint = _fsm.CotFSM(self._cot, values) if fsm else None
-            out = self._run(prompts, MAX_COT_TOKENS, cfg_scale, constraint, end_think, *sample_args)
+            tick = (lambda n: progress("lm-metadata", n, 0)) if progress else None
+            if progress:
+                progress("lm-metadata", 0, 0)
+            out = self._run(prompts, MAX_COT_TOKENS, cfg_scale, constraint, end_think, *sample_args, tick=tick)
             parsed = constraint.values if fsm else _fsm.parse_cot(self.tokenizer.decode(out))
             for k, v in parsed.items():
                 values.setdefault(k, v)
@@ -189,11 +205,14 @@ class LM:
         prompts = [enc(chat_prompt(request.caption, request.lyrics, cot))]
         if guide:
             prompts.append(enc(chat_prompt(request.caption, request.lyrics, "<think>\n</think>")))
+        tick = (lambda n: progress("lm-codes", min(n, n_codes), n_codes)) if progress else None
+        if progress:
+            progress("lm-codes", 0, n_codes)
         if fsm:
             constraint = _fsm.CodesFSM(n_codes, self.first_code, N_AUDIO_CODES, self.eos)
-            out = self._run(prompts, n_codes + 1, cfg_scale, constraint, self.eos, *sample_args)
+            out = self._run(prompts, n_codes + 1, cfg_scale, constraint, self.eos, *sample_args, tick=tick)
         else:
-            out = self._run(prompts, n_codes + EXTRA_NEW_TOKENS, cfg_scale, None, self.eos, *sample_args)
+            out = self._run(prompts, n_codes + EXTRA_NEW_TOKENS, cfg_scale, None, self.eos, *sample_args, tick=tick)
         codes = [t - self.first_code for t in out if self.first_code <= t < self.first_code + N_AUDIO_CODES]
 
         return dataclasses.replace(

@@ -31,7 +31,9 @@ INSTRUCTIONS = {
     "cover": "Generate audio semantic tokens based on the given conditions:",
 }
 
-# progress(stage, done, total): stage is "text", "condition", "codes", "dit" or "vae".
+# progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
+# thought; total 0 as its length is not known ahead), "lm-codes" (audio codes written), "text",
+# "condition", "codes" (detokenizer), "dit" (sampler steps), "vae" (decoded tiles).
 Progress = Callable[[str, int, int], None]
 
 
@@ -201,11 +203,11 @@ class Synthesizer:
             keep(f"v_t{i}", v)
         keep("x0", x0)
 
-        report("vae", 0, 1)
-        wave = self._model("vae").decode(x0)
-        sample_rate = self._model("vae").sample_rate
+        vae = self._model("vae")
+        wave = vae.decode(x0, progress=lambda done, total: report("vae", done, total))
+        sample_rate = vae.sample_rate
+        del vae
         self._done("vae")
-        report("vae", 1, 1)
         keep("audio_raw", wave)
         out = audio_io.normalize_peak(np.asarray(wave, dtype=np.float32)).astype(np.float32)
         keep("audio", out)
@@ -260,14 +262,10 @@ class Pipeline:
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
                           timesig=timesignature, language=language)
         if use_lm:
-            if progress:
-                progress("lm", 0, 1)
             lm = self._lm or LM.from_models(self.folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
             self._lm = lm if self.keep_loaded else None
-            request = lm.generate(request, seed=seed)
+            request = lm.generate(request, seed=seed, progress=progress)
             del lm
-            if progress:
-                progress("lm", 1, 1)
         return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, progress=progress)
 
 

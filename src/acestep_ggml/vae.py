@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -58,17 +59,20 @@ class VAE:
         """'f32' for F32 files, 'f16' for BF16 / F16 ones."""
         return self._vae.compute_type
 
-    def decode(self, latents, *, chunk: int = DEFAULT_CHUNK, overlap: int = DEFAULT_OVERLAP) -> np.ndarray:
-        """Latents (T, C) or (B, T, C) -> audio (audio_channels, T * hop) or (B, audio_channels, T * hop)."""
+    def decode(self, latents, *, chunk: int = DEFAULT_CHUNK, overlap: int = DEFAULT_OVERLAP,
+               progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """Latents (T, C) or (B, T, C) -> audio (audio_channels, T * hop) or (B, audio_channels, T * hop).
+
+        ``progress(done, total)`` is called after each tile; Ctrl-C stops between tiles."""
         z = _array(latents, "latents")
         if z.ndim not in (2, 3):
             raise InputError(f"latents must have shape (T, {self.latent_channels}) or (B, T, {self.latent_channels}), "
                              f"got {z.ndim} dimensions {z.shape}")
-        out = self._vae.decode(z if z.ndim == 3 else z[None], int(chunk), int(overlap))
+        out = self._vae.decode(z if z.ndim == 3 else z[None], int(chunk), int(overlap), progress)
         return out if z.ndim == 3 else out[0]
 
     def encode(self, audio, sample: bool = False, seed: int | None = None, *, chunk: int = DEFAULT_CHUNK,
-               overlap: int = DEFAULT_OVERLAP) -> np.ndarray:
+               overlap: int = DEFAULT_OVERLAP, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """Audio (2, N) or (B, 2, N) -> latents (N // hop, C) or (B, N // hop, C).
 
         Returns the posterior mean, or with ``sample=True`` a draw mean + std * noise
@@ -78,7 +82,7 @@ class VAE:
         if a.ndim not in (2, 3):
             raise InputError(f"audio must have shape ({self.audio_channels}, N) or (B, {self.audio_channels}, N), "
                              f"got {a.ndim} dimensions {a.shape}")
-        mean, std = self._vae.encode(a if a.ndim == 3 else a[None], int(chunk), int(overlap))
+        mean, std = self._vae.encode(a if a.ndim == 3 else a[None], int(chunk), int(overlap), progress)
         z = mean
         if sample:
             noise = np.random.default_rng(seed).standard_normal(mean.shape, dtype=np.float32)

@@ -5,6 +5,16 @@
 
 namespace ace {
 
+// The tile callback: with the GIL held, a pending Ctrl-C stops the pass between tiles
+// (KeyboardInterrupt reaches the caller), then the Python progress(done, total) if any.
+static VAE::TileProgress tile_progress(py::object progress) {
+    return [progress](int64_t done, int64_t total) {
+        py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+        if (!progress.is_none()) progress(done, total);
+    };
+}
+
 void bind_vae(py::module_ &m) {
     py::class_<VAE, std::shared_ptr<VAE>>(m, "VAE")
         .def(py::init([](const std::string &path, const std::string &device, int n_threads) {
@@ -18,7 +28,7 @@ void bind_vae(py::module_ &m) {
         .def_property_readonly("latent_channels", [](const VAE &v) { return v.config().latent_channels; })
         .def_property_readonly("audio_channels", [](const VAE &v) { return v.config().audio_channels; })
         .def_property_readonly("compute_type", &VAE::compute_type)
-        .def("decode", [](VAE &v, py::handle latents, int64_t chunk, int64_t overlap) {
+        .def("decode", [](VAE &v, py::handle latents, int64_t chunk, int64_t overlap, py::object progress) {
             auto z = as_f32(latents, "latents", 3, 3);
             const int64_t B = z.shape(0), T = z.shape(1), C = z.shape(2);
             if (C != v.config().latent_channels)
@@ -27,13 +37,13 @@ void bind_vae(py::module_ &m) {
             std::vector<float> out;
             {
                 py::gil_scoped_release nogil;
-                out = v.decode(z.data(), B, T, {chunk, overlap});
+                out = v.decode(z.data(), B, T, {chunk, overlap}, tile_progress(progress));
             }
             const int64_t A = v.config().audio_channels;
             return to_numpy(out, {(ssize_t)B, (ssize_t)A, (ssize_t)(B ? out.size() / (B * A) : 0)});
-        }, py::arg("latents"), py::arg("chunk") = 0, py::arg("overlap") = 0,
+        }, py::arg("latents"), py::arg("chunk") = 0, py::arg("overlap") = 0, py::arg("progress") = py::none(),
            "(B, T, latent_channels) float32 -> (B, audio_channels, T * hop_length).")
-        .def("encode", [](VAE &v, py::handle audio, int64_t chunk, int64_t overlap) {
+        .def("encode", [](VAE &v, py::handle audio, int64_t chunk, int64_t overlap, py::object progress) {
             auto a = as_f32(audio, "audio", 3, 3);
             const int64_t B = a.shape(0), A = a.shape(1), N = a.shape(2);
             if (A != v.config().audio_channels)
@@ -42,11 +52,11 @@ void bind_vae(py::module_ &m) {
             std::vector<float> mean, stdev;
             {
                 py::gil_scoped_release nogil;
-                v.encode(a.data(), B, N, {chunk, overlap}, mean, stdev);
+                v.encode(a.data(), B, N, {chunk, overlap}, mean, stdev, tile_progress(progress));
             }
             const ssize_t L = v.config().latent_channels, T = (ssize_t)(mean.size() / (B * L));
             return py::make_tuple(to_numpy(mean, {(ssize_t)B, T, L}), to_numpy(stdev, {(ssize_t)B, T, L}));
-        }, py::arg("audio"), py::arg("chunk") = 0, py::arg("overlap") = 0,
+        }, py::arg("audio"), py::arg("chunk") = 0, py::arg("overlap") = 0, py::arg("progress") = py::none(),
            "(B, audio_channels, N) float32 -> (mean, std), each (B, N // hop_length, latent_channels).");
 }
 

@@ -707,15 +707,18 @@ static void check_tiling(Tiling t) {
     if (t.overlap < 0) throw InputError(fmt("overlap must be >= 0, got %lld", (long long)t.overlap));
 }
 
-std::vector<float> VAE::decode(const float *latents, int64_t B, int64_t T, Tiling tiling) {
+std::vector<float> VAE::decode(const float *latents, int64_t B, int64_t T, Tiling tiling,
+                               const TileProgress &progress) {
     const int64_t C = cfg_.latent_channels, A = cfg_.audio_channels, hop = cfg_.hop_length();
     if (B < 1 || T < 1) throw InputError(fmt("latents are empty (batch %lld, %lld frames)", (long long)B, (long long)T));
     check_tiling(tiling);
     check_finite(latents, (size_t)(B * T * C), "latents");
     const int64_t N = T * hop;
     std::vector<float> audio((size_t)(B * A * N));
+    const std::vector<Window> wins = windows(T, tiling);
+    int64_t done = 0;
     for (int64_t b = 0; b < B; b++) {
-        for (const Window &w : windows(T, tiling)) {
+        for (const Window &w : wins) {
             const int64_t Tw = w.win1 - w.win0;
             Graph g;
             ggml_tensor *z = g.input("latents", GGML_TYPE_F32, {Tw, C});
@@ -732,13 +735,14 @@ std::vector<float> VAE::decode(const float *latents, int64_t B, int64_t T, Tilin
                 float *dst = audio.data() + (b * A + a) * N + w.core0 * hop;
                 for (int64_t i = 0; i < len; i++) dst[i] = out[(skip + i) * A + a];
             }
+            if (progress) progress(++done, B * (int64_t)wins.size());
         }
     }
     return audio;
 }
 
 void VAE::encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::vector<float> &mean,
-                 std::vector<float> &stdev) {
+                 std::vector<float> &stdev, const TileProgress &progress) {
     const int64_t A = cfg_.audio_channels, L = cfg_.latent_channels, hop = cfg_.hop_length();
     if (B < 1 || N < 1) throw InputError(fmt("audio is empty (batch %lld, %lld samples)", (long long)B, (long long)N));
     if (N < hop)
@@ -756,8 +760,10 @@ void VAE::encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::v
     mean.assign((size_t)(B * T * L), 0.0f);
     stdev.assign((size_t)(B * T * L), 0.0f);
     std::vector<float> in;
+    const std::vector<Window> wins = windows(T, tiling);
+    int64_t done = 0;
     for (int64_t b = 0; b < B; b++) {
-        for (const Window &w : windows(T, tiling)) {
+        for (const Window &w : wins) {
             // Windows are whole frames, except that the last one takes the samples
             // past the last whole frame as well, as the untiled pass sees them.
             const int64_t s0 = w.win0 * hop, s1 = w.win1 == T ? N : w.win1 * hop, Ns = s1 - s0;
@@ -787,6 +793,7 @@ void VAE::encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::v
                     s[c] = (x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x))) + 1e-4f;
                 }
             }
+            if (progress) progress(++done, B * (int64_t)wins.size());
         }
     }
 }

@@ -5,6 +5,7 @@
 // so no tensor is ever transposed between layers.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,11 +41,16 @@ class VAE {
     // "f32" or "f16": the matmul weight and activation type, from the file's weights.
     std::string compute_type() const;
 
+    // Called after each tile with (tiles done, tiles in all, over the whole batch); it may
+    // throw to stop the pass (a Ctrl-C seen by the Python binding).
+    using TileProgress = std::function<void(int64_t, int64_t)>;
+
     // latents: (B, T, latent_channels) -> audio (B, audio_channels, T * hop).
-    std::vector<float> decode(const float *latents, int64_t B, int64_t T, Tiling tiling);
+    std::vector<float> decode(const float *latents, int64_t B, int64_t T, Tiling tiling,
+                              const TileProgress &progress = nullptr);
     // audio: (B, audio_channels, N) -> mean and std, each (B, N / hop, latent_channels).
     void encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::vector<float> &mean,
-                std::vector<float> &std);
+                std::vector<float> &std, const TileProgress &progress = nullptr);
 
     struct Model;
 
