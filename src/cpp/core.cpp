@@ -745,7 +745,7 @@ void Runner::alloc(Graph &g) {
 }
 
 // ACESTEP_GGML_PROFILE=1: every node is computed on its own and timed; totals per op
-// (matmuls per weight type) go to stderr at exit.  For finding where the time goes only:
+// (matmuls per weight type; =2 also per shape) go to stderr at exit.  For finding where the time goes only:
 // splitting the graph costs a little time per node.
 namespace {
 struct Profile {
@@ -770,16 +770,24 @@ struct Profile {
         }();
         return on;
     }
+    static bool detail() {
+        static const bool on = std::string(std::getenv("ACESTEP_GGML_PROFILE")) == "2";
+        return on;
+    }
     static bool observe(ggml_tensor *t, bool ask, void *) {
         if (ask) return true;
         Profile &p = get();
         double t1 = now();
         std::string key = ggml_op_desc(t);
-        if (t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_MUL_MAT_ID)
-            key += fmt("(%s)", ggml_type_name(t->src[0]->type));
-        else if (t->op == GGML_OP_CUSTOM || t->op == GGML_OP_MAP_CUSTOM1 || t->op == GGML_OP_MAP_CUSTOM2 ||
-                 t->op == GGML_OP_MAP_CUSTOM3)
-            key += fmt("(%s)", t->name);
+        if (t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_MUL_MAT_ID) {
+            const ggml_tensor *a = t->src[0], *b = t->src[1];
+            key += fmt("(%s)", ggml_type_name(a->type));
+            if (detail())  // ACESTEP_GGML_PROFILE=2: shapes too, [K, M] x [K, N] (x batch)
+                key += fmt(" %lldx%lld * %lldx%lld x%lld", (long long)a->ne[0], (long long)a->ne[1],
+                           (long long)b->ne[0], (long long)b->ne[1], (long long)(b->ne[2] * b->ne[3]));
+        } else if (t->op == GGML_OP_CUSTOM && detail()) {
+            key += fmt(" %lldx%lld", (long long)t->ne[0], (long long)t->ne[1]);
+        }
         std::lock_guard<std::mutex> lock(p.mu);
         auto &e = p.ops[key];
         e.first += t1 - p.last;
