@@ -82,7 +82,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                       keyscale=args.keyscale, timesignature=args.timesignature, language=args.language,
                       seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
                       use_lm=not args.no_lm, lm=args.lm, device=args.device, n_threads=args.threads,
-                      progress=_progress(args.quiet))
+                      progress=_progress(args.quiet), quiet=args.quiet)
     result.save(args.output)
     if not args.quiet:
         print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",

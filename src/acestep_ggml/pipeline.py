@@ -238,8 +238,9 @@ class Pipeline:
     unless ``keep_loaded=True`` (faster repeated calls, more memory)."""
 
     def __init__(self, models: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
-                 keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16"):
-        self.folder = resolve(models, dtype=dtype)
+                 keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16", quiet: bool = False):
+        # quiet: no download or conversion progress bars
+        self.folder = resolve(models, dtype=dtype, quiet=quiet)
         self.device, self.n_threads, self.keep_loaded, self.lm_choice = device, n_threads, keep_loaded, lm
         self.synth = Synthesizer(self.folder, device=device, n_threads=n_threads, keep_loaded=keep_loaded)
         self._lm = None
@@ -270,6 +271,7 @@ class Pipeline:
 
 
 def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",
-             n_threads: Optional[int] = None, lm: Optional[str] = None, **kwargs) -> SynthResult:
+             n_threads: Optional[int] = None, lm: Optional[str] = None, quiet: bool = False,
+             **kwargs) -> SynthResult:
     """One song in one call: ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)``."""
-    return Pipeline(models, device=device, n_threads=n_threads, lm=lm).generate(caption, lyrics, **kwargs)
+    return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet).generate(caption, lyrics, **kwargs)
