@@ -34,10 +34,11 @@ void bind_vae(py::module_ &m) {
             if (C != v.config().latent_channels)
                 throw InputError(fmt("latents must have %d channels in the last axis, got %lld",
                                      v.config().latent_channels, (long long)C));
+            const VAE::TileProgress tick = tile_progress(progress);  // made and freed with the GIL held
             std::vector<float> out;
             {
                 py::gil_scoped_release nogil;
-                out = v.decode(z.data(), B, T, {chunk, overlap}, tile_progress(progress));
+                out = v.decode(z.data(), B, T, {chunk, overlap}, tick);
             }
             const int64_t A = v.config().audio_channels;
             return to_numpy(out, {(ssize_t)B, (ssize_t)A, (ssize_t)(B ? out.size() / (B * A) : 0)});
@@ -49,10 +50,11 @@ void bind_vae(py::module_ &m) {
             if (A != v.config().audio_channels)
                 throw InputError(fmt("audio must have %d channels, got %lld", v.config().audio_channels,
                                      (long long)A));
+            const VAE::TileProgress tick = tile_progress(progress);  // made and freed with the GIL held
             std::vector<float> mean, stdev;
             {
                 py::gil_scoped_release nogil;
-                v.encode(a.data(), B, N, {chunk, overlap}, mean, stdev, tile_progress(progress));
+                v.encode(a.data(), B, N, {chunk, overlap}, mean, stdev, tick);
             }
             const ssize_t L = v.config().latent_channels, T = (ssize_t)(mean.size() / (B * L));
             return py::make_tuple(to_numpy(mean, {(ssize_t)B, T, L}), to_numpy(stdev, {(ssize_t)B, T, L}));
