@@ -88,6 +88,25 @@ def test_codes_fsm_blocks_eos_until_the_duration_and_forces_it_then():
     assert f.done and f.count == 50
 
 
+def test_text_values_that_yaml_reads_otherwise_are_quoted():
+    # Norwegian's code "no" is a YAML boolean; the chain of thought must still read back as "no".
+    text = fsm.cot_yaml({"caption": "x", "language": "no", "keyscale": "C major", "bpm": "90"})
+    assert yaml.safe_load(text) == {"caption": "x", "language": "no", "keyscale": "C major", "bpm": 90}
+    assert 'language: "no"' in text and "keyscale: C major" in text
+    assert fsm.parse_cot(text)["language"] == "no"
+    # Through the FSM as the LM writes it: every value given, so every token is forced.
+    given = {"caption": "x", "bpm": "90", "duration": "30", "keyscale": "C major", "language": "no",
+             "timesignature": "4"}
+    f = fsm.CotFSM(_constraints(), given)
+    out = []
+    while not f.done:
+        out.append(int(f.allowed()[0]))
+        f.advance(out[-1])
+    text = _tok().decode(out)
+    assert yaml.safe_load(text[len("<think>\n"):-len("\n</think>")])["language"] == "no"
+    assert f.values["language"] == "no"
+
+
 def test_cot_caption_yaml_round_trips():
     for c in ["calm piano", "Energetic: rock", "#hashtag", "- dash", "a # b", "true", "3.5", "ünïcode ♯",
               'quote "x"', "two\nlines", "trailing "]:

@@ -137,7 +137,10 @@ def test_ctrl_c_stops_without_a_partial_file(offline_hub, tmp_path):
     # A long song on tiny models: still running when the interrupt arrives.
     p = subprocess.Popen([sys.executable, "-m", "acestep_ggml", "generate", "--caption", CAPTION, "--no-lm",
                           "--duration", "600", "--steps", "200", "--models", "Org/acestep-gguf", "--threads", "1",
-                          "-o", str(out), "--quiet"], stderr=subprocess.PIPE, text=True)
+                          "-o", str(out), "--quiet"], stderr=subprocess.PIPE, text=True,
+                         # A background job of a non-interactive shell inherits SIGINT ignored,
+                         # and Python keeps it so: give the child the default, as a terminal does.
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(4)
     p.send_signal(signal.SIGINT)
     try:

@@ -2,7 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+
+# Set by the CLI's SIGINT handler.  The first Ctrl-C raises KeyboardInterrupt as usual; if some
+# library on the way swallows it, the next progress event (every LM token, DiT step and VAE
+# tile) raises it again, so a job never runs on after Ctrl-C.
+_INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum, frame):
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -31,14 +43,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _progress(quiet: bool):
-    """A tqdm bar per stage (the callback of the Python API), or nothing."""
-    if quiet:
-        return None
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
+    """The callback of the Python API: a tqdm bar per stage unless quiet, and a check for Ctrl-C."""
+    bars: dict = {}
 
     def report(stage: str, done: int, total: int) -> None:
+        if _INTERRUPTED.is_set():
+            raise KeyboardInterrupt
+        if quiet:
+            return
+        from tqdm import tqdm
+
         bar = bars.get(stage)
         if bar is None:
             for other in bars.values():  # stages run one after another
@@ -200,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import InputError, ModelFileError
 
+    # Only where Python's own handler is in place: a SIGINT ignored by the parent (a background
+    # job of a non-interactive shell) stays ignored, as Python itself leaves it.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    ours = previous is signal.default_int_handler
+    if ours:
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         return args.func(args)
     except (InputError, ModelFileError, FileNotFoundError, ValueError) as e:
@@ -208,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous)
+        _INTERRUPTED.clear()
 
 
 if __name__ == "__main__":

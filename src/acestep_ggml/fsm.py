@@ -60,10 +60,18 @@ def yaml_scalar(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+# Fields whose values are text: written as YAML strings, quoted where YAML would read them as
+# something else (the language code "no" is a YAML boolean).  The others are integers.
+TEXT_FIELDS = ("caption", "keyscale", "language")
+
+
+def _field_text(field: str, value: str) -> str:
+    return yaml_scalar(value) if field in TEXT_FIELDS else value
+
+
 def cot_yaml(values: Dict[str, str]) -> str:
     """The YAML body of the chain of thought (sorted keys, given fields only)."""
-    return "\n".join(f"{k}: {yaml_scalar(values[k]) if k == 'caption' else values[k]}"
-                     for k in FIELDS if values.get(k) is not None)
+    return "\n".join(f"{k}: {_field_text(k, values[k])}" for k in FIELDS if values.get(k) is not None)
 
 
 def cot_text(values: Dict[str, str]) -> str:
@@ -78,7 +86,7 @@ def parse_cot(text: str) -> Dict[str, str]:
         key, sep, value = line.partition(": ")
         if sep and key in FIELDS:
             value = value.strip()
-            if key == "caption" and value.startswith('"'):
+            if key in TEXT_FIELDS and value.startswith('"'):
                 try:
                     value = json.loads(value)
                 except ValueError:
@@ -122,7 +130,7 @@ class CotConstraints:
         self._tries: Dict[str, _Trie] = {}
 
     def line(self, field: str, value: str) -> List[int]:
-        return self.encode(f"{field}: {yaml_scalar(value) if field == 'caption' else value}\n")
+        return self.encode(f"{field}: {_field_text(field, value)}\n")
 
     def trie(self, field: str, given: Optional[str] = None) -> _Trie:
         if given is not None:
