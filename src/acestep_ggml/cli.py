@@ -45,14 +45,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _progress(quiet: bool):
     """The callback of the Python API: a tqdm bar per stage unless quiet, and a check for Ctrl-C."""
     bars: dict = {}
+    if not quiet:
+        from tqdm import tqdm
 
     def report(stage: str, done: int, total: int) -> None:
         if _INTERRUPTED.is_set():
             raise KeyboardInterrupt
         if quiet:
             return
-        from tqdm import tqdm
-
         bar = bars.get(stage)
         if bar is None:
             for other in bars.values():  # stages run one after another

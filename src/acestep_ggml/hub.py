@@ -91,9 +91,10 @@ def available_memory(device: str = "cpu") -> int | None:
 def choose_lm(files: list[Path], available: int | None) -> Path:
     """The LM a machine can hold: the largest file whose size times LM_MEMORY_FACTOR fits in
     ``available`` bytes; the smallest when none fits or the memory is unknown."""
-    by_size = sorted(files, key=lambda p: (p.stat().st_size, p.name))
+    size = {p: p.stat().st_size for p in files}
+    by_size = sorted(files, key=lambda p: (size[p], p.name))
     if available is not None:
-        fitting = [p for p in by_size if p.stat().st_size * LM_MEMORY_FACTOR <= available]
+        fitting = [p for p in by_size if size[p] * LM_MEMORY_FACTOR <= available]
         if fitting:
             return fitting[-1]
     return by_size[0]

@@ -140,9 +140,9 @@ class LM:
         self.reset(n_seq, max(len(p) for p in prompts) + max_new)
         rows = [self.prefill(s, p) for s, p in enumerate(prompts)]
         lo = 0  # rows[i][j] is the logit of token lo + j
+        ids = constraint.allowed() if constraint is not None else None  # the FSM's choices, sorted
         out: List[int] = []
         while len(out) < max_new:
-            ids = constraint.allowed() if constraint is not None else None
             if ids is not None and ids.size == 1:
                 tok = int(ids[0])  # forced: nothing to draw
             else:
@@ -158,9 +158,9 @@ class LM:
                 tick(len(out))
             if tok == stop or (constraint is not None and constraint.done):
                 break
-            # The FSM's allowed ids are sorted: the head computes only the span that holds them.
-            nxt = constraint.allowed() if constraint is not None else None
-            lo, hi = (int(nxt[0]), int(nxt[-1]) + 1) if nxt is not None else (0, None)
+            # The head computes only the span that holds the next token's choices.
+            ids = constraint.allowed() if constraint is not None else None
+            lo, hi = (int(ids[0]), int(ids[-1]) + 1) if ids is not None else (0, None)
             rows = list(self.decode([tok] * n_seq, lo, hi))
         return out
 

@@ -618,7 +618,12 @@ ggml_tensor *Weights::derived(const std::string &name, ggml_type type, const std
     return t;
 }
 
-static void store_floats(ggml_tensor *t, const std::vector<float> &v, const std::string &what) {
+// F16 conversion saturates at F16's largest finite value rather than overflowing to inf.
+static void saturate_f16(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = std::min(65504.0f, std::max(-65504.0f, x[i]));
+}
+
+static void store_floats(ggml_tensor *t, std::vector<float> v, const std::string &what) {
     if ((int64_t)v.size() != ggml_nelements(t))
         throw FileError(fmt("%s: computed %zu values for a tensor of %lld", what.c_str(), v.size(),
                             (long long)ggml_nelements(t)));
@@ -626,19 +631,13 @@ static void store_floats(ggml_tensor *t, const std::vector<float> &v, const std:
         ggml_backend_tensor_set(t, v.data(), 0, v.size() * sizeof(float));
         return;
     }
+    if (t->type == GGML_TYPE_F16) saturate_f16(v.data(), (int64_t)v.size());
     std::vector<uint8_t> buf(ggml_nbytes(t));
-    if (t->type == GGML_TYPE_F16) {  // saturate rather than overflow to inf
-        std::vector<float> c(v);
-        for (float &x : c) x = std::min(65504.0f, std::max(-65504.0f, x));
-        ggml_quantize_chunk(t->type, c.data(), buf.data(), 0, ggml_nrows(t), t->ne[0], nullptr);
-        ggml_backend_tensor_set(t, buf.data(), 0, buf.size());
-        return;
-    }
     ggml_quantize_chunk(t->type, v.data(), buf.data(), 0, ggml_nrows(t), t->ne[0], nullptr);
     ggml_backend_tensor_set(t, buf.data(), 0, buf.size());
 }
 
-// BF16 -> F16 in place (both 2 bytes), saturating at F16's largest finite value.
+// BF16 -> F16 in place (both 2 bytes), in slices through F32.
 static void bf16_to_f16_inplace(void *data, int64_t n) {
     constexpr int64_t kSlice = 4096;
     float tmp[kSlice];
@@ -646,7 +645,7 @@ static void bf16_to_f16_inplace(void *data, int64_t n) {
     for (int64_t i = 0; i < n; i += kSlice) {
         int64_t m = std::min(kSlice, n - i);
         ggml_cpu_bf16_to_fp32(reinterpret_cast<const ggml_bf16_t *>(p + i), tmp, m);
-        for (int64_t j = 0; j < m; j++) tmp[j] = std::min(65504.0f, std::max(-65504.0f, tmp[j]));
+        saturate_f16(tmp, m);
         ggml_cpu_fp32_to_fp16(tmp, reinterpret_cast<ggml_fp16_t *>(p + i), m);
     }
 }
