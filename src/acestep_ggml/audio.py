@@ -83,3 +83,27 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     elif data.shape[1] != 2:
         raise InputError(f"{path}: {data.shape[1]} channels; only mono and stereo are read")
     return np.ascontiguousarray(data.T), int(sr)
+
+
+def load_audio(source, sample_rate: int = 48000, *, source_rate: int | None = None) -> np.ndarray:
+    """Audio (2, N) float32 at `sample_rate` from a file or a (N,) / (channels, N) array.
+
+    Stand-in until the audio-io branch lands (which resamples with soxr): other rates are refused."""
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise InputError(f"audio file '{os.fspath(source)}' does not exist")
+        try:
+            audio, rate = read_audio(source)
+        except RuntimeError as e:
+            raise InputError(f"cannot read audio file '{os.fspath(source)}': {e}") from None
+    else:
+        a = np.asarray(source)
+        if not np.issubdtype(a.dtype, np.floating) or a.ndim not in (1, 2) or a.shape[-1] == 0:
+            raise InputError(f"audio must be a non-empty float array (N,) or (channels, N), got {a.dtype} {a.shape}")
+        a = a.reshape(1, -1) if a.ndim == 1 else a
+        if a.shape[0] not in (1, 2):
+            raise InputError(f"audio has {a.shape[0]} channels; only mono and stereo are supported")
+        audio, rate = np.ascontiguousarray(np.repeat(a, 2 // a.shape[0], axis=0), dtype=np.float32), source_rate
+    if rate is not None and int(rate) != int(sample_rate):
+        raise InputError(f"audio at {rate} Hz; this build reads {sample_rate} Hz only")
+    return audio
