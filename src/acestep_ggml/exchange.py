@@ -192,6 +192,17 @@ def _read_task(folder: Path) -> dict:
             "audio_cover_strength": 1.0 if strength is None else strength}
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def write_request(folder: str | os.PathLike, req: Request) -> None:
     """Write every field (defaults as ``N/A`` where the reference does); each file replaced atomically."""
     folder = Path(folder)
