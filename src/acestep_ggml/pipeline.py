@@ -217,18 +217,20 @@ class Synthesizer:
 
 
 def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, output: str | os.PathLike,
-                   **kwargs) -> SynthResult:
-    """The `synth` CLI as a function: read the exchange directory, synthesise, write `output`.
+                   *, bitrate: int | None = None, **kwargs) -> SynthResult:
+    """The `synth` CLI as a function: read the exchange directory, synthesise, write `output`
+    (bitrate: kbit/s of an .mp3).
 
-    Nothing is written when any step fails.
+    The output path is checked first; nothing is written when any step fails.
     """
     from .exchange import read_request
 
+    audio_io.check_output_path(output, bitrate=bitrate)
     request = read_request(input_dir)
     device = kwargs.pop("device", "cpu")
     n_threads = kwargs.pop("n_threads", None)
     result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs)
-    result.save(Path(output))
+    result.save(Path(output), bitrate=bitrate)
     return result
 
 
