@@ -111,8 +111,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_download(args: argparse.Namespace) -> int:
     from . import hub
 
-    files = tuple(args.files) if args.files else hub.DEFAULT_GGUF_FILES
-    print(hub.download(args.repo or hub.GGUF_REPO, files, quiet=args.quiet))
+    print(hub.download(args.repo or hub.GGUF_REPO, tuple(args.files) if args.files else None, quiet=args.quiet,
+                       device=args.device))
     return 0
 
 
@@ -209,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("download", help="fetch the default GGUF model set into the Hugging Face cache")
     s.add_argument("--repo", default=None, help="hub repo (default: the published ACE-Step 1.5 GGUFs)")
-    s.add_argument("--files", nargs="*", default=None, help="file names or patterns (default: turbo DiT, text "
-                                                             "encoder, VAE, 0.6B LM)")
+    s.add_argument("--files", nargs="*", default=None, help="file names or patterns (default: the set `generate` "
+                                                             "uses: turbo DiT, text encoder, VAE, the LM this "
+                                                             "machine's memory holds)")
+    s.add_argument("--device", default="cpu", help="the device the LM is chosen for (default cpu)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_download)
     return p

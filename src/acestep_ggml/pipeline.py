@@ -7,6 +7,7 @@ diffusers' AceStepPipeline.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from . import sampler
 from ._core import GGUFFile, InputError
 from .dit import DiT
 from .exchange import MAX_DURATION, Request
-from .hub import ModelSet, find_models, resolve
+from .hub import SYNTH_KINDS, ModelSet, find_models, resolve
 from .text import ConditionEncoder, Detokenizer, TextEncoder
 from .tokenizer import Tokenizer
 from .vae import VAE
@@ -241,11 +242,13 @@ class Pipeline:
 
     def __init__(self, models: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
                  keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16", quiet: bool = False):
-        # quiet: no download or conversion progress bars
-        self.folder = resolve(models, dtype=dtype, quiet=quiet)
+        # quiet: no download or conversion progress bars.  From a hub repo the LM is fetched only
+        # when a song needs it.
+        self._resolve = functools.partial(resolve, models, dtype=dtype, quiet=quiet, device=device, lm=lm)
+        self.folder = self._resolve(kinds=SYNTH_KINDS)
         self.device, self.n_threads, self.keep_loaded, self.lm_choice = device, n_threads, keep_loaded, lm
         self.synth = Synthesizer(self.folder, device=device, n_threads=n_threads, keep_loaded=keep_loaded)
-        self._lm = None
+        self._lm, self._lm_folder = None, None
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, **kwargs) -> "Pipeline":
@@ -265,7 +268,9 @@ class Pipeline:
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
                           timesig=timesignature, language=language)
         if use_lm:
-            lm = self._lm or LM.from_models(self.folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
+            if self._lm_folder is None:
+                self._lm_folder = self._resolve(kinds=("acestep-lm",))
+            lm = self._lm or LM.from_models(self._lm_folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
             self._lm = lm if self.keep_loaded else None
             request = lm.generate(request, seed=seed, progress=progress)
             del lm
