@@ -49,7 +49,7 @@ def test_choice_follows_the_explicit_rank_not_the_name_order(memory):
     assert hub.choose(PUBLISHED)["acestep-lm"] == "acestep-5Hz-lm-1.7B-Q8_0.gguf"  # 1.8 * 1.3 <= 3 < 2.9 * 1.3
     memory["bytes"] = None
     assert hub.choose(PUBLISHED)["acestep-lm"] == "acestep-5Hz-lm-0.6B-Q8_0.gguf"  # unknown: the smallest
-    assert hub.choose(PUBLISHED, lm="1.7B")["acestep-lm"] == "acestep-5Hz-lm-1.7B-BF16.gguf"
+    assert hub.choose(PUBLISHED, prefer={"acestep-lm": "1.7B"})["acestep-lm"] == "acestep-5Hz-lm-1.7B-BF16.gguf"
 
     def without(*gone):
         return {n: s for n, s in PUBLISHED.items() if not any(g in n for g in gone)}
@@ -59,6 +59,7 @@ def test_choice_follows_the_explicit_rank_not_the_name_order(memory):
     assert hub.choose(without("BF16"))["acestep-dit"] == "acestep-v15-turbo-Q8_0.gguf"
     assert hub.choose(without("BF16", "Q8_0"))["acestep-dit"] == "acestep-v15-turbo-Q6_K.gguf"
     assert hub.choose(without("-turbo-BF16"))["acestep-dit"] == "acestep-v15-turbo-Q8_0.gguf"  # turbo beats SFT's type
+    assert hub.choose(PUBLISHED, prefer={"acestep-dit": "sft"})["acestep-dit"] == "acestep-v15-sft-BF16.gguf"
     assert hub.choose(PUBLISHED, kinds=hub.SYNTH_KINDS).keys() == set(hub.SYNTH_KINDS)
 
 
@@ -133,6 +134,9 @@ def test_first_run_fetches_only_the_default_set(online_hub, tmp_path, capsys):
     assert online_hub == [sorted([*DEFAULT_SYNTH, "acestep-5Hz-lm-4B-Q8_0.gguf"])]
     assert cli.main(["download", "--quiet", "--files", "vae-*"]) == 0
     assert online_hub[-1] == ["vae-*"]
+    # A preference fetches the best file that matches it.
+    assert ace.Synthesizer(hub.GGUF_REPO, dit="sft").paths["dit"].name == "acestep-v15-sft-BF16.gguf"
+    assert online_hub[-1] == ["Qwen3-Embedding-0.6B-BF16.gguf", "acestep-v15-sft-BF16.gguf", "vae-BF16.gguf"]
 
 
 def test_offline_the_choice_is_made_among_cached_files(tiny_files, tmp_path, monkeypatch, memory, capsys):

@@ -134,18 +134,20 @@ def choose_lm(files: list, available: int | None, size: dict | None = None):
     return by_size[0]
 
 
-def choose(sizes: dict[str, int], kinds=KINDS, device: str = "cpu", lm: str | None = None) -> dict[str, str]:
-    """The file of each kind to use, from file names and sizes: the best by `rank`; for the LM,
-    the one `choose_lm` picks for this device, or with `lm` (a size such as "1.7B") the best
-    whose name contains it, as ModelSet.get picks it."""
+def choose(sizes: dict[str, int], kinds=KINDS, device: str = "cpu", prefer: dict[str, str] | None = None
+           ) -> dict[str, str]:
+    """The file of each kind to use, from file names and sizes: the best by `rank`, and the LM
+    that `choose_lm` picks for this device; with a preference for a kind (kind -> part of the
+    name, e.g. {"acestep-lm": "1.7B"}), the best whose name contains it, as ModelSet.get picks."""
+    prefer = prefer or {}
     by_kind: dict[str, list[str]] = {}
     for name in sizes:
         by_kind.setdefault(kind_of_name(name), []).append(name)
     chosen = {}
     for kind in kinds:
         names = sorted(by_kind.get(kind, []), key=lambda n: rank(kind, n))
-        if kind == "acestep-lm" and lm:
-            names = [n for n in names if lm in n]
+        if prefer.get(kind):
+            names = [n for n in names if prefer[kind] in n]
         elif kind == "acestep-lm" and names:
             names = [choose_lm(names, available_memory(device), size=sizes)]
         if names:
@@ -238,11 +240,12 @@ def _repo_files(repo_id: str) -> dict[str, int]:
     return {f.path: f.size for f in HfApi().list_repo_tree(repo_id) if isinstance(f, RepoFile)}
 
 
-def fetch(repo_id: str, kinds=KINDS, device: str = "cpu", lm: str | None = None, quiet: bool = False) -> Path:
+def fetch(repo_id: str, kinds=KINDS, device: str = "cpu", prefer: dict[str, str] | None = None,
+          quiet: bool = False) -> Path:
     """The snapshot folder of a hub repo holding the files `choose` picks for `kinds`, fetching
     only those (a repo of checkpoints, with no GGUFs, is fetched whole to be converted).  Offline,
     or when the hub cannot be reached, the choice is made among the files already cached."""
-    if lm and os.path.isfile(lm):
+    if os.path.isfile((prefer or {}).get("acestep-lm") or ""):
         kinds = [k for k in kinds if k != "acestep-lm"]  # the LM is a file of the user's
     sizes, unlisted, folder = None, None, None
     if not _offline():
@@ -263,16 +266,16 @@ def fetch(repo_id: str, kinds=KINDS, device: str = "cpu", lm: str | None = None,
         sizes = {p.name: p.stat().st_size for p in folder.glob("*.gguf")}
     elif not any(name.endswith(".gguf") for name in sizes):
         return snapshot(repo_id, quiet=quiet)
-    chosen = choose(sizes, kinds, device, lm)
+    chosen = choose(sizes, kinds, device, prefer)
     if not quiet and chosen:
         print(f"{repo_id}: " + ", ".join(chosen[k] for k in KINDS if k in chosen), file=sys.stderr)
     return folder or snapshot(repo_id, allow_patterns=sorted(chosen.values()), quiet=quiet)
 
 
 def resolve(source: str | os.PathLike, dtype: str = "bf16", quiet: bool = False, *, kinds=KINDS,
-            device: str = "cpu", lm: str | None = None) -> Path:
+            device: str = "cpu", prefer: dict[str, str] | None = None) -> Path:
     """A folder of GGUFs from a GGUF folder, a checkpoint folder or a hub repo id.  From a hub
-    repo only the files of `kinds` that `choose` picks for `device` (and `lm`) are fetched."""
+    repo only the files of `kinds` that `choose` picks for `device` (and `prefer`) are fetched."""
     path = Path(source).expanduser()
     if path.is_dir():
         if any(path.glob("*.gguf")):
@@ -285,7 +288,7 @@ def resolve(source: str | os.PathLike, dtype: str = "bf16", quiet: bool = False,
         raise ModelsNotFound(f"{path} is a file; pass the folder that holds the models")
     if not _REPO_ID.match(str(source)):
         raise ModelsNotFound(f"{source} is neither a folder nor a hub repo id (owner/name)")
-    folder = fetch(str(source), kinds, device, lm, quiet=quiet)
+    folder = fetch(str(source), kinds, device, prefer, quiet=quiet)
     return resolve(folder, dtype=dtype, quiet=quiet)
 
 

@@ -70,7 +70,8 @@ class Synthesizer:
 
     def __init__(self, models: str | os.PathLike | ModelSet, device: str = "cpu", n_threads: Optional[int] = None,
                  keep_loaded: bool = False, dit: Optional[str] = None):
-        self.models = models if isinstance(models, ModelSet) else find_models(resolve(models))
+        self.models = models if isinstance(models, ModelSet) else find_models(resolve(
+            models, kinds=SYNTH_KINDS, device=device, prefer={"acestep-dit": dit} if dit else None))
         self.device, self.n_threads, self.keep_loaded = device, n_threads, keep_loaded
         self.paths = {
             "dit": self.models.get("acestep-dit", prefer=dit),
@@ -244,7 +245,8 @@ class Pipeline:
                  keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16", quiet: bool = False):
         # quiet: no download or conversion progress bars.  From a hub repo the LM is fetched only
         # when a song needs it.
-        self._resolve = functools.partial(resolve, models, dtype=dtype, quiet=quiet, device=device, lm=lm)
+        self._resolve = functools.partial(resolve, models, dtype=dtype, quiet=quiet, device=device,
+                                          prefer={"acestep-lm": lm} if lm else None)
         self.folder = self._resolve(kinds=SYNTH_KINDS)
         self.device, self.n_threads, self.keep_loaded, self.lm_choice = device, n_threads, keep_loaded, lm
         self.synth = Synthesizer(self.folder, device=device, n_threads=n_threads, keep_loaded=keep_loaded)
