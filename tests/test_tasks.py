@@ -216,6 +216,19 @@ def test_generate_with_source_audio_skips_the_lm(synth_models, rng, monkeypatch)
     assert result.audio.shape == (2, src.shape[1] // HOP * HOP)
 
 
+def test_generate_cli_task_flags_run_a_complete(synth_models, rng, tmp_path):
+    import soundfile as sf
+
+    _, _, folders, _ = synth_models
+    src = tmp_path / "drums.flac"
+    sf.write(src, np.clip(0.3 * rng.standard_normal((2 * RATE, 2)), -1, 1), RATE)
+    out = tmp_path / "out.wav"
+    r = _cli("generate", "--caption", CAPTION, "--models", folders["f32"], "-o", out, "--task", "complete",
+             "--src-audio", src, "--track-classes", "bass, keyboard", "--ref-audio", src, "--steps", 2)
+    assert r.returncode == 0, r.stderr
+    assert sf.info(str(out)).frames == 2 * RATE
+
+
 # -- bad input: a clear error and no output -------------------------------------------
 
 def _wav(rng, path, seconds=2.0):
