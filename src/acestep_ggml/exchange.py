@@ -105,30 +105,29 @@ def _optional(text: str | None) -> str | None:
     return None if t == "" or t.upper() == "N/A" else t
 
 
-def _int(folder: Path, name: str, lo: int, hi: int) -> int | None:
+def _number(folder: Path, name: str, parse, what: str):
+    """The file's value through ``parse`` (int or float), None when absent or N/A."""
     t = _optional(_read(folder, name))
     if t is None:
         return None
     try:
-        v = int(t)
+        v = parse(t)
     except ValueError:
-        raise ExchangeError(f"{folder / name}: expected an integer, got {t!r}") from None
-    if not lo <= v <= hi:
+        raise ExchangeError(f"{folder / name}: expected {what}, got {t!r}") from None
+    if not math.isfinite(v):
+        raise ExchangeError(f"{folder / name}: expected a finite number, got {t!r}")
+    return v
+
+
+def _int(folder: Path, name: str, lo: int, hi: int) -> int | None:
+    v = _number(folder, name, int, "an integer")
+    if v is not None and not lo <= v <= hi:
         raise ExchangeError(f"{folder / name}: {v} is outside {lo}..{hi}")
     return v
 
 
 def _float(folder: Path, name: str) -> float | None:
-    t = _optional(_read(folder, name))
-    if t is None:
-        return None
-    try:
-        v = float(t)
-    except ValueError:
-        raise ExchangeError(f"{folder / name}: expected a number, got {t!r}") from None
-    if not math.isfinite(v):
-        raise ExchangeError(f"{folder / name}: expected a finite number, got {t!r}")
-    return v
+    return _number(folder, name, float, "a number")
 
 
 def _path(folder: Path, name: str) -> str | None:
