@@ -47,33 +47,33 @@ def _outpaint_case(src, start, past_end):
     end = duration + past_end
     left, right = -start, end - duration
     padded = np.pad(src, ((0, 0), (int(left * RATE), int(right * RATE))))
-    return (dict(task="repaint", src_audio=src, repainting_start=start, repainting_end=end),
-            dict(task_type="repaint", src_audio=padded, repainting_start=start + left, repainting_end=end + left))
+    return ({"task": "repaint", "src_audio": src, "repainting_start": start, "repainting_end": end},
+            {"task_type": "repaint", "src_audio": padded, "repainting_start": start + left, "repainting_end": end + left})
 
 
 # Each case: our Request's task fields, diffusers' arguments for the same job (the outpainting case
 # gives diffusers the padded source and the shifted window, as the original handler computes them).
 CASES = {
     "text2music_timbre": lambda src, ref: (
-        dict(ref_audio=ref, duration=2), dict(reference_audio=ref, audio_duration=2.0)),
+        {"ref_audio": ref, "duration": 2}, {"reference_audio": ref, "audio_duration": 2.0}),
     "cover": lambda src, ref: (
-        dict(task="cover", src_audio=src), dict(task_type="cover", src_audio=src)),
+        {"task": "cover", "src_audio": src}, {"task_type": "cover", "src_audio": src}),
     "cover_blend": lambda src, ref: (
-        dict(task="cover", src_audio=src, audio_cover_strength=0.6, ref_audio=ref),
-        dict(task_type="cover", src_audio=src, audio_cover_strength=0.6, reference_audio=ref)),
+        {"task": "cover", "src_audio": src, "audio_cover_strength": 0.6, "ref_audio": ref},
+        {"task_type": "cover", "src_audio": src, "audio_cover_strength": 0.6, "reference_audio": ref}),
     "repaint": lambda src, ref: (
-        dict(task="repaint", src_audio=src, repainting_start=0.8, repainting_end=1.6),
-        dict(task_type="repaint", src_audio=src, repainting_start=0.8, repainting_end=1.6)),
+        {"task": "repaint", "src_audio": src, "repainting_start": 0.8, "repainting_end": 1.6},
+        {"task_type": "repaint", "src_audio": src, "repainting_start": 0.8, "repainting_end": 1.6}),
     "repaint_outpaint": lambda src, ref: _outpaint_case(src, -0.6, 0.8),
     "extract": lambda src, ref: (
-        dict(task="extract", src_audio=src, track_name="vocals"),
-        dict(task_type="extract", src_audio=src, track_name="vocals")),
+        {"task": "extract", "src_audio": src, "track_name": "vocals"},
+        {"task_type": "extract", "src_audio": src, "track_name": "vocals"}),
     "lego": lambda src, ref: (
-        dict(task="lego", src_audio=src, track_name="guitar", repainting_start=0.4, repainting_end=2.0),
-        dict(task_type="lego", src_audio=src, track_name="guitar", repainting_start=0.4, repainting_end=2.0)),
+        {"task": "lego", "src_audio": src, "track_name": "guitar", "repainting_start": 0.4, "repainting_end": 2.0},
+        {"task_type": "lego", "src_audio": src, "track_name": "guitar", "repainting_start": 0.4, "repainting_end": 2.0}),
     "complete": lambda src, ref: (
-        dict(task="complete", src_audio=src, track_classes=["drums", "bass"]),
-        dict(task_type="complete", src_audio=src, complete_track_classes=["drums", "bass"])),
+        {"task": "complete", "src_audio": src, "track_classes": ["drums", "bass"]},
+        {"task_type": "complete", "src_audio": src, "complete_track_classes": ["drums", "bass"]}),
 }
 
 
@@ -138,7 +138,7 @@ def test_posterior_sample_is_seeded_and_mean_is_the_mean(synth_models, rng):
     _, _, folders, _ = synth_models
     synth = Synthesizer(folders["f32"], keep_loaded=True)
     req = Request(caption="x", task="extract", src_audio=random_audio(rng, 1.0))
-    run = lambda **kw: synth(req, steps=1, keep_stages=True, **kw).stages["src_latents"]  # noqa: E731
+    run = lambda **kw: synth(req, steps=1, keep_stages=True, **kw).stages["src_latents"]
     mean = run(seed=1, posterior="mean")
     np.testing.assert_array_equal(mean, synth._model("vae").encode(req.src_audio))
     a, b, c = run(seed=1), run(seed=1), run(seed=2)
@@ -186,7 +186,7 @@ def test_exchange_bad_task_files_raise_naming_the_file(tmp_path, files, message)
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "acestep_ggml", *map(str, args), "--quiet"],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
 
 
 def test_synth_cli_task_flags_run_a_repaint(synth_models, rng, tmp_path):
@@ -239,21 +239,21 @@ def _wav(rng, path, seconds=2.0):
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(task="cover", src_audio="{tmp}/missing.wav"), "src_audio: audio file '.*missing.wav' does not exist"),
-    (dict(task="cover", src_audio="{tmp}/garbage.wav"), "src_audio: cannot read audio file"),
-    (dict(ref_audio="{tmp}/missing.flac"), "ref_audio: audio file '.*missing.flac' does not exist"),
-    (dict(task="repaint", src_audio="{tmp}/ok.wav", repainting_start=2.5, repainting_end=3.0),
+    ({"task": "cover", "src_audio": "{tmp}/missing.wav"}, "src_audio: audio file '.*missing.wav' does not exist"),
+    ({"task": "cover", "src_audio": "{tmp}/garbage.wav"}, "src_audio: cannot read audio file"),
+    ({"ref_audio": "{tmp}/missing.flac"}, "ref_audio: audio file '.*missing.flac' does not exist"),
+    ({"task": "repaint", "src_audio": "{tmp}/ok.wav", "repainting_start": 2.5, "repainting_end": 3.0},
      "lies outside the 2.0. s of source audio"),
-    (dict(task="repaint", src_audio="{tmp}/ok.wav", repainting_start=-3.0, repainting_end=-1.0), "lies outside"),
-    (dict(task="repaint", src_audio="{tmp}/ok.wav", repainting_start=1.5, repainting_end=1.5),
+    ({"task": "repaint", "src_audio": "{tmp}/ok.wav", "repainting_start": -3.0, "repainting_end": -1.0}, "lies outside"),
+    ({"task": "repaint", "src_audio": "{tmp}/ok.wav", "repainting_start": 1.5, "repainting_end": 1.5},
      "start 1.5 s must come before end 1.5 s"),
-    (dict(task="remix"), "unknown task 'remix'"),
-    (dict(task="extract", track_name="vocals"), "task 'extract' needs source audio"),
-    (dict(task="repaint", repainting_start=1.0, repainting_end=2.0), "task 'repaint' needs source audio"),
-    (dict(task="cover", src_audio="{tmp}/ok.wav", audio_cover_strength=1.5), "audio_cover_strength must be .* 0..1"),
-    (dict(task="cover", src_audio="{tmp}/ok.wav", audio_cover_strength=-0.1), "audio_cover_strength must be"),
-    (dict(task="cover", src_audio="{tmp}/ok.wav", codes=[1, 2]), "either audio codes or source audio"),
-    (dict(track_name="drums"), "track_name applies to extract and lego"),
+    ({"task": "remix"}, "unknown task 'remix'"),
+    ({"task": "extract", "track_name": "vocals"}, "task 'extract' needs source audio"),
+    ({"task": "repaint", "repainting_start": 1.0, "repainting_end": 2.0}, "task 'repaint' needs source audio"),
+    ({"task": "cover", "src_audio": "{tmp}/ok.wav", "audio_cover_strength": 1.5}, "audio_cover_strength must be .* 0..1"),
+    ({"task": "cover", "src_audio": "{tmp}/ok.wav", "audio_cover_strength": -0.1}, "audio_cover_strength must be"),
+    ({"task": "cover", "src_audio": "{tmp}/ok.wav", "codes": [1, 2]}, "either audio codes or source audio"),
+    ({"track_name": "drums"}, "track_name applies to extract and lego"),
 ], ids=["missing-src", "unreadable-src", "missing-ref", "window-after-end", "window-before-start",
         "start-equals-end", "unknown-task", "extract-without-source", "repaint-without-source",
         "cover-strength-high", "cover-strength-negative", "codes-and-source", "track-without-extract"])
