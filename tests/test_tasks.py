@@ -254,9 +254,11 @@ def _wav(rng, path, seconds=2.0):
     ({"task": "cover", "src_audio": "{tmp}/ok.wav", "audio_cover_strength": -0.1}, "audio_cover_strength must be"),
     ({"task": "cover", "src_audio": "{tmp}/ok.wav", "codes": [1, 2]}, "either audio codes or source audio"),
     ({"track_name": "drums"}, "track_name applies to extract and lego"),
+    ({"task": "extract", "src_audio": np.zeros((2, 601 * RATE), np.float32)}, "src_audio lasts 601.000 s"),
 ], ids=["missing-src", "unreadable-src", "missing-ref", "window-after-end", "window-before-start",
         "start-equals-end", "unknown-task", "extract-without-source", "repaint-without-source",
-        "cover-strength-high", "cover-strength-negative", "codes-and-source", "track-without-extract"])
+        "cover-strength-high", "cover-strength-negative", "codes-and-source", "track-without-extract",
+        "source-too-long"])
 def test_bad_task_input_raises_before_any_model_runs(synth_models, rng, tmp_path, fields, message):
     _, _, folders, _ = synth_models
     _wav(rng, tmp_path / "ok.wav")

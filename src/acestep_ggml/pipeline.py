@@ -1,5 +1,6 @@
-"""The synth stage end to end: request -> text encoder -> condition encoder -> source latents
-(detokenized codes, or the silence latent) -> DiT sampling -> VAE -> stereo 48 kHz audio.
+"""The synth stage end to end: request -> (VAE encoder: source and reference audio) -> text
+encoder -> condition encoder -> source latents (the task's: detokenized codes, the source's
+latents, or the silence latent; see acestep_ggml.tasks) -> DiT sampling -> VAE -> stereo 48 kHz audio.
 
 Each stage is a native model; this module only routes arrays between them, in the order of
 diffusers' AceStepPipeline.
@@ -175,9 +176,9 @@ class Synthesizer:
         if src_wave is not None and task in tasks.WINDOW_TASKS:
             src_wave, window = tasks.outpaint(src_wave, rate, request.repainting_start, request.repainting_end,
                                               MAX_DURATION)
-        if src_wave is not None and src_wave.shape[1] // round(rate / lps) < 1:
-            raise InputError(f"src_audio: {src_wave.shape[1]} samples make no latent frame; give at least "
-                             f"{1 / lps:g} s")
+        if src_wave is not None and not 1 / lps <= src_wave.shape[1] / rate <= MAX_DURATION:
+            raise InputError(f"src_audio lasts {src_wave.shape[1] / rate:.3f} s; the synth stage takes "
+                             f"{1 / lps:g} s (one latent frame) to {MAX_DURATION} s")
 
         # Separate noise streams for the two posterior draws, apart from the DiT's initial noise.
         src_seed, ref_seed = (int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2))
