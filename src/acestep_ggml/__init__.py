@@ -32,7 +32,7 @@ from .tokenizer import Tokenizer  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ = [
-    "GGUFFile", "InputError", "ModelFileError", "backends", "__version__",
-    "AudioTokenizer", "ConditionEncoder", "Detokenizer", "DiT", "LM", "Pipeline", "Request", "SynthResult",
-    "Synthesizer", "TextEncoder", "Tokenizer", "VAE", "check_output_path", "generate", "load_audio", "read_audio", "write_audio",
+    "GGUFFile", "InputError", "ModelFileError", "backends", "__version__", "AudioTokenizer", "ConditionEncoder",
+    "Detokenizer", "DiT", "LM", "Pipeline", "Request", "SynthResult", "Synthesizer", "TextEncoder", "Tokenizer",
+    "VAE", "check_output_path", "generate", "load_audio", "read_audio", "write_audio",
 ]
