@@ -77,8 +77,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_task_matches_diffusers_pipeline_f32(synth_models, rng, case):
+# Guided (base/SFT path): the cover blend comes after APG in diffusers, lego's window under guidance.
+@pytest.mark.parametrize("case, guidance", [(c, 1.0) for c in CASES] + [("cover_blend", 7.0), ("lego", 7.0)],
+                         ids=list(CASES) + ["cover_blend_guided", "lego_guided"])
+def test_task_matches_diffusers_pipeline_f32(synth_models, rng, case, guidance):
     models, _, folders, seed = synth_models
     src, ref = random_audio(rng, 2.6), random_audio(rng, 4.0)
     ours_fields, theirs = CASES[case](src, ref)
@@ -88,9 +90,11 @@ def test_task_matches_diffusers_pipeline_f32(synth_models, rng, case):
 
     req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesig=4, language="en",
                   **ours_fields)
-    ours = Synthesizer(folders["f32"])(req, init_noise=noise, keep_stages=True, seed=0, posterior="mean").stages
+    ours = Synthesizer(folders["f32"])(req, init_noise=noise, keep_stages=True, seed=0, posterior="mean",
+                                       guidance=guidance).stages
     theirs = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in theirs.items()}
-    ref_stages = reference_run(models, noise, theirs.pop("audio_duration", None), posterior_mean=True, **theirs)
+    ref_stages = reference_run(models, noise, theirs.pop("audio_duration", None), guidance=guidance,
+                               posterior_mean=True, **theirs)
 
     names = STAGES + (["enc_hidden_non_cover"] if "enc_hidden_non_cover" in ref_stages else [])
     for k in names:
