@@ -259,10 +259,11 @@ def _wav(rng, path, seconds=2.0):
     ({"task": "cover", "src_audio": "{tmp}/ok.wav", "codes": [1, 2]}, "either audio codes or source audio"),
     ({"track_name": "drums"}, "track_name applies to extract and lego"),
     ({"task": "extract", "src_audio": np.zeros((2, 601 * RATE), np.float32)}, "src_audio lasts 601.000 s"),
+    ({"task": "complete", "src_audio": "{tmp}/ok.wav", "track_classes": "drums,bass"}, "must be a list of track names"),
 ], ids=["missing-src", "unreadable-src", "missing-ref", "window-after-end", "window-before-start",
         "start-equals-end", "unknown-task", "extract-without-source", "repaint-without-source",
         "cover-strength-high", "cover-strength-negative", "codes-and-source", "track-without-extract",
-        "source-too-long"])
+        "source-too-long", "track-classes-as-string"])
 def test_bad_task_input_raises_before_any_model_runs(synth_models, rng, tmp_path, fields, message):
     _, _, folders, _ = synth_models
     _wav(rng, tmp_path / "ok.wav")

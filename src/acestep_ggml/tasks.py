@@ -84,6 +84,8 @@ def check_fields(task: str, *, has_source: bool, has_codes: bool, repainting_sta
         raise InputError(f"a repaint window (repainting_start/end) applies to repaint and lego, not '{task}'")
     if track_name and task not in ("extract", "lego"):
         raise InputError(f"track_name applies to extract and lego, not '{task}'")
+    if isinstance(track_classes, str):
+        raise InputError(f"track_classes must be a list of track names, e.g. ['drums', 'bass'], got {track_classes!r}")
     if track_classes and task != "complete":
         raise InputError(f"track_classes applies to complete, not '{task}'")
     if s != 1.0 and task != "cover" and not has_codes:
