@@ -9,71 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
-from transformers import AutoTokenizer
+from _synth_reference import CAPTION, LYRICS, STAGES, cosine, reference_run
 
-import fixtures
 from acestep_ggml.exchange import Request, write_request
 from acestep_ggml.pipeline import Synthesizer
-
-CAPTION = "dreamy synth-pop, female vocals, 90s drum machine"
-LYRICS = "[Verse]\nneon lights over the bay\n[Chorus]\nwe run, we run 夜の街"
-
-
-def cosine(a, b) -> float:
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-
-
-def reference_run(models: fixtures.TinyModels, noise: np.ndarray, duration: float, codes=None, guidance=1.0):
-    """diffusers' pipeline on the same weights and noise, with every stage captured by hooks.
-    guidance > 1 runs its base/SFT path (batch of cond and null, APG)."""
-    pipe = AceStepPipeline(
-        vae=models.vae, text_encoder=models.text_encoder,
-        tokenizer=AutoTokenizer.from_pretrained(fixtures.qwen3_tokenizer_dir()),
-        transformer=models.transformer, condition_encoder=models.condition_encoder,
-        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
-        audio_tokenizer=models.audio_tokenizer, audio_token_detokenizer=models.audio_token_detokenizer)
-    pipe.is_turbo = guidance <= 1.0  # the pipeline guides only non-turbo models
-    stages, hooks = {}, []
-    velocities = []
-
-    # Forward hooks must return None: anything else replaces the module's output.
-    def grab(name, pick):
-        def hook(module, args, kwargs, output):
-            stages.setdefault(name, pick(args, kwargs, output).detach().float().numpy()[0])
-        return hook
-
-    def on_transformer(module, args, kwargs, output):
-        stages.setdefault("context", kwargs["context_latents"].float().numpy()[0])
-        velocities.append(output[0].detach().float().numpy()[0])  # the conditional row when guided
-
-    def on_decoder(module, args, output):
-        stages.setdefault("audio_raw", output.detach().float().numpy()[0])
-
-    hooks.append(models.text_encoder.register_forward_hook(
-        grab("text_hidden", lambda a, k, o: o.last_hidden_state), with_kwargs=True))
-    embeds = []
-    hooks.append(models.text_encoder.embed_tokens.register_forward_hook(lambda m, a, o: embeds.append(o) and None))
-    hooks.append(models.condition_encoder.register_forward_hook(grab("enc_hidden", lambda a, k, o: o[0]),
-                                                                with_kwargs=True))
-    hooks.append(models.transformer.register_forward_hook(on_transformer, with_kwargs=True))
-    hooks.append(models.vae.decoder.register_forward_hook(on_decoder))
-    try:
-        with torch.no_grad():
-            out = pipe(prompt=CAPTION, lyrics=LYRICS, audio_duration=duration, vocal_language="en",
-                       num_inference_steps=8, guidance_scale=guidance, shift=3.0,
-                       latents=torch.from_numpy(noise)[None], output_type="np", bpm=120, keyscale="F# minor",
-                       timesignature="4", audio_codes=codes)
-    finally:
-        for h in hooks:
-            h.remove()
-    stages["lyric_embed"] = embeds[-1].detach().float().numpy()[0]  # the last lookup is the lyric prompt
-    for i, v in enumerate(velocities):
-        stages[f"v_t{i}"] = v
-    stages["audio"] = out.audios[0]
-    return stages
 
 
 def run_both(synth_models, dtype: str, codes=None, guidance=1.0):
@@ -87,10 +26,6 @@ def run_both(synth_models, dtype: str, codes=None, guidance=1.0):
     code_str = None if codes is None else "".join(f"<|audio_code_{c}|>" for c in codes)
     ref = reference_run(models, noise, duration, code_str, guidance)
     return ours, ref, seed
-
-
-STAGES = ["text_hidden", "lyric_embed", "enc_hidden", "context"] + [f"v_t{i}" for i in range(8)] + ["audio_raw",
-                                                                                                    "audio"]
 
 
 @pytest.mark.parametrize("codes", [None, "codes"], ids=["text2music", "cover_from_codes"])

@@ -27,12 +27,12 @@ from .dit import DiT  # noqa: E402
 from .exchange import Request  # noqa: E402
 from .lm import LM  # noqa: E402
 from .pipeline import Pipeline, SynthResult, Synthesizer, generate  # noqa: E402
-from .text import ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
+from .text import AudioTokenizer, ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ = [
-    "GGUFFile", "InputError", "ModelFileError", "backends", "__version__",
-    "ConditionEncoder", "Detokenizer", "DiT", "LM", "Pipeline", "Request", "SynthResult", "Synthesizer", "TextEncoder",
-    "Tokenizer", "VAE", "check_output_path", "generate", "load_audio", "read_audio", "write_audio",
+    "GGUFFile", "InputError", "ModelFileError", "backends", "__version__", "AudioTokenizer", "ConditionEncoder",
+    "Detokenizer", "DiT", "LM", "Pipeline", "Request", "SynthResult", "Synthesizer", "TextEncoder", "Tokenizer",
+    "VAE", "check_output_path", "generate", "load_audio", "read_audio", "write_audio",
 ]

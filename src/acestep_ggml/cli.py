@@ -69,6 +69,33 @@ def _progress(quiet: bool):
     return report
 
 
+def _add_task_flags(s: argparse.ArgumentParser) -> None:
+    """The task flags of `synth` and `generate` (see acestep_ggml.tasks)."""
+    from .tasks import POSTERIORS, TASKS
+
+    g = s.add_argument_group("task", "cover, repaint/outpaint, extract, lego, complete; timbre from a reference")
+    g.add_argument("--task", choices=TASKS, default=None, help="task type (default text2music)")
+    g.add_argument("--src-audio", default=None, help="source audio file (cover, repaint, extract, lego, complete)")
+    g.add_argument("--ref-audio", default=None, help="reference audio file whose timbre to borrow")
+    g.add_argument("--repaint", nargs=2, type=float, metavar=("START", "END"), default=None,
+                   help="window in seconds for repaint and lego; may reach before 0 or past the end (outpaint)")
+    g.add_argument("--track", default=None, help="track for extract and lego, e.g. vocals, drums")
+    g.add_argument("--track-classes", default=None, help="comma-separated tracks for complete, e.g. drums,bass")
+    g.add_argument("--cover-strength", type=float, default=None,
+                   help="cover: 0..1, below 1 blends in the text2music condition (default 1)")
+    g.add_argument("--posterior", choices=POSTERIORS, default="sample",
+                   help="encode source/reference audio as a seeded posterior draw (default) or its mean")
+
+
+def _task_args(args: argparse.Namespace) -> dict:
+    """The task flags as the API's keyword arguments; None where a flag was not given."""
+    start, end = args.repaint if args.repaint else (None, None)
+    classes = args.track_classes and [c.strip() for c in args.track_classes.split(",") if c.strip()]
+    return {"task": args.task, "src_audio": args.src_audio, "ref_audio": args.ref_audio, "repainting_start": start,
+            "repainting_end": end, "track_name": args.track, "track_classes": classes or None,
+            "audio_cover_strength": args.cover_strength, "posterior": args.posterior}
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -79,7 +106,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     noise = np.load(args.init_noise) if args.init_noise else None
     result = synth_from_dir(args.input_dir, args.models, args.output, seed=args.seed, steps=args.steps,
                             shift=args.shift, guidance=args.guidance, init_noise=noise, device=args.device,
-                            n_threads=args.threads, progress=_progress(args.quiet), bitrate=args.bitrate)
+                            n_threads=args.threads, progress=_progress(args.quiet), bitrate=args.bitrate,
+                            **_task_args(args))
     if not args.quiet:
         print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",
               file=sys.stderr)
@@ -100,7 +128,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                       keyscale=args.keyscale, timesignature=args.timesignature, language=args.language,
                       seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
                       use_lm=not args.no_lm, lm=args.lm, device=args.device, n_threads=args.threads,
-                      progress=_progress(args.quiet), quiet=args.quiet)
+                      progress=_progress(args.quiet), quiet=args.quiet,
+                      **{k: v for k, v in _task_args(args).items() if v is not None})
     result.save(args.output, bitrate=args.bitrate)
     if not args.quiet:
         print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",
@@ -158,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, metal, auto")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_task_flags(s)
     s.set_defaults(func=_cmd_synth)
     s = sub.add_parser("lm", help="5 Hz LM: caption (+ lyrics, metadata) -> metadata and audio codes in an "
                                   "exchange directory")
@@ -205,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
+    _add_task_flags(s)
     s.set_defaults(func=_cmd_generate)
 
     s = sub.add_parser("download", help="fetch the default GGUF model set into the Hugging Face cache")

@@ -51,13 +51,16 @@ class DiT:
                noise: Optional[np.ndarray] = None, num_steps: int = 8, shift: float = 3.0,
                timesteps: Optional[Sequence[float]] = None, guidance_scale: float = 1.0,
                null_encoder_states=None, cfg_interval: tuple[float, float] = (0.0, 1.0),
-               callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None) -> np.ndarray:
+               callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None,
+               non_cover_states=None, cover_strength: float = 1.0) -> np.ndarray:
         """Runs the flow-matching sampler from seeded (or given) noise to clean latents ``(T, 64)``.
 
         Turbo checkpoints: leave ``guidance_scale`` at 1.  Base/SFT: ``guidance_scale > 1`` with
         ``null_encoder_states`` (the condition encoder's null embedding broadcast to the encoder
         length) runs the conditional and null passes as one batch of two and combines them with APG.
         ``noise`` defaults to :func:`acestep_ggml.sampler.initial_noise` of ``seed``.
+        A cover with ``cover_strength < 1`` moves by ``strength · v + (1 − strength) · v_non_cover``,
+        ``v_non_cover`` the unguided velocity under ``non_cover_states`` (the text2music prompt).
         """
         src = np.asarray(src_latents, dtype=np.float32)
         if src.ndim != 2:
@@ -83,8 +86,15 @@ class DiT:
                 return v[0], v[1]
             return self.forward(x, t, enc, src, mask)
 
+        mix = None
+        if non_cover_states is not None and cover_strength < 1.0:
+            non_cover = np.asarray(non_cover_states, dtype=np.float32)
+
+            def mix(x, t, v):
+                return cover_strength * v + (1.0 - cover_strength) * self.forward(x, t, non_cover, src, mask)
+
         return sampler.sample(velocity, noise, num_steps=num_steps, shift=shift, timesteps=timesteps,
-                              guidance_scale=guidance_scale, cfg_interval=cfg_interval, callback=callback)
+                              guidance_scale=guidance_scale, cfg_interval=cfg_interval, callback=callback, mix=mix)
 
 
 def _batch(a, what: str) -> np.ndarray:

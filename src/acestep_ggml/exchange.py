@@ -14,16 +14,38 @@ duration   integer seconds                   120
 keyscale   e.g. ``F# minor``                 N/A
 timesig    numerator, e.g. ``4``             N/A
 language   language code                     en
+task       text2music, cover, repaint,       text2music
+           extract, lego or complete
+src_audio  path of an audio file (relative:  none
+           to the directory)
+ref_audio  path of an audio file (timbre)    none
+repainting_start  seconds (may be < 0)       0
+repainting_end    seconds (may pass the end) end of the source
+track_name        e.g. ``vocals``            none
+track_classes     comma-separated names      none
+audio_cover_strength  number in 0..1         1
 =========  ================================  =========
+
+See acestep_ggml.tasks for what each task does with these.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from .tasks import TASKS
 
 FIELDS = ("caption", "lyrics", "codes", "bpm", "duration", "keyscale", "timesig", "language")
+TASK_FIELDS = ("task", "src_audio", "ref_audio", "repainting_start", "repainting_end", "track_name", "track_classes",
+               "audio_cover_strength")
+# An audio input: a file path, or (2, N) / (N,) samples at the model's rate (48 kHz).
+AudioInput = Union[str, os.PathLike, np.ndarray]
 DEFAULT_DURATION = 120
 MAX_CODE = 63999
 CODES_PER_SECOND = 5
@@ -46,6 +68,15 @@ class Request:
     keyscale: str | None = None
     timesig: int | None = None
     language: str = "en"
+    # The task (see acestep_ggml.tasks) and its inputs.
+    task: str = "text2music"
+    src_audio: AudioInput | None = None
+    ref_audio: AudioInput | None = None
+    repainting_start: float | None = None
+    repainting_end: float | None = None
+    track_name: str | None = None
+    track_classes: list[str] | None = None
+    audio_cover_strength: float = 1.0
 
     def resolved_duration(self) -> float:
         """Seconds of audio to make: from the codes when there are any, else `duration` (default 120)."""
@@ -74,17 +105,35 @@ def _optional(text: str | None) -> str | None:
     return None if t == "" or t.upper() == "N/A" else t
 
 
-def _int(folder: Path, name: str, lo: int, hi: int) -> int | None:
+def _number(folder: Path, name: str, parse, what: str):
+    """The file's value through ``parse`` (int or float), None when absent or N/A."""
     t = _optional(_read(folder, name))
     if t is None:
         return None
     try:
-        v = int(t)
+        v = parse(t)
     except ValueError:
-        raise ExchangeError(f"{folder / name}: expected an integer, got {t!r}") from None
-    if not lo <= v <= hi:
+        raise ExchangeError(f"{folder / name}: expected {what}, got {t!r}") from None
+    if not math.isfinite(v):
+        raise ExchangeError(f"{folder / name}: expected a finite number, got {t!r}")
+    return v
+
+
+def _int(folder: Path, name: str, lo: int, hi: int) -> int | None:
+    v = _number(folder, name, int, "an integer")
+    if v is not None and not lo <= v <= hi:
         raise ExchangeError(f"{folder / name}: {v} is outside {lo}..{hi}")
     return v
+
+
+def _float(folder: Path, name: str) -> float | None:
+    return _number(folder, name, float, "a number")
+
+
+def _path(folder: Path, name: str) -> str | None:
+    """An audio path from a file; relative paths are taken from the exchange directory."""
+    t = _optional(_read(folder, name))
+    return None if t is None else str(folder / Path(t).expanduser())
 
 
 def parse_codes(text: str, where: str = "codes") -> list[int]:
@@ -124,7 +173,22 @@ def read_request(folder: str | os.PathLike) -> Request:
         keyscale=_optional(_read(folder, "keyscale")),
         timesig=_int(folder, "timesig", 1, 32),
         language=_optional(_read(folder, "language")) or "en",
+        **_read_task(folder),
     )
+
+
+def _read_task(folder: Path) -> dict:
+    task = _optional(_read(folder, "task")) or "text2music"
+    if task not in TASKS:
+        raise ExchangeError(f"{folder / 'task'}: unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    strength = _float(folder, "audio_cover_strength")
+    if strength is not None and not 0.0 <= strength <= 1.0:
+        raise ExchangeError(f"{folder / 'audio_cover_strength'}: {strength:g} is outside 0..1")
+    classes = [c.strip() for c in (_optional(_read(folder, "track_classes")) or "").split(",") if c.strip()]
+    return {"task": task, "src_audio": _path(folder, "src_audio"), "ref_audio": _path(folder, "ref_audio"),
+            "repainting_start": _float(folder, "repainting_start"), "repainting_end": _float(folder, "repainting_end"),
+            "track_name": _optional(_read(folder, "track_name")), "track_classes": classes or None,
+            "audio_cover_strength": 1.0 if strength is None else strength}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -154,7 +218,23 @@ def write_request(folder: str | os.PathLike, req: Request) -> None:
     }
     if req.codes is not None:
         values["codes"] = ",".join(str(int(c)) for c in req.codes)
-    elif (folder / "codes").exists():
-        (folder / "codes").unlink()  # stale codes from an earlier run would override the request
+    for name in ("src_audio", "ref_audio"):
+        v = getattr(req, name)
+        if v is not None and not isinstance(v, (str, os.PathLike)):
+            raise ExchangeError(f"{name}: audio samples cannot go into an exchange directory; give a file path")
+    optional = {
+        "task": None if req.task == "text2music" else req.task,
+        "src_audio": req.src_audio and os.path.abspath(req.src_audio),
+        "ref_audio": req.ref_audio and os.path.abspath(req.ref_audio),
+        "repainting_start": req.repainting_start, "repainting_end": req.repainting_end,
+        "track_name": req.track_name,
+        "track_classes": req.track_classes and ",".join(req.track_classes),
+        "audio_cover_strength": None if req.audio_cover_strength == 1.0 else req.audio_cover_strength,
+    }
+    values.update({k: str(v) for k, v in optional.items() if v is not None})
+    # Optional files of an earlier request would override this one.
+    for name in ("codes",) + TASK_FIELDS:
+        if name not in values and (folder / name).exists():
+            (folder / name).unlink()
     for name, text in values.items():
         _write_atomic(folder / name, text)

@@ -1,5 +1,6 @@
-"""The synth stage end to end: request -> text encoder -> condition encoder -> source latents
-(detokenized codes, or the silence latent) -> DiT sampling -> VAE -> stereo 48 kHz audio.
+"""The synth stage end to end: request -> (VAE encoder: source and reference audio) -> text
+encoder -> condition encoder -> source latents (the task's: detokenized codes, the source's
+latents, or the silence latent; see acestep_ggml.tasks) -> DiT sampling -> VAE -> stereo 48 kHz audio.
 
 Each stage is a native model; this module only routes arrays between them, in the order of
 diffusers' AceStepPipeline.
@@ -18,23 +19,19 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import audio as audio_io
-from . import sampler
+from . import sampler, tasks
 from ._core import GGUFFile, InputError
 from .dit import DiT
-from .exchange import MAX_DURATION, Request
+from .exchange import MAX_DURATION, AudioInput, Request
 from .hub import SYNTH_KINDS, ModelSet, find_models, resolve
-from .text import ConditionEncoder, Detokenizer, TextEncoder
+from .text import AudioTokenizer, ConditionEncoder, Detokenizer, TextEncoder
 from .tokenizer import Tokenizer
 from .vae import VAE
 
-INSTRUCTIONS = {
-    "text2music": "Fill the audio semantic mask based on the given conditions:",
-    "cover": "Generate audio semantic tokens based on the given conditions:",
-}
-
 # progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
-# thought; total 0 as its length is not known ahead), "lm-codes" (audio codes written), "text",
-# "condition", "codes" (detokenizer), "dit" (sampler steps), "vae" (decoded tiles).
+# thought; total 0 as its length is not known ahead), "lm-codes" (audio codes written), "encode"
+# (VAE-encoded tiles of source and reference audio), "text", "condition", "tokenize" (source
+# latents to codes, cover), "codes" (detokenizer), "dit" (sampler steps), "vae" (decoded tiles).
 Progress = Callable[[str, int, int], None]
 
 
@@ -82,7 +79,7 @@ class Synthesizer:
         self._tokenizer: Optional[Tokenizer] = None
         # Read once from the files' metadata: every call needs them, and they cannot change.
         self.is_turbo = self._read_is_turbo()
-        self.latents_per_second = self._read_latents_per_second()
+        self.sample_rate, self.latents_per_second = self._read_vae_rates()
 
     # -- model lifetime ---------------------------------------------------------------
     def _model(self, name: str):
@@ -92,6 +89,7 @@ class Synthesizer:
                 "text": lambda: TextEncoder(str(p["text"]), **kw),
                 "condition": lambda: ConditionEncoder(str(p["dit"]), str(p["text"]), **kw),
                 "codes": lambda: Detokenizer(str(p["dit"]), **kw),
+                "tokenizer": lambda: AudioTokenizer(str(p["dit"]), **kw),
                 "dit": lambda: DiT(p["dit"], **kw),
                 "vae": lambda: VAE(str(p["vae"]), **kw),
             }[name]
@@ -115,22 +113,52 @@ class Synthesizer:
         except KeyError:
             return "turbo" in self.paths["dit"].name
 
-    def _read_latents_per_second(self) -> float:
-        """Sample rate over the VAE's hop (25 for ACE-Step 1.5), read from the VAE file's config."""
+    def _read_vae_rates(self) -> tuple[int, float]:
+        """The audio sample rate, and that over the VAE's hop (25 latents per second for ACE-Step 1.5),
+        read from the VAE file's config."""
         cfg = json.loads(GGUFFile(str(self.paths["vae"])).get("acestep.config_json"))
-        return cfg.get("sampling_rate", 48000) / math.prod(cfg.get("downsampling_ratios", [2, 4, 4, 6, 10]))
+        rate = int(cfg.get("sampling_rate", 48000))
+        return rate, rate / math.prod(cfg.get("downsampling_ratios", [2, 4, 4, 6, 10]))
+
+    def _load_audio(self, source, what: str) -> Optional[np.ndarray]:
+        if source is None:
+            return None
+        try:
+            return audio_io.load_audio(source, self.sample_rate)
+        except InputError as e:
+            raise InputError(f"{what}: {e}") from None
+
+    def _encode(self, wave: np.ndarray, posterior: str, seed: int, report: Progress) -> np.ndarray:
+        """Latents (T, 64) of (2, N) audio: the VAE posterior's mean, or a draw seeded by ``seed``."""
+        vae = self._model("vae")
+        return vae.encode(wave, sample=posterior == "sample", seed=seed,
+                          progress=lambda done, total: report("encode", done, total))
 
     # -- the job ------------------------------------------------------------------------
     def __call__(self, request: Request, *, seed: Optional[int] = None, steps: Optional[int] = None,
                  shift: float = 3.0, guidance: Optional[float] = None, timesteps=None,
                  cfg_interval: tuple[float, float] = (0.0, 1.0), init_noise: Optional[np.ndarray] = None,
-                 progress: Optional[Progress] = None, keep_stages: bool = False) -> SynthResult:
-        if not request.codes and request.duration is not None and not 1 <= request.duration <= MAX_DURATION:
+                 posterior: str = "sample", progress: Optional[Progress] = None,
+                 keep_stages: bool = False) -> SynthResult:
+        """Renders ``request`` (its task and audio inputs included, see acestep_ggml.tasks).
+
+        Source and reference audio are encoded as a draw from the VAE posterior seeded from
+        ``seed``, as the original does, or at its mean with ``posterior="mean"``."""
+        has_codes = bool(request.codes)
+        has_source = request.src_audio is not None
+        if not has_codes and not has_source and request.duration is not None \
+                and not 1 <= request.duration <= MAX_DURATION:
             raise InputError(f"duration must be 1..{MAX_DURATION} seconds, got {request.duration}")
         if steps is not None and steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
         if not (math.isfinite(shift) and shift > 0):
             raise InputError(f"shift must be a positive number, got {shift}")
+        tasks.check_fields(request.task, has_source=has_source, has_codes=has_codes,
+                           repainting_start=request.repainting_start, repainting_end=request.repainting_end,
+                           track_name=request.track_name, track_classes=request.track_classes,
+                           audio_cover_strength=request.audio_cover_strength, posterior=posterior)
+        # Codes without a task are the LM's: a cover of them, as diffusers switches its task.
+        task = "cover" if has_codes else request.task
         turbo = self.is_turbo
         steps = steps if steps is not None else (8 if turbo else 50)
         guidance = guidance if guidance is not None else (1.0 if turbo else 7.0)
@@ -139,22 +167,51 @@ class Synthesizer:
         report = progress or (lambda stage, done, total: None)
         stages: dict[str, np.ndarray] = {}
         keep = (lambda k, v: stages.__setitem__(k, np.array(v, copy=True))) if keep_stages else (lambda k, v: None)
+        lps, rate = self.latents_per_second, self.sample_rate
 
-        has_codes = bool(request.codes)
-        lps = self.latents_per_second
-        # With codes the latent length is 5 frames per code; the prompt states it in seconds.
-        duration = len(request.codes) * 5 / lps if has_codes else request.resolved_duration()
-        task = "cover" if has_codes else "text2music"
+        # Audio in, before any model runs: a bad file or window fails fast.
+        src_wave = self._load_audio(request.src_audio, "src_audio")
+        ref_wave = self._load_audio(request.ref_audio, "ref_audio")
+        window = None
+        if src_wave is not None and task in tasks.WINDOW_TASKS:
+            src_wave, window = tasks.outpaint(src_wave, rate, request.repainting_start, request.repainting_end,
+                                              MAX_DURATION)
+        if src_wave is not None and not 1 / lps <= src_wave.shape[1] / rate <= MAX_DURATION:
+            raise InputError(f"src_audio lasts {src_wave.shape[1] / rate:.3f} s; the synth stage takes "
+                             f"{1 / lps:g} s (one latent frame) to {MAX_DURATION} s")
+
+        # Separate noise streams for the two posterior draws, apart from the DiT's initial noise.
+        src_seed, ref_seed = (int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2))
+        src_latents = ref_latents = None
+        if src_wave is not None:
+            src_latents = self._encode(src_wave, posterior, src_seed, report)
+            keep("src_latents", src_latents)
+        if ref_wave is not None:
+            ref_latents = self._encode(tasks.reference_clip(ref_wave, rate), posterior, ref_seed, report)
+            keep("ref_latents", ref_latents)
+        self._done("vae")
+
+        if has_codes:  # with codes the latent length is 5 frames per code
+            duration = len(request.codes) * 5 / lps
+        elif src_wave is not None:
+            duration = src_wave.shape[1] / rate
+        else:
+            duration = request.resolved_duration()
 
         # Text: the caption prompt through the whole encoder, the lyrics through its embedding table only.
+        # A cover blended with text2music (audio_cover_strength < 1) also conditions on the text2music prompt.
+        blend = task == "cover" and request.audio_cover_strength < 1.0
+        instructions = [tasks.instruction(task, request.track_name, request.track_classes)]
+        if blend:
+            instructions.append(tasks.INSTRUCTIONS["text2music"])
         tok = self.tokenizer
-        text_ids = tok.text_ids(request.caption, instruction=INSTRUCTIONS[task], bpm=request.bpm,
-                                timesignature=None if request.timesig is None else str(request.timesig),
-                                keyscale=request.keyscale, duration=duration)
+        timesig = None if request.timesig is None else str(request.timesig)
+        text_ids = [tok.text_ids(request.caption, instruction=i, bpm=request.bpm, timesignature=timesig,
+                                 keyscale=request.keyscale, duration=duration) for i in instructions]
         lyric_ids = tok.lyric_ids(request.lyrics, request.language or "en")
         report("text", 0, 1)
-        text_hidden = self._model("text").encode(text_ids)
-        keep("text_hidden", text_hidden)
+        text_hidden = [self._model("text").encode(ids) for ids in text_ids]
+        keep("text_hidden", text_hidden[0])
         if keep_stages:
             keep("lyric_embed", self._model("text").embed(lyric_ids))
         self._done("text")
@@ -162,24 +219,39 @@ class Synthesizer:
 
         report("condition", 0, 1)
         cond = self._model("condition")
-        enc_hidden, _ = cond.encode(text_hidden, lyric_ids)
+        enc_hidden, *non_cover = [cond.encode(h, lyric_ids, ref_latents)[0] for h in text_hidden]
         silence = cond.silence_latent
         null_emb = cond.null_condition_emb if guidance > 1.0 else None
         self._done("condition")
         keep("enc_hidden", enc_hidden)
+        if blend:
+            keep("enc_hidden_non_cover", non_cover[0])
         report("condition", 1, 1)
 
-        if has_codes:
+        codes = request.codes
+        if task == "cover" and src_latents is not None:
+            report("tokenize", 0, 1)
+            codes = self._model("tokenizer").tokenize(src_latents)
+            self._done("tokenizer")
+            keep("codes", codes)
+            report("tokenize", 1, 1)
+        if codes is not None and len(codes):
             report("codes", 0, 1)
-            src = self._model("codes").decode(request.codes)
+            src = self._model("codes").decode(codes)
             self._done("codes")
             report("codes", 1, 1)
+            if src_latents is not None:  # the source's length, not the codes' whole windows
+                src = src[:src_latents.shape[0]]
+        elif src_latents is not None:
+            src = src_latents
         else:
-            length = math.ceil(duration * lps)
-            reps = -(-length // silence.shape[0])
-            src = np.tile(silence, (reps, 1))[:length] if reps > 1 else silence[:length]
+            src = tasks.tile_to(silence, math.ceil(duration * lps))
         src = np.ascontiguousarray(src, dtype=np.float32)
         chunk_mask = np.ones_like(src)
+        if window is not None:
+            chunk_mask[:] = tasks.chunk_mask(window, src.shape[0], lps)[:, None]
+            if task == "repaint":  # the window itself is heard as silence, to be painted anew
+                src = np.where(chunk_mask > 0.5, tasks.tile_to(silence, src.shape[0]), src)
         keep("context", np.concatenate([src, chunk_mask], axis=-1))
 
         noise = sampler.initial_noise(src.shape[0], seed, src.shape[1]) if init_noise is None else init_noise
@@ -199,7 +271,9 @@ class Synthesizer:
         null = None if null_emb is None else np.broadcast_to(null_emb, enc_hidden.shape)
         x0 = dit.sample(enc_hidden, src, chunk_mask, noise=noise, num_steps=steps, shift=shift,
                         timesteps=timesteps, guidance_scale=guidance, null_encoder_states=null,
-                        cfg_interval=cfg_interval, callback=on_step)
+                        cfg_interval=cfg_interval, callback=on_step,
+                        non_cover_states=non_cover[0] if blend else None,
+                        cover_strength=request.audio_cover_strength)
         self._done("dit")
         for i, v in enumerate(velocities):
             keep(f"v_t{i}", v)
@@ -207,7 +281,6 @@ class Synthesizer:
 
         vae = self._model("vae")
         wave = vae.decode(x0, progress=lambda done, total: report("vae", done, total))
-        sample_rate = vae.sample_rate
         del vae
         self._done("vae")
         keep("audio_raw", wave)
@@ -215,7 +288,7 @@ class Synthesizer:
         keep("audio", out)
 
         used = request if has_codes else dataclasses.replace(request, duration=int(round(duration)))
-        return SynthResult(audio=out, sample_rate=sample_rate, latents=x0, request=used, seed=seed, stages=stages)
+        return SynthResult(audio=out, sample_rate=rate, latents=x0, request=used, seed=seed, stages=stages)
 
 
 def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, output: str | os.PathLike,
@@ -223,12 +296,15 @@ def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, outp
     """The `synth` CLI as a function: read the exchange directory, synthesise, write `output`
     (bitrate: kbit/s of an .mp3).
 
-    The output path is checked first; nothing is written when any step fails.
+    Task fields given as keyword arguments (``task=``, ``src_audio=``, ...; None: not given)
+    override the directory's files.  The output path is checked first; nothing is written when
+    any step fails.
     """
-    from .exchange import read_request
+    from .exchange import TASK_FIELDS, read_request
 
     audio_io.check_output_path(output, bitrate=bitrate)
-    request = read_request(input_dir)
+    given = {k: kwargs.pop(k) for k in TASK_FIELDS if k in kwargs}
+    request = dataclasses.replace(read_request(input_dir), **{k: v for k, v in given.items() if v is not None})
     device = kwargs.pop("device", "cpu")
     n_threads = kwargs.pop("n_threads", None)
     result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs)
@@ -259,24 +335,43 @@ class Pipeline:
     def generate(self, caption: str, lyrics: str = "", *, duration: Optional[int] = None, bpm: Optional[int] = None,
                  keyscale: Optional[str] = None, timesignature: Optional[int] = None, language: str = "en",
                  seed: Optional[int] = None, steps: Optional[int] = None, guidance: Optional[float] = None,
-                 shift: float = 3.0, use_lm: bool = True, progress: Optional[Progress] = None) -> SynthResult:
+                 shift: float = 3.0, use_lm: bool = True, task: str = "text2music",
+                 src_audio: Optional[AudioInput] = None, ref_audio: Optional[AudioInput] = None,
+                 repainting_start: Optional[float] = None, repainting_end: Optional[float] = None,
+                 track_name: Optional[str] = None, track_classes: Optional[list[str]] = None,
+                 audio_cover_strength: float = 1.0, posterior: str = "sample",
+                 progress: Optional[Progress] = None) -> SynthResult:
         """The 5 Hz LM writes the missing metadata and the audio codes, then the synth stage renders
         them; ``use_lm=False`` synthesises from noise with the silence latent.  Without
-        ``keep_loaded`` the LM is freed before the synth stage loads."""
+        ``keep_loaded`` the LM is freed before the synth stage loads.
+
+        ``task`` and its inputs (audio as a file path or (2, N) samples at 48 kHz) are those of
+        :class:`Request`; see acestep_ggml.tasks.  With source audio the LM does not run, as
+        upstream skips it for cover and repaint: the source gives the audio context, a cover's
+        codes come from it."""
         from .lm import LM
 
         if seed is None:
             seed = new_seed()
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
-                          timesig=timesignature, language=language)
-        if use_lm:
+                          timesig=timesignature, language=language, task=task, src_audio=src_audio,
+                          ref_audio=ref_audio, repainting_start=repainting_start, repainting_end=repainting_end,
+                          track_name=track_name, track_classes=track_classes,
+                          audio_cover_strength=audio_cover_strength)
+        run_lm = use_lm and src_audio is None
+        # The synth stage's verdict on the task fields, before the LM spends its minutes.
+        tasks.check_fields(task, has_source=src_audio is not None, has_codes=run_lm,
+                           repainting_start=repainting_start, repainting_end=repainting_end, track_name=track_name,
+                           track_classes=track_classes, audio_cover_strength=audio_cover_strength, posterior=posterior)
+        if run_lm:
             if self._lm_folder is None:
                 self._lm_folder = self._resolve(kinds=("acestep-lm",))
             lm = self._lm or LM.from_models(self._lm_folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
             self._lm = lm if self.keep_loaded else None
             request = lm.generate(request, seed=seed, progress=progress)
             del lm
-        return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, progress=progress)
+        return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, posterior=posterior,
+                          progress=progress)
 
 
 def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",

@@ -102,12 +102,14 @@ VelocityFn = Callable[[np.ndarray, float, bool], object]
 def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = 8, shift: float = 3.0,
            timesteps: Optional[Sequence[float]] = None, guidance_scale: float = 1.0,
            cfg_interval: tuple[float, float] = (0.0, 1.0),
-           callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None) -> np.ndarray:
+           callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None,
+           mix: Optional[Callable[[np.ndarray, float, np.ndarray], np.ndarray]] = None) -> np.ndarray:
     """Integrates the flow ODE from ``noise`` (t = 1) to t = 0 with Euler steps.
 
     ``x ← x + (t_next − t)·v``; the step after the last timestep goes to 0.  With
     ``guidance_scale > 1`` the steps whose ratio ``1 − t`` lies in ``cfg_interval`` use APG on a
     (cond, null) pair; the momentum buffer lives for the whole loop, as in the reference.
+    ``mix(x, t, v)``, when given, replaces the (guided) velocity before the step (cover strength).
     """
     x = np.array(noise, dtype=np.float32, copy=True)
     if x.ndim not in (2, 3) or not np.all(np.isfinite(x)):
@@ -125,6 +127,8 @@ def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = 8, shift: f
             v = apg(v_model, v_null, guidance_scale - 1.0, buffer)
         else:
             v = v_model = velocity(x, t, False)
+        if mix is not None:
+            v = mix(x, t, v)
         t_next = float(ts[i + 1]) if i + 1 < len(ts) else 0.0
         x = x + np.float32(t_next - t) * np.asarray(v, dtype=np.float32)
         if callback is not None:

@@ -1,5 +1,5 @@
-"""Text side of ACE-Step 1.5: the Qwen3 text encoder, the condition encoder and the
-audio-code detokenizer, each a thin wrapper over its C++ graph (numpy in, numpy out)."""
+"""Text side of ACE-Step 1.5: the Qwen3 text encoder, the condition encoder and the audio-code
+tokenizer and detokenizer, each a thin wrapper over its C++ graph (numpy in, numpy out)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -106,3 +106,19 @@ class Detokenizer:
 
     def decode(self, codes: Sequence[int]) -> np.ndarray:
         return self._m.decode(_int_array(codes, "audio codes"))
+
+
+class AudioTokenizer:
+    """Audio tokenizer (``tokenizer.*`` of an ``acestep-dit`` GGUF), the inverse of the
+    Detokenizer: ``tokenize(latents (T, 64))`` -> 5 Hz codes ``(ceil(T / 5),)`` int64 in [0, 64000),
+    a last short window filled from the silence latent as diffusers' ``AceStepAudioTokenizer.tokenize``."""
+
+    def __init__(self, dit_path: str, device: str = "cpu", n_threads: Optional[int] = None):
+        self._m = _core._AudioTokenizer(str(dit_path), device, resolve_threads(n_threads))
+
+    @property
+    def codebook_size(self) -> int:
+        return self._m.codebook_size
+
+    def tokenize(self, latents: np.ndarray) -> np.ndarray:
+        return self._m.tokenize(latents)

@@ -255,4 +255,5 @@ PYBIND11_MODULE(_core, m) {
     ace::bind_text(m);
     ace::bind_vae(m);
     ace::bind_lm(m);
+    ace::bind_audio_tokenizer(m);
 }

@@ -28,5 +28,6 @@ void bind_dit(py::module_ &m);
 void bind_text(py::module_ &m);
 void bind_vae(py::module_ &m);
 void bind_lm(py::module_ &m);
+void bind_audio_tokenizer(py::module_ &m);
 
 }  // namespace ace

@@ -3,18 +3,25 @@
 
 namespace ace {
 
+std::vector<int64_t> fsq_levels(const GGUFFile &f) {
+    auto levels = f.has_key("acestep.fsq_input_levels") ? f.get_int_array("acestep.fsq_input_levels")
+                                                        : std::vector<int64_t>{8, 8, 8, 5, 5, 5};
+    for (auto l : levels)
+        if (l < 2 || l > 65536)
+            throw FileError(fmt("%s: acestep.fsq_input_levels holds %lld; levels must be in [2, 65536]",
+                                f.path().c_str(), (long long)l));
+    if (f.config().get_int("fsq_input_num_quantizers", 1) != 1)
+        throw FileError(fmt("%s: fsq_input_num_quantizers is not 1; ACE-Step 1.5 codes hold one FSQ index per frame",
+                            f.path().c_str()));
+    return levels;
+}
+
 Detokenizer::Detokenizer(const std::string &dit_path, std::shared_ptr<Backend> backend)
     : file_(std::make_shared<GGUFFile>(dit_path)), w_(file_, backend), runner_(backend) {
     file_->expect_architecture("acestep-dit");
     DitAttnConfig cfg(*file_);
-    levels_ = file_->has_key("acestep.fsq_input_levels") ? file_->get_int_array("acestep.fsq_input_levels")
-                                                         : std::vector<int64_t>{8, 8, 8, 5, 5, 5};
-    for (auto l : levels_) {
-        if (l < 2 || l > 65536)
-            throw FileError(fmt("%s: acestep.fsq_input_levels holds %lld; levels must be in [2, 65536]",
-                                dit_path.c_str(), (long long)l));
-        codebook_ *= l;
-    }
+    levels_ = fsq_levels(*file_);
+    for (auto l : levels_) codebook_ *= l;
     auto po = file_->require("tokenizer.quantizer.project_out.weight").torch_shape();
     auto st = file_->require("detokenizer.special_tokens").torch_shape();
     auto out = file_->require("detokenizer.proj_out.weight").torch_shape();

@@ -8,6 +8,10 @@
 
 namespace ace {
 
+// The FSQ levels of an acestep-dit file (acestep.fsq_input_levels, default 8·8·8·5·5·5), checked;
+// a code is a number in mixed radix whose digit i counts in units of prod(levels[:i]).
+std::vector<int64_t> fsq_levels(const GGUFFile &f);
+
 class Detokenizer {
   public:
     Detokenizer(const std::string &dit_path, std::shared_ptr<Backend> backend);
