@@ -280,6 +280,8 @@ class CodesFSM:
     once ``max_codes`` are: ``min_codes == max_codes`` is the original's exact count for a
     duration the user set; ``min_codes=0`` lets the LM end the song itself."""
 
+    greedy = False  # the codes are always sampled
+
     def __init__(self, min_codes: int, max_codes: int, first_code_id: int, n_code_ids: int, eos: int):
         self.min_codes, self.max_codes, self.eos, self.count, self.done = min_codes, max_codes, eos, 0, False
         self._codes = np.arange(first_code_id, first_code_id + n_code_ids, dtype=np.int64)
