@@ -13,7 +13,7 @@ from . import _core, fsm as _fsm
 from ._core import InputError, ModelFileError
 from .exchange import Request
 from .sampling import check_params, guided, sample
-from .tokenizer import Tokenizer
+from .tokenizer import N_AUDIO_CODES, Tokenizer
 from ._threads import resolve_threads
 
 INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"
@@ -21,7 +21,6 @@ INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"
 # negative_prompt, acestep/llm_inference.py).
 NEGATIVE_PROMPT = "NO USER INPUT"
 EOS = "<|im_end|>"
-N_AUDIO_CODES = 64000
 # Without the FSM the LM may ramble: the original caps the codes phase at 5 * duration + 500
 # new tokens, and at 5 * 600 + 500 without a duration.
 EXTRA_NEW_TOKENS = 500
@@ -132,8 +131,9 @@ class LM:
         tok = self.tokenizer.tokenizer
         self.eos = tok.token_to_id(EOS)
         self.first_code = tok.token_to_id("<|audio_code_0|>")
-        if self.eos is None or self.first_code is None:
-            raise ModelFileError(f"{self.path}: the tokenizer lacks {EOS} or <|audio_code_0|>")
+        missing = [t for t in (EOS, "<think>", "</think>", "<|audio_code_0|>") if tok.token_to_id(t) is None]
+        if missing:
+            raise ModelFileError(f"{self.path}: the tokenizer lacks {', '.join(missing)}")
         last = tok.token_to_id(f"<|audio_code_{N_AUDIO_CODES - 1}|>")
         if last != self.first_code + N_AUDIO_CODES - 1 or last >= self.vocab_size:
             raise ModelFileError(f"{self.path}: the {N_AUDIO_CODES} audio-code tokens are not consecutive ids "
@@ -213,7 +213,7 @@ class LM:
 
     def generate(self, request: Request, cfg_scale: float = 2.0, temperature: float = 0.85,
                  top_p: Optional[float] = 0.9, top_k: Optional[int] = None, seed: Optional[int] = None,
-                 fsm: bool = True, rewrite_caption: bool = True, negative_prompt: str = NEGATIVE_PROMPT,
+                 fsm: bool = True, rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
                  legacy_cfg_prompt: bool = False,
                  progress: Optional[Callable[[str, int, int], None]] = None) -> Request:
         """Fills the request's missing metadata (phase 1, a chain of thought) and its audio codes

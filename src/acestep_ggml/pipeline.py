@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,6 +31,8 @@ INSTRUCTIONS = {
     "text2music": "Fill the audio semantic mask based on the given conditions:",
     "cover": "Generate audio semantic tokens based on the given conditions:",
 }
+
+TURBO_STEPS = 8
 
 # progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
 # thought; total 0 as its length is not known ahead), "lm-codes" (audio codes written), "text",
@@ -130,8 +133,13 @@ class Synthesizer:
         if not (math.isfinite(shift) and shift > 0):
             raise InputError(f"shift must be a positive number, got {shift}")
         turbo = self.is_turbo
-        steps = steps if steps is not None else (8 if turbo else 50)
+        # Upstream's defaults (acestep/gradio_ui/events/generation_handlers.py,
+        # get_model_type_ui_settings): turbo 8 steps without guidance, base/SFT 32 steps at 7.0.
+        steps = steps if steps is not None else (TURBO_STEPS if turbo else 32)
         guidance = guidance if guidance is not None else (1.0 if turbo else 7.0)
+        if turbo and steps > TURBO_STEPS:
+            warnings.warn(f"a turbo DiT is distilled for {TURBO_STEPS} steps; {steps} steps may sound worse",
+                          stacklevel=2)
         if seed is None:
             seed = new_seed()
         report = progress or (lambda stage, done, total: None)
@@ -149,7 +157,7 @@ class Synthesizer:
         text_ids = tok.text_ids(request.caption, instruction=INSTRUCTIONS[task], bpm=request.bpm,
                                 timesignature=None if request.timesig is None else str(request.timesig),
                                 keyscale=request.keyscale, duration=duration)
-        lyric_ids = tok.lyric_ids(request.lyrics, request.language or "en")
+        lyric_ids = tok.lyric_ids(request.lyrics, request.language or "unknown")
         report("text", 0, 1)
         text_hidden = self._model("text").encode(text_ids)
         keep("text_hidden", text_hidden)
@@ -250,12 +258,15 @@ class Pipeline:
         return cls(source, **kwargs)
 
     def generate(self, caption: str, lyrics: str = "", *, duration: Optional[int] = None, bpm: Optional[int] = None,
-                 keyscale: Optional[str] = None, timesignature: Optional[int] = None, language: str = "en",
-                 seed: Optional[int] = None, steps: Optional[int] = None, guidance: Optional[float] = None,
-                 shift: float = 3.0, use_lm: bool = True, progress: Optional[Progress] = None) -> SynthResult:
-        """The 5 Hz LM writes the missing metadata and the audio codes, then the synth stage renders
-        them; ``use_lm=False`` synthesises from noise with the silence latent.  Without
-        ``keep_loaded`` the LM is freed before the synth stage loads."""
+                 keyscale: Optional[str] = None, timesignature: Optional[int] = None,
+                 language: Optional[str] = None, seed: Optional[int] = None, steps: Optional[int] = None,
+                 guidance: Optional[float] = None, shift: float = 3.0, use_lm: bool = True,
+                 rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
+                 legacy_cfg_prompt: bool = False, progress: Optional[Progress] = None) -> SynthResult:
+        """The 5 Hz LM writes the missing metadata, its caption and language and the audio codes,
+        then the synth stage renders them (see ``LM.generate`` for ``rewrite_caption``,
+        ``negative_prompt``, ``legacy_cfg_prompt``); ``use_lm=False`` synthesises from noise with
+        the silence latent.  Without ``keep_loaded`` the LM is freed before the synth stage loads."""
         from .lm import LM
 
         if seed is None:
@@ -265,7 +276,9 @@ class Pipeline:
         if use_lm:
             lm = self._lm or LM.from_models(self.folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
             self._lm = lm if self.keep_loaded else None
-            request = lm.generate(request, seed=seed, progress=progress)
+            request = lm.generate(request, seed=seed, rewrite_caption=rewrite_caption,
+                                  negative_prompt=negative_prompt, legacy_cfg_prompt=legacy_cfg_prompt,
+                                  progress=progress)
             del lm
         return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, progress=progress)
 
