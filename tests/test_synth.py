@@ -3,9 +3,12 @@ text2music (silence latent) and cover from codes, F32 and BF16 weights, stage by
 plus the `synth` CLI and its exchange-directory errors."""
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,12 +29,20 @@ def cosine(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
+@functools.lru_cache(maxsize=1)
+def embedding_tokenizer_dir():
+    """The text encoder's tokenizer as Qwen3-Embedding ships it (appends <|endoftext|>)."""
+    path = Path(tempfile.mkdtemp(prefix="qwen3_embedding_"))
+    fixtures.write_embedding_tokenizer(path)
+    return path
+
+
 def reference_run(models: fixtures.TinyModels, noise: np.ndarray, duration: float, codes=None, guidance=1.0):
     """diffusers' pipeline on the same weights and noise, with every stage captured by hooks.
     guidance > 1 runs its base/SFT path (batch of cond and null, APG)."""
     pipe = AceStepPipeline(
         vae=models.vae, text_encoder=models.text_encoder,
-        tokenizer=AutoTokenizer.from_pretrained(fixtures.qwen3_tokenizer_dir()),
+        tokenizer=AutoTokenizer.from_pretrained(embedding_tokenizer_dir()),
         transformer=models.transformer, condition_encoder=models.condition_encoder,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
         audio_tokenizer=models.audio_tokenizer, audio_token_detokenizer=models.audio_token_detokenizer)
