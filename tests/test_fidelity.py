@@ -222,3 +222,75 @@ def test_defaults_are_upstreams():
     assert sig["top_p"].default == p.lm_top_p and sig["top_k"].default is None and p.lm_top_k == 0
     assert lm.NEGATIVE_PROMPT == p.lm_negative_prompt
     assert p.vocal_language == "unknown" and p.use_cot_caption and p.use_cot_language
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_published_style_lm_gives_the_same_codes(tmp_path, tie):
+    """An LM GGUF as acestep.cpp's converter writes it (vocab.json only, no tie key when
+    false) loads, completes its vocabulary (<|im_end|> = 151645, <|audio_code_N|> = 151669 + N)
+    and generates the same metadata and codes as our own file of the same weights."""
+    import numpy as np
+
+    import acestep_ggml
+    from _lm_gguf import tiny_lm, write_lm
+    from acestep_ggml.exchange import Request
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    model = tiny_lm(seed % 1000, tie=tie)
+    write_lm(tmp_path / "ours.gguf", model, dtype="bf16")
+    write_lm(tmp_path / "published.gguf", model, dtype="bf16", published=True)
+    ours, published = (acestep_ggml.LM(tmp_path / f"{k}.gguf", n_threads=1) for k in ("ours", "published"))
+    tok = published.tokenizer.tokenizer
+    assert tok.token_to_id("<|im_end|>") == 151645 and tok.token_to_id("<|audio_code_63999|>") == 151669 + 63999
+    req = Request(caption="calm piano: rain", lyrics="[Verse]\n夜空中最亮的星", duration=10, bpm=80)
+    kw = dict(seed=seed, temperature=1.0, top_p=None, rewrite_caption=False)
+    assert published.generate(req, **kw) == ours.generate(req, **kw), f"seed {seed}"
+    text = "<|im_start|>user\n# Caption\ncalm<|im_end|><think>\n</think><|audio_code_5|>"
+    assert published.tokenizer.encode(text) == ours.tokenizer.encode(text)
+
+
+def test_corrupt_embedded_tokenizer_is_a_named_model_file_error(tmp_path):
+    """Bytes of tokenizer.huggingface.json mutated at random: every failure is a
+    ModelFileError naming the file and the key (a bare UnicodeDecodeError or the tokenizers
+    library's Exception before).  FUZZ_CASES sets the number of cases (default 40; each
+    parses a 7 MB tokenizer)."""
+    import numpy as np
+
+    from acestep_ggml import ModelFileError
+
+    seed = int(os.environ.get("FUZZ_SEED", np.random.SeedSequence().entropy % 2**31))
+    rng = np.random.default_rng(seed)
+    good = (fixtures.qwen3_tokenizer_dir() / "tokenizer.json").read_bytes()
+    cases = int(os.environ.get("FUZZ_CASES", 40))
+    # Half the cases mutate the JSON's structure near its start (where the tokenizers library
+    # parses first); invalid UTF-8 is always one of the mutations.
+    for i in range(cases):
+        data = bytearray(good)
+        if i == 0:
+            data[100:101] = b"\xff"
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                pos = int(rng.integers(0, 4000 if i % 2 else len(data)))
+                data[pos] = int(rng.integers(0, 256))
+        path = tmp_path / f"case{i}.gguf"
+        _write_raw_string(path, "tokenizer.huggingface.json", bytes(data))
+        try:
+            Tokenizer.from_gguf(str(path))
+        except ModelFileError as e:
+            assert str(path) in str(e) and "tokenizer.huggingface.json" in str(e), f"seed {seed}: {e}"
+        path.unlink()
+
+
+def _write_raw_string(path, key: str, value: bytes) -> None:
+    """A GGUF v3 file with one string key holding arbitrary bytes, no tensors (the gguf
+    package only writes valid UTF-8)."""
+    import struct
+
+    k = key.encode()
+    with open(path, "wb") as f:
+        f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, 2))
+        arch = b"general.architecture"
+        f.write(struct.pack("<Q", len(arch)) + arch + struct.pack("<I", 8))
+        f.write(struct.pack("<Q", len(b"acestep-lm")) + b"acestep-lm")
+        f.write(struct.pack("<Q", len(k)) + k + struct.pack("<I", 8))
+        f.write(struct.pack("<Q", len(value)) + value)
