@@ -70,3 +70,12 @@ def test_synth_and_generate_give_the_same_audio(both):
     b = Pipeline(theirs, n_threads=1).generate("calm piano", "la la", **kw)
     assert a.request == b.request, f"seed {seed}"
     np.testing.assert_allclose(b.audio, a.audio, rtol=0, atol=1e-5, err_msg=f"seed {seed}")
+
+
+def test_turbo_read_from_the_key_warns_above_eight_steps(both):
+    _, theirs = both
+    synth = Synthesizer(theirs, n_threads=1)
+    assert synth.is_turbo
+    req = Request(caption="calm piano", duration=1)
+    with pytest.warns(UserWarning, match="distilled for 8 steps"):
+        synth(req, seed=1, steps=9)

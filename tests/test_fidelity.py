@@ -294,3 +294,16 @@ def _write_raw_string(path, key: str, value: bytes) -> None:
         f.write(struct.pack("<Q", len(b"acestep-lm")) + b"acestep-lm")
         f.write(struct.pack("<Q", len(k)) + k + struct.pack("<I", 8))
         f.write(struct.pack("<Q", len(value)) + value)
+
+
+def test_fsm_value_sets_and_instructions_are_the_originals():
+    _import_original()
+    from acestep import constants as c
+
+    from acestep_ggml.tokenizer import DEFAULT_INSTRUCTION
+
+    assert list(fsm.LANGUAGES) == c.VALID_LANGUAGES
+    assert set(fsm.KEYSCALES) == c.VALID_KEYSCALES
+    assert fsm.BPM_RANGE == (c.BPM_MIN, c.BPM_MAX) and fsm.DURATION_RANGE == (c.DURATION_MIN, c.DURATION_MAX)
+    assert [int(t) for t in fsm.TIMESIGNATURES] == c.VALID_TIME_SIGNATURES
+    assert lm.INSTRUCTION == c.DEFAULT_LM_INSTRUCTION and DEFAULT_INSTRUCTION == c.DEFAULT_DIT_INSTRUCTION

@@ -110,11 +110,12 @@ class Synthesizer:
         return self._tokenizer
 
     def _read_is_turbo(self) -> bool:
+        """acestep.cpp's converter writes acestep.is_turbo only when true: absent is false."""
         f = GGUFFile(str(self.paths["dit"]))
         try:
             return bool(f.get("acestep.is_turbo"))
         except KeyError:
-            return "turbo" in self.paths["dit"].name
+            return False
 
     def _read_latents_per_second(self) -> float:
         """Sample rate over the VAE's hop (25 for ACE-Step 1.5), read from the VAE file's config."""
