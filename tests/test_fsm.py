@@ -241,3 +241,21 @@ def test_cli_lm_writes_the_exchange_directory(tiny, tmp_path):
     assert len(req.codes) == 50 and (req.bpm, req.keyscale, req.timesig, req.duration) == (70, "D minor", 3, 10)
     assert main(["lm", "--models", str(tmp_path), "--lm", tiny.path, "--caption", "x", "--duration", "5",
                  "--output-dir", str(out)]) == 2
+
+
+def test_cli_lm_writes_the_lms_caption_and_language(tiny, tmp_path):
+    """Rewriting on (the default) and no --language: the exchange directory receives the
+    caption and the language the LM wrote, which the synth stage then reads."""
+    from acestep_ggml.cli import main
+    from acestep_ggml.exchange import read_request
+
+    out = tmp_path / "song"
+    args = ["lm", "--models", str(tmp_path), "--lm", tiny.path, "--caption", "calm piano", "--duration", "10",
+            "--seed", "5", "--threads", "1", "--top-p", "1", "--output-dir", str(out)]
+    assert main(args) == 0
+    req = read_request(out)
+    again = tiny.generate(Request(caption="calm piano", duration=10), seed=5, top_p=1.0)
+    assert (req.caption, req.language, req.codes) == (again.caption, again.language, again.codes)
+    assert req.language in fsm.LANGUAGES
+    assert main(args + ["--no-rewrite-caption"]) == 0
+    assert read_request(out).caption == "calm piano"
