@@ -1,16 +1,13 @@
 """VAE: parity with diffusers' AutoencoderOobleck, tiling, posterior sampling, audio files, bad input."""
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 import acestep_ggml as A
-from acestep_ggml import audio as audio_mod
 
 from _vae_gguf import REAL_SHAPE, TINY, make_reference, write_gguf
 
@@ -252,81 +249,3 @@ def test_wrong_model_file(tmp_path):
         A.VAE(path)
     with pytest.raises(A.ModelFileError):
         A.VAE(tmp_path / "missing.gguf")
-
-
-# ---------------------------------------------------------------------------
-# Audio files
-
-
-@pytest.mark.parametrize("name, subtype, tol", [
-    ("a.wav", None, 2 / 2**15), ("a.wav", "PCM_24", 2 / 2**23), ("a.wav", "FLOAT", 1e-7), ("a.flac", None, 2 / 2**15),
-])
-def test_write_read_roundtrip(tmp_path, name, subtype, tol):
-    rng = np.random.default_rng(SEED + 8)
-    x = (0.3 * rng.standard_normal((2, 4800))).astype(np.float32)
-    A.write_audio(tmp_path / name, x, 48000, subtype=subtype, normalize=False)
-    y, sr = A.read_audio(tmp_path / name)
-    assert sr == 48000 and y.shape == x.shape and y.dtype == np.float32
-    stored = x if subtype == "FLOAT" else np.clip(x, -1, 1)  # integer formats clip at full scale
-    assert np.max(np.abs(y - stored)) <= tol, f"seed {SEED}"
-    assert os.listdir(tmp_path) == [name]
-
-
-def test_peak_normalisation_follows_reference():
-    loud = np.array([[2.0, -4.0], [1.0, 0.5]], np.float32)
-    quiet = loud / 40
-    target = 10 ** (-1 / 20)
-    for x in (loud, quiet):  # the reference rescales both ways to -1 dBFS
-        assert np.isclose(np.abs(audio_mod.normalize_peak(x)).max(), target)
-    np.testing.assert_allclose(audio_mod.normalize_peak(loud), loud / 4 * target, rtol=1e-6)
-    assert not np.any(audio_mod.normalize_peak(np.zeros((2, 4), np.float32)))
-
-
-def test_write_normalises_by_default(tmp_path):
-    x = np.array([[0.1, -0.2, 0.05]] * 2, np.float32)
-    A.write_audio(tmp_path / "n.wav", x, 48000, subtype="FLOAT")
-    y, _ = A.read_audio(tmp_path / "n.wav")
-    assert np.isclose(np.abs(y).max(), 10 ** (-1 / 20), rtol=1e-6)
-
-
-def test_mono_file_reads_as_stereo(tmp_path):
-    sf.write(tmp_path / "m.wav", np.linspace(-0.5, 0.5, 100, dtype=np.float32), 44100, subtype="FLOAT")
-    y, sr = A.read_audio(tmp_path / "m.wav")
-    assert sr == 44100 and y.shape == (2, 100) and np.array_equal(y[0], y[1])
-
-
-@pytest.mark.parametrize("bad, kwargs, words", [
-    (np.zeros((2, 10), np.int16), {}, "dtype int16"),
-    (np.zeros((3, 10), np.float32), {}, "1 or 2 channels"),
-    (np.zeros((2, 0), np.float32), {}, "empty"),
-    (np.full((2, 10), np.nan, np.float32), {}, "NaN"),
-    (np.zeros((2, 10), np.float32), {"subtype": "PCM_7"}, "subtype"),
-])
-def test_write_rejects_bad_input(tmp_path, bad, kwargs, words):
-    with pytest.raises(A.InputError, match=words):
-        A.write_audio(tmp_path / "x.wav", bad, 48000, **kwargs)
-    assert os.listdir(tmp_path) == []
-
-
-def test_write_rejects_unknown_format(tmp_path):
-    with pytest.raises(A.InputError, match=r"\.wav or \.flac"):
-        A.write_audio(tmp_path / "x.mp4", np.zeros((2, 10), np.float32), 48000)
-    with pytest.raises(A.InputError, match="FLAC"):
-        A.write_audio(tmp_path / "x.flac", np.zeros((2, 10), np.float32), 48000, subtype="FLOAT")
-    assert os.listdir(tmp_path) == []
-
-
-def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    target = tmp_path / "out.wav"
-    A.write_audio(target, np.full((2, 10), 0.5, np.float32), 48000)
-    before = target.read_bytes()
-
-    def broken_write(path, *args, **kwargs):
-        with open(path, "wb") as f:
-            f.write(b"RIFF partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(sf, "write", broken_write)
-    with pytest.raises(OSError, match="disk full"):
-        A.write_audio(target, np.zeros((2, 10), np.float32), 48000)
-    assert os.listdir(tmp_path) == ["out.wav"] and target.read_bytes() == before

@@ -22,7 +22,7 @@ def backends() -> list[dict]:
 
 
 # The models (each a native graph), then the stages built from them.
-from .audio import read_audio, write_audio  # noqa: E402
+from .audio import check_output_path, load_audio, read_audio, write_audio  # noqa: E402
 from .dit import DiT  # noqa: E402
 from .exchange import Request  # noqa: E402
 from .lm import LM  # noqa: E402
@@ -34,5 +34,5 @@ from .vae import VAE  # noqa: E402
 __all__ = [
     "GGUFFile", "InputError", "ModelFileError", "backends", "__version__",
     "ConditionEncoder", "Detokenizer", "DiT", "LM", "Pipeline", "Request", "SynthResult", "Synthesizer", "TextEncoder",
-    "Tokenizer", "VAE", "generate", "read_audio", "write_audio",
+    "Tokenizer", "VAE", "check_output_path", "generate", "load_audio", "read_audio", "write_audio",
 ]

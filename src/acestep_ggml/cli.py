@@ -72,12 +72,14 @@ def _progress(quiet: bool):
 def _cmd_synth(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .audio import check_output_path
     from .pipeline import synth_from_dir
 
+    check_output_path(args.output, bitrate=args.bitrate)
     noise = np.load(args.init_noise) if args.init_noise else None
     result = synth_from_dir(args.input_dir, args.models, args.output, seed=args.seed, steps=args.steps,
                             shift=args.shift, guidance=args.guidance, init_noise=noise, device=args.device,
-                            n_threads=args.threads, progress=_progress(args.quiet))
+                            n_threads=args.threads, progress=_progress(args.quiet), bitrate=args.bitrate)
     if not args.quiet:
         print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",
               file=sys.stderr)
@@ -86,8 +88,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from . import hub
+    from .audio import check_output_path
     from .pipeline import generate
 
+    check_output_path(args.output, bitrate=args.bitrate)
     lyrics = args.lyrics
     if args.lyrics_file:
         with open(args.lyrics_file, encoding="utf-8") as f:
@@ -97,7 +101,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                       seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
                       use_lm=not args.no_lm, lm=args.lm, device=args.device, n_threads=args.threads,
                       progress=_progress(args.quiet), quiet=args.quiet, **_lm_prompt_args(args))
-    result.save(args.output)
+    result.save(args.output, bitrate=args.bitrate)
     if not args.quiet:
         print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",
               file=sys.stderr)
@@ -107,8 +111,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_download(args: argparse.Namespace) -> int:
     from . import hub
 
-    files = tuple(args.files) if args.files else hub.DEFAULT_GGUF_FILES
-    print(hub.download(args.repo or hub.GGUF_REPO, files, quiet=args.quiet))
+    print(hub.download(args.repo or hub.GGUF_REPO, tuple(args.files) if args.files else None, quiet=args.quiet,
+                       device=args.device))
     return 0
 
 
@@ -160,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="exchange directory -> audio file (text encoder, DiT, VAE)")
     s.add_argument("--input-dir", required=True, help="exchange directory (caption, lyrics, codes, bpm, ...)")
     s.add_argument("--models", required=True, help="folder of GGUF files written by `convert` or downloaded")
-    s.add_argument("--output", "-o", required=True, help="output audio file (.wav or .flac)")
+    s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
+    s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
     s.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 32 base/SFT)")
     s.add_argument("--shift", type=float, default=3.0, help="timestep shift (default 3.0)")
@@ -216,14 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--quiet", action="store_true")
-    s.add_argument("--output", "-o", required=True, help="output audio file (.wav or .flac)")
+    s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
+    s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
     _add_lm_prompt_options(s)
     s.set_defaults(func=_cmd_generate)
 
     s = sub.add_parser("download", help="fetch the default GGUF model set into the Hugging Face cache")
     s.add_argument("--repo", default=None, help="hub repo (default: the published ACE-Step 1.5 GGUFs)")
-    s.add_argument("--files", nargs="*", default=None, help="file names or patterns (default: turbo DiT, text "
-                                                             "encoder, VAE, 0.6B LM)")
+    s.add_argument("--files", nargs="*", default=None, help="file names or patterns (default: the set `generate` "
+                                                             "uses: turbo DiT, text encoder, VAE, the LM this "
+                                                             "machine's memory holds)")
+    s.add_argument("--device", default="cpu", help="the device the LM is chosen for (default cpu)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_download)
     return p

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,15 +18,25 @@ from . import GGUFFile, ModelFileError
 # The published GGUFs (acestep.cpp's files) and the original checkpoints.
 GGUF_REPO = "Serveurperso/ACE-Step-1.5-GGUF"
 CHECKPOINT_REPO = "ACE-Step/Ace-Step1.5"
-# What `download` fetches from GGUF_REPO by default: turbo DiT, text encoder, VAE and the
-# smallest LM, at the types that run fastest on a CPU for their size.
-DEFAULT_GGUF_FILES = (
-    "acestep-v15-turbo-Q8_0.gguf",
-    "Qwen3-Embedding-0.6B-Q8_0.gguf",
-    "vae-BF16.gguf",
-    "acestep-5Hz-lm-0.6B-Q8_0.gguf",
-)
 KINDS = ("acestep-dit", "acestep-text-enc", "acestep-vae", "acestep-lm")
+SYNTH_KINDS = KINDS[:3]  # what the synth stage reads; the LM is fetched only when it runs
+
+# File names, as published (acestep.cpp) and as `convert` writes them: <component>-<TYPE>.gguf.
+# The component tells the kind, so a hub file's kind is known before it is fetched.
+_FILE_NAME = re.compile(r"^(?P<component>.+)-(?P<type>BF16|F16|F32|Q\d\w*)\.gguf$", re.IGNORECASE)
+_COMPONENT_KINDS = (("acestep-5Hz-lm-", "acestep-lm"), ("acestep-v", "acestep-dit"),
+                    ("Qwen3-Embedding-", "acestep-text-enc"), ("vae", "acestep-vae"))
+# Among files of one kind, the first of these ranks (`rank`) wins; the LM is chosen by memory instead.
+# DiT variants: turbo (8 steps, no guidance) before SFT before base (50 guided steps each); other
+# variants (turbo-shift3, ...) after them.
+DIT_VARIANTS = ("turbo", "sft", "base")
+# Weight types, fastest first for the DiT and the text encoder, whose matmuls take hundreds of
+# tokens at once: there 16-bit floats beat the quants, whose unpacking costs more than their
+# smaller reads save (README benchmarks, AVX2 CPU: DiT BF16 7.4-8.5 s, F16 7.6 s, Q8_0 9.9 s).
+# BF16 first: a CPU with AVX512-BF16 multiplies it natively, any other CPU gets it as F16 at load
+# (Backend::bf16_as_f16), at F16's speed.  F32 last: twice the memory of the 16-bit types.  Types
+# not listed come after all of these.  (Measured on CPUs; GPUs not yet.)
+WEIGHT_TYPES = ("BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "F32")
 
 
 class ModelsNotFound(FileNotFoundError):
@@ -45,9 +56,9 @@ class ModelSet:
     files: dict[str, list[Path]] = field(default_factory=dict)
 
     def get(self, kind: str, prefer: str | None = None) -> Path:
-        """The file of that kind; with several, the one whose name contains `prefer` (an LM size
-        like "1.7B" or a DiT variant like "turbo"), else the first by name."""
-        found = self.files.get(kind, [])
+        """The best file of that kind by `rank`; with `prefer` (an LM size like "1.7B" or a DiT
+        variant like "sft"), the best of those whose name contains it."""
+        found = sorted(self.files.get(kind, []), key=lambda p: rank(kind, p.name))
         if not found:
             raise ModelsNotFound(
                 f"no {kind} GGUF in {self.folder}; run `python -m acestep_ggml download` to fetch the "
@@ -59,6 +70,28 @@ class ModelSet:
                 raise ModelsNotFound(f"no {kind} GGUF matching {prefer!r} in {self.folder} (have: {names})")
             return matching[0]
         return found[0]
+
+
+def kind_of_name(name: str) -> str | None:
+    """The kind of a GGUF by its file name (published or `convert` names), None if not ours."""
+    m = _FILE_NAME.match(name)
+    if m:
+        for prefix, kind in _COMPONENT_KINDS:
+            if m["component"].startswith(prefix):
+                return kind
+    return None
+
+
+def rank(kind: str, name: str) -> tuple:
+    """Sort key among files of one kind, best first: the DiT's variant (DIT_VARIANTS), then the
+    weight type (WEIGHT_TYPES), then the name."""
+    m = _FILE_NAME.match(name)
+    wtype = m["type"].upper() if m else ""
+    key = (WEIGHT_TYPES.index(wtype) if wtype in WEIGHT_TYPES else len(WEIGHT_TYPES), name)
+    if kind != "acestep-dit":
+        return key
+    variant = m["component"].split("-", 2)[-1] if m else ""  # acestep-v15-<variant>
+    return (DIT_VARIANTS.index(variant) if variant in DIT_VARIANTS else len(DIT_VARIANTS), *key)
 
 
 # An LM needs its weights plus room for the KV cache (cond + uncond) and work buffers.
@@ -88,16 +121,38 @@ def available_memory(device: str = "cpu") -> int | None:
         return None
 
 
-def choose_lm(files: list[Path], available: int | None) -> Path:
+def choose_lm(files: list, available: int | None, size: dict | None = None):
     """The LM a machine can hold: the largest file whose size times LM_MEMORY_FACTOR fits in
-    ``available`` bytes; the smallest when none fits or the memory is unknown."""
-    size = {p: p.stat().st_size for p in files}
-    by_size = sorted(files, key=lambda p: (size[p], p.name))
+    ``available`` bytes; the smallest when none fits or the memory is unknown.  ``size``: bytes
+    of each file (default: its size on disk), for files not fetched yet."""
+    size = size or {p: p.stat().st_size for p in files}
+    by_size = sorted(files, key=lambda p: (size[p], str(p)))
     if available is not None:
         fitting = [p for p in by_size if size[p] * LM_MEMORY_FACTOR <= available]
         if fitting:
             return fitting[-1]
     return by_size[0]
+
+
+def choose(sizes: dict[str, int], kinds=KINDS, device: str = "cpu", prefer: dict[str, str] | None = None
+           ) -> dict[str, str]:
+    """The file of each kind to use, from file names and sizes: the best by `rank`, and the LM
+    that `choose_lm` picks for this device; with a preference for a kind (kind -> part of the
+    name, e.g. {"acestep-lm": "1.7B"}), the best whose name contains it, as ModelSet.get picks."""
+    prefer = prefer or {}
+    by_kind: dict[str, list[str]] = {}
+    for name in sizes:
+        by_kind.setdefault(kind_of_name(name), []).append(name)
+    chosen = {}
+    for kind in kinds:
+        names = sorted(by_kind.get(kind, []), key=lambda n: rank(kind, n))
+        if prefer.get(kind):
+            names = [n for n in names if prefer[kind] in n]
+        elif kind == "acestep-lm" and names:
+            names = [choose_lm(names, available_memory(device), size=sizes)]
+        if names:
+            chosen[kind] = names[0]
+    return chosen
 
 
 def find_models(folder: str | os.PathLike) -> ModelSet:
@@ -152,8 +207,14 @@ def convert_cached(source: Path, dtype: str = "bf16", quiet: bool = False) -> Pa
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def snapshot(repo_id: str, allow_patterns: list[str] | None = None, quiet: bool = False) -> Path:
-    """A hub repo in huggingface_hub's cache (downloaded unless HF_HUB_OFFLINE=1)."""
+def _offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; read it per call so a process can change it.
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def snapshot(repo_id: str, allow_patterns: list[str] | None = None, quiet: bool = False,
+             cached_only: bool = False) -> Path:
+    """A hub repo in huggingface_hub's cache (downloaded unless HF_HUB_OFFLINE=1 or cached_only)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -161,20 +222,60 @@ def snapshot(repo_id: str, allow_patterns: list[str] | None = None, quiet: bool 
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
-    # huggingface_hub reads these once, at import; read them per call so a process can change them.
-    cache = os.environ.get("HF_HUB_CACHE") or None
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in ("1", "ON", "YES", "TRUE")
+    cache = os.environ.get("HF_HUB_CACHE") or None  # read per call, as HF_HUB_OFFLINE
     try:
         return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, cache_dir=cache,
-                                      local_files_only=offline))
+                                      local_files_only=cached_only or _offline()))
     except LocalEntryNotFoundError as e:
         raise ModelsNotFound(
             f"{repo_id} is not in the Hugging Face cache and could not be downloaded ({e.__class__.__name__}); "
             f"connect to the network (and unset HF_HUB_OFFLINE), or pass a local folder of GGUFs") from None
 
 
-def resolve(source: str | os.PathLike, dtype: str = "bf16", quiet: bool = False) -> Path:
-    """A folder of GGUFs from a GGUF folder, a checkpoint folder or a hub repo id."""
+def _repo_files(repo_id: str) -> dict[str, int]:
+    """Name -> size of the files at the top of a hub repo, asked of the hub."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    return {f.path: f.size for f in HfApi().list_repo_tree(repo_id) if isinstance(f, RepoFile)}
+
+
+def fetch(repo_id: str, kinds=KINDS, device: str = "cpu", prefer: dict[str, str] | None = None,
+          quiet: bool = False) -> Path:
+    """The snapshot folder of a hub repo holding the files `choose` picks for `kinds`, fetching
+    only those (a repo of checkpoints, with no GGUFs, is fetched whole to be converted).  Offline,
+    or when the hub cannot be reached, the choice is made among the files already cached."""
+    if os.path.isfile((prefer or {}).get("acestep-lm") or ""):
+        kinds = [k for k in kinds if k != "acestep-lm"]  # the LM is a file of the user's
+    sizes, unlisted, folder = None, None, None
+    if not _offline():
+        try:
+            sizes = _repo_files(repo_id)
+        # No network, hub down, unknown repo: the cache decides, as in snapshot_download.  The
+        # network errors' classes differ between huggingface_hub versions (requests, httpx).
+        except Exception as e:  # noqa: BLE001
+            unlisted = e
+    if sizes is None:
+        try:
+            folder = snapshot(repo_id, quiet=quiet, cached_only=True)
+        except ModelsNotFound:
+            if unlisted is None:
+                raise
+            raise ModelsNotFound(f"{repo_id} could not be listed on the hub ({unlisted.__class__.__name__}: "
+                                 f"{unlisted}) and is not in the Hugging Face cache") from None
+        sizes = {p.name: p.stat().st_size for p in folder.glob("*.gguf")}
+    elif not any(name.endswith(".gguf") for name in sizes):
+        return snapshot(repo_id, quiet=quiet)
+    chosen = choose(sizes, kinds, device, prefer)
+    if not quiet and chosen:
+        print(f"{repo_id}: " + ", ".join(chosen[k] for k in KINDS if k in chosen), file=sys.stderr)
+    return folder or snapshot(repo_id, allow_patterns=sorted(chosen.values()), quiet=quiet)
+
+
+def resolve(source: str | os.PathLike, dtype: str = "bf16", quiet: bool = False, *, kinds=KINDS,
+            device: str = "cpu", prefer: dict[str, str] | None = None) -> Path:
+    """A folder of GGUFs from a GGUF folder, a checkpoint folder or a hub repo id.  From a hub
+    repo only the files of `kinds` that `choose` picks for `device` (and `prefer`) are fetched."""
     path = Path(source).expanduser()
     if path.is_dir():
         if any(path.glob("*.gguf")):
@@ -187,10 +288,14 @@ def resolve(source: str | os.PathLike, dtype: str = "bf16", quiet: bool = False)
         raise ModelsNotFound(f"{path} is a file; pass the folder that holds the models")
     if not _REPO_ID.match(str(source)):
         raise ModelsNotFound(f"{source} is neither a folder nor a hub repo id (owner/name)")
-    folder = snapshot(str(source), quiet=quiet)
+    folder = fetch(str(source), kinds, device, prefer, quiet=quiet)
     return resolve(folder, dtype=dtype, quiet=quiet)
 
 
-def download(repo_id: str = GGUF_REPO, files: tuple[str, ...] = DEFAULT_GGUF_FILES, quiet: bool = False) -> Path:
-    """Fetch the default model set (or the named files of a repo) into the hub cache."""
+def download(repo_id: str = GGUF_REPO, files: tuple[str, ...] | None = None, quiet: bool = False,
+             device: str = "cpu") -> Path:
+    """Fetch the default model set (what `generate` uses on `device`), or the named files or
+    patterns of a repo, into the hub cache."""
+    if files is None:
+        return fetch(repo_id, KINDS, device, quiet=quiet)
     return snapshot(repo_id, allow_patterns=list(files), quiet=quiet)

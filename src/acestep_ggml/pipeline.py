@@ -7,6 +7,7 @@ diffusers' AceStepPipeline.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from . import sampler
 from ._core import GGUFFile, InputError
 from .dit import DiT
 from .exchange import MAX_DURATION, Request
-from .hub import ModelSet, find_models, resolve
+from .hub import SYNTH_KINDS, ModelSet, find_models, resolve
 from .text import ConditionEncoder, Detokenizer, TextEncoder
 from .tokenizer import Tokenizer
 from .vae import VAE
@@ -72,7 +73,8 @@ class Synthesizer:
 
     def __init__(self, models: str | os.PathLike | ModelSet, device: str = "cpu", n_threads: Optional[int] = None,
                  keep_loaded: bool = False, dit: Optional[str] = None):
-        self.models = models if isinstance(models, ModelSet) else find_models(resolve(models))
+        self.models = models if isinstance(models, ModelSet) else find_models(resolve(
+            models, kinds=SYNTH_KINDS, device=device, prefer={"acestep-dit": dit} if dit else None))
         self.device, self.n_threads, self.keep_loaded = device, n_threads, keep_loaded
         self.paths = {
             "dit": self.models.get("acestep-dit", prefer=dit),
@@ -226,18 +228,20 @@ class Synthesizer:
 
 
 def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, output: str | os.PathLike,
-                   **kwargs) -> SynthResult:
-    """The `synth` CLI as a function: read the exchange directory, synthesise, write `output`.
+                   *, bitrate: int | None = None, **kwargs) -> SynthResult:
+    """The `synth` CLI as a function: read the exchange directory, synthesise, write `output`
+    (bitrate: kbit/s of an .mp3).
 
-    Nothing is written when any step fails.
+    The output path is checked first; nothing is written when any step fails.
     """
     from .exchange import read_request
 
+    audio_io.check_output_path(output, bitrate=bitrate)
     request = read_request(input_dir)
     device = kwargs.pop("device", "cpu")
     n_threads = kwargs.pop("n_threads", None)
     result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs)
-    result.save(Path(output))
+    result.save(Path(output), bitrate=bitrate)
     return result
 
 
@@ -248,11 +252,14 @@ class Pipeline:
 
     def __init__(self, models: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
                  keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16", quiet: bool = False):
-        # quiet: no download or conversion progress bars
-        self.folder = resolve(models, dtype=dtype, quiet=quiet)
+        # quiet: no download or conversion progress bars.  From a hub repo the LM is fetched only
+        # when a song needs it.
+        self._resolve = functools.partial(resolve, models, dtype=dtype, quiet=quiet, device=device,
+                                          prefer={"acestep-lm": lm} if lm else None)
+        self.folder = self._resolve(kinds=SYNTH_KINDS)
         self.device, self.n_threads, self.keep_loaded, self.lm_choice = device, n_threads, keep_loaded, lm
         self.synth = Synthesizer(self.folder, device=device, n_threads=n_threads, keep_loaded=keep_loaded)
-        self._lm = None
+        self._lm, self._lm_folder = None, None
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, **kwargs) -> "Pipeline":
@@ -275,7 +282,9 @@ class Pipeline:
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
                           timesig=timesignature, language=language)
         if use_lm:
-            lm = self._lm or LM.from_models(self.folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
+            if self._lm_folder is None:
+                self._lm_folder = self._resolve(kinds=("acestep-lm",))
+            lm = self._lm or LM.from_models(self._lm_folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
             self._lm = lm if self.keep_loaded else None
             request = lm.generate(request, seed=seed, rewrite_caption=rewrite_caption,
                                   negative_prompt=negative_prompt, legacy_cfg_prompt=legacy_cfg_prompt,
