@@ -38,12 +38,21 @@ def tiny_lm(seed: int, tie: bool = False, hidden: int = 64, layers: int = 2, voc
     return randomize(Qwen3ForCausalLM(cfg), seed)
 
 
-def write_lm(path, model: Qwen3ForCausalLM, dtype: str = "f32", tokenizer: bool = True) -> None:
-    """An ``acestep-lm`` GGUF: matrices in ``dtype`` (f32, bf16 or q8_0), norms F32."""
+def write_lm(path, model: Qwen3ForCausalLM, dtype: str = "f32", tokenizer: bool = True,
+             published: bool = False) -> None:
+    """An ``acestep-lm`` GGUF: matrices in ``dtype`` (f32, bf16 or q8_0), norms F32.  With
+    ``published`` the metadata is what acestep.cpp's converter writes: the tokenizer from
+    vocab.json and merges.txt only (no special tokens, no audio codes, no
+    tokenizer.huggingface.json), and acestep.tie_word_embeddings only when true."""
+    from fixtures import add_published_tokenizer, qwen3_tokenizer_dir
+
     c = model.config
     w = qwen3_writer(path, "acestep-lm", c)
-    w.add_bool("acestep.tie_word_embeddings", bool(c.tie_word_embeddings))
-    if tokenizer:
+    if c.tie_word_embeddings or not published:
+        w.add_bool("acestep.tie_word_embeddings", bool(c.tie_word_embeddings))
+    if tokenizer and published:
+        add_published_tokenizer(w, qwen3_tokenizer_dir())
+    elif tokenizer:
         w.add_string("tokenizer.ggml.model", "gpt2")
         w.add_string("tokenizer.huggingface.json", tokenizer_json())
     for name, t in model.state_dict().items():

@@ -3,6 +3,9 @@ reference the synth-stage tests (test_synth, test_tasks) compare against."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import tempfile
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -25,6 +28,14 @@ def cosine(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
+@functools.lru_cache(maxsize=1)
+def embedding_tokenizer_dir():
+    """The text encoder's tokenizer as Qwen3-Embedding ships it (appends <|endoftext|>)."""
+    path = Path(tempfile.mkdtemp(prefix="qwen3_embedding_"))
+    fixtures.write_embedding_tokenizer(path)
+    return path
+
+
 def reference_run(models: fixtures.TinyModels, noise: np.ndarray, duration: float | None, codes=None,
                   guidance=1.0, posterior_mean: bool = False, **task) -> dict[str, np.ndarray]:
     """diffusers' pipeline on the same weights and noise.  guidance > 1 runs its base/SFT path
@@ -32,7 +43,7 @@ def reference_run(models: fixtures.TinyModels, noise: np.ndarray, duration: floa
     ``posterior_mean``: VAE encodes give the posterior mean instead of a draw."""
     pipe = AceStepPipeline(
         vae=models.vae, text_encoder=models.text_encoder,
-        tokenizer=AutoTokenizer.from_pretrained(fixtures.qwen3_tokenizer_dir()),
+        tokenizer=AutoTokenizer.from_pretrained(embedding_tokenizer_dir()),
         transformer=models.transformer, condition_encoder=models.condition_encoder,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
         audio_tokenizer=models.audio_tokenizer, audio_token_detokenizer=models.audio_token_detokenizer)

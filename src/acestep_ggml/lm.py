@@ -13,36 +13,82 @@ from . import _core, fsm as _fsm
 from ._core import InputError, ModelFileError
 from .exchange import Request
 from .sampling import check_params, guided, sample
-from .tokenizer import Tokenizer
+from .tokenizer import N_AUDIO_CODES, Tokenizer
 from ._threads import resolve_threads
 
 INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"
+# The unconditional user message when no negative prompt is given (the original's default
+# negative_prompt, acestep/llm_inference.py).
+NEGATIVE_PROMPT = "NO USER INPUT"
 EOS = "<|im_end|>"
-N_AUDIO_CODES = 64000
-# Without the FSM the LM may ramble; the reference caps new tokens at 5 * duration + 500.
+# Without the FSM the LM may ramble: the original caps the codes phase at 5 * duration + 500
+# new tokens, and at 5 * 600 + 500 without a duration.
 EXTRA_NEW_TOKENS = 500
-MAX_COT_TOKENS = 512
+# Phase 1's bound (acestep.cpp pipeline-lm.cpp); with the FSM the CoT ends well before (a
+# caption of at most 512 tokens and five short lines).
+MAX_COT_TOKENS = 2048
+# The four fields whose presence skips phase 1 (the original's has_all_metas).
+ALL_METAS = ("bpm", "duration", "keyscale", "timesignature")
 
 
-def chat_prompt(caption: Optional[str], lyrics: str, cot: Optional[str] = None) -> str:
-    """The reference's chat prompt (Qwen3 template).  Without ``cot`` the assistant turn is
-    opened for the chain of thought; with it the assistant turn holds the CoT and is closed, as
-    the template renders a finished assistant message.  ``caption=None`` drops the caption
-    (phase 1's unconditional prompt)."""
-    user = (f"# Caption\n{caption}\n\n" if caption is not None else "") + f"# Lyric\n{lyrics}\n"
-    text = (f"<|im_start|>system\n# Instruction\n{INSTRUCTION}\n\n<|im_end|>\n"
+def chat(user: str) -> str:
+    """The original's system and user messages through the Qwen3 chat template, the assistant
+    turn opened (``add_generation_prompt=True``)."""
+    return (f"<|im_start|>system\n# Instruction\n{INSTRUCTION}\n\n<|im_end|>\n"
             f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
-    if cot is None:
-        return text
-    body = cot.split("<think>", 1)[-1].split("</think>", 1)[0].strip("\n")
-    return text + f"<think>\n{body}\n</think>\n\n<|im_end|>\n"
 
 
-def _metas(req: Request) -> Dict[str, Optional[str]]:
-    """The request's metadata as CoT values, checked against the FSM's ranges."""
+def user_message(caption: str, lyrics: str) -> str:
+    return f"# Caption\n{caption}\n\n# Lyric\n{lyrics}\n"
+
+
+def _negative(negative_prompt: Optional[str]) -> Optional[str]:
+    """The negative prompt when the user gave one (the original's _has_meaningful_negative_prompt)."""
+    p = (negative_prompt or "").strip()
+    return negative_prompt if p and p != NEGATIVE_PROMPT else None
+
+
+def cot_prompt(caption: str, lyrics: str) -> str:
+    """Phase 1 (the chain of thought), conditional: ``build_formatted_prompt``."""
+    return chat(user_message(caption, lyrics))
+
+
+def cot_uncond_prompt(lyrics: str, negative_prompt: Optional[str] = NEGATIVE_PROMPT) -> str:
+    """Phase 1, unconditional: the lyrics alone, or the negative prompt as the caption."""
+    neg = _negative(negative_prompt)
+    return chat(user_message(neg, lyrics) if neg is not None else f"# Lyric\n{lyrics}\n")
+
+
+def codes_prompt(caption: str, lyrics: str, cot: str, legacy: bool = False) -> str:
+    """Phase 2 (the audio codes), conditional: the chain of thought in the assistant turn.
+
+    Upstream's training-aligned format (``use_legacy_cfg_prompt=False``, the default of
+    ACE-Step-1.5 since April 2026 and of acestep.cpp since 2026-04-22) leaves the turn open,
+    ``<think>..</think>\\n\\n`` followed by the codes.  ``legacy`` is the format of the
+    ace-step15-fork package: the CoT as a finished assistant message, turn closed."""
+    if not legacy:
+        return chat(user_message(caption, lyrics)) + cot + "\n\n"
+    body = cot.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+    return chat(user_message(caption, lyrics)) + f"<think>\n{body.strip(chr(10))}\n</think>\n\n<|im_end|>\n"
+
+
+def codes_uncond_prompt(caption: str, lyrics: str, negative_prompt: Optional[str] = NEGATIVE_PROMPT,
+                        legacy: bool = False) -> str:
+    """Phase 2, unconditional: an empty chain of thought.  The user message is the bare
+    negative prompt (``NO USER INPUT`` by default), as CFG dropout looked in training; with
+    ``legacy`` it is the caption (or the negative prompt) and the lyrics, turn closed."""
+    neg = _negative(negative_prompt)
+    if not legacy:
+        return chat(neg if neg is not None else NEGATIVE_PROMPT) + "<think>\n\n</think>\n\n"
+    return chat(user_message(neg if neg is not None else caption, lyrics)) + "<think>\n\n</think>\n\n<|im_end|>\n"
+
+
+def _metas(req: Request) -> Dict[str, str]:
+    """The metadata the user gave, as CoT values, checked against the FSM's ranges.  A language
+    ``unknown`` is no language: the LM chooses it."""
     if not isinstance(req.caption, str) or not req.caption.strip():
         raise InputError("caption is empty: the LM needs a caption")
-    out: Dict[str, Optional[str]] = {"caption": req.caption}
+    out: Dict[str, str] = {}
     lo, hi = _fsm.BPM_RANGE
     if req.bpm is not None:
         if not lo <= int(req.bpm) <= hi:
@@ -61,7 +107,7 @@ def _metas(req: Request) -> Dict[str, Optional[str]]:
         if str(req.timesig) not in _fsm.TIMESIGNATURES:
             raise InputError(f"timesignature {req.timesig} is not one of {', '.join(_fsm.TIMESIGNATURES)}")
         out["timesignature"] = str(req.timesig)
-    if req.language:
+    if req.language and req.language != "unknown":
         if req.language not in _fsm.LANGUAGES:
             raise InputError(f"language {req.language!r} is not one of the LM's languages "
                              f"({' '.join(_fsm.LANGUAGES)})")
@@ -85,14 +131,14 @@ class LM:
         tok = self.tokenizer.tokenizer
         self.eos = tok.token_to_id(EOS)
         self.first_code = tok.token_to_id("<|audio_code_0|>")
-        if self.eos is None or self.first_code is None:
-            raise ModelFileError(f"{self.path}: the tokenizer lacks {EOS} or <|audio_code_0|>")
+        missing = [t for t in (EOS, "<think>", "</think>", "<|audio_code_0|>") if tok.token_to_id(t) is None]
+        if missing:
+            raise ModelFileError(f"{self.path}: the tokenizer lacks {', '.join(missing)}")
         last = tok.token_to_id(f"<|audio_code_{N_AUDIO_CODES - 1}|>")
         if last != self.first_code + N_AUDIO_CODES - 1 or last >= self.vocab_size:
             raise ModelFileError(f"{self.path}: the {N_AUDIO_CODES} audio-code tokens are not consecutive ids "
                                  "inside the model's vocabulary")
-        self._cot = _fsm.CotConstraints(self.tokenizer.encode, tok.token_to_id("<think>"),
-                                        tok.token_to_id("</think>"), self.tokenizer.encode("\n"))
+        self._cot = _fsm.CotConstraints(self.tokenizer)
 
     @classmethod
     def from_models(cls, models: str | os.PathLike, which: Optional[str] = None, device: str = "cpu",
@@ -149,7 +195,8 @@ class LM:
                 logits = guided(rows[0], rows[1], scale) if n_seq == 2 else rows[0]
                 if ids is not None and not (ids[0] == lo and ids.size == logits.size):
                     logits = logits[ids - lo]  # a subset of the computed rows
-                tok = sample(logits, rng, temperature, top_p, top_k)
+                greedy = constraint is not None and constraint.greedy
+                tok = int(np.argmax(logits)) if greedy else sample(logits, rng, temperature, top_p, top_k)
                 tok = int(ids[tok]) if ids is not None else lo + tok
             if constraint is not None:
                 constraint.advance(tok)
@@ -166,59 +213,79 @@ class LM:
 
     def generate(self, request: Request, cfg_scale: float = 2.0, temperature: float = 0.85,
                  top_p: Optional[float] = 0.9, top_k: Optional[int] = None, seed: Optional[int] = None,
-                 fsm: bool = True, progress: Optional[Callable[[str, int, int], None]] = None) -> Request:
+                 fsm: bool = True, rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
+                 legacy_cfg_prompt: bool = False,
+                 progress: Optional[Callable[[str, int, int], None]] = None) -> Request:
         """Fills the request's missing metadata (phase 1, a chain of thought) and its audio codes
-        (phase 2); returns a new Request.  Phase 1 runs only when bpm, duration, keyscale,
-        timesignature or language is missing.
+        (phase 2); returns a new Request, as the original's ``generate_with_stop_condition``.
+
+        Defaults are upstream's (acestep/inference.py GenerationParams): temperature 0.85,
+        CFG 2.0, top-p 0.9, no top-k.  Phase 1 is skipped when bpm, duration, keyscale and
+        timesignature are all given; the CoT then holds exactly those four.  Otherwise the LM
+        writes the missing fields, its own caption (``rewrite_caption``, the original's
+        ``use_cot_caption``; off, the caption line is left out) and the language (unless one is
+        given).  Phase 1 runs without CFG, as newest upstream does; ``legacy_cfg_prompt`` takes
+        the ace-step15-fork package's prompts, CFG in phase 1 included.  The returned request
+        carries the LM's caption and language, which the synth stage's prompts take.
+
+        Codes: exactly 5 per second of a duration the user set (the original's target_codes);
+        otherwise the LM ends the song itself, at most at 600 s.
 
         ``progress(stage, done, total)`` follows the tokens: stage "lm-metadata" (phase 1,
         ``total`` 0 as its length is not known ahead) and "lm-codes" (``total`` = the codes to
-        write, 5 per second)."""
+        write, 0 when the LM decides)."""
         check_params(temperature, top_p, top_k)
         if not math.isfinite(cfg_scale):
             raise InputError(f"cfg_scale must be finite, got {cfg_scale}")
-        values = _metas(request)
+        given = _metas(request)
         rng = np.random.default_rng(seed)
         enc = self.tokenizer.encode
-        guide = cfg_scale != 1.0
+        guide = cfg_scale > 1.0  # the original guides only above 1
         sample_args = (rng, temperature, top_p, top_k)
-        end_think = self._cot.end_think
 
-        if any(values.get(k) is None for k in ("bpm", "duration", "keyscale", "timesignature", "language")):
-            prompts = [enc(chat_prompt(request.caption, request.lyrics))]
-            if guide:
-                prompts.append(enc(chat_prompt(None, request.lyrics)))
-            constraint = _fsm.CotFSM(self._cot, values) if fsm else None
+        if all(k in given for k in ALL_METAS):
+            values = {k: given[k] for k in ALL_METAS}
+        else:
+            prompts = [enc(cot_prompt(request.caption, request.lyrics))]
+            if guide and legacy_cfg_prompt:
+                prompts.append(enc(cot_uncond_prompt(request.lyrics, negative_prompt)))
+            constraint = _fsm.CotFSM(self._cot, given, rewrite_caption) if fsm else None
             tick = (lambda n: progress("lm-metadata", n, 0)) if progress else None
             if progress:
                 progress("lm-metadata", 0, 0)
-            out = self._run(prompts, MAX_COT_TOKENS, cfg_scale, constraint, end_think, *sample_args, tick=tick)
-            parsed = constraint.values if fsm else _fsm.parse_cot(self.tokenizer.decode(out))
-            for k, v in parsed.items():
-                values.setdefault(k, v)
+            out = self._run(prompts, MAX_COT_TOKENS, cfg_scale, constraint, self._cot.end_think, *sample_args,
+                            tick=tick)
+            values = dict(constraint.values if fsm else _fsm.parse_cot(self.tokenizer.decode(out)))
+            values.update(given)
+            if not rewrite_caption:
+                values.pop("caption", None)
 
-        lo, hi = _fsm.DURATION_RANGE
-        duration = min(max(_int_or(values.get("duration"), 120), lo), hi)
-        values["duration"] = str(duration)
         cot = _fsm.cot_text(values)
-        n_codes = _fsm.CODES_PER_SECOND * duration
-        prompts = [enc(chat_prompt(request.caption, request.lyrics, cot))]
+        prompts = [enc(codes_prompt(request.caption, request.lyrics, cot, legacy_cfg_prompt))]
         if guide:
-            prompts.append(enc(chat_prompt(request.caption, request.lyrics, "<think>\n</think>")))
-        tick = (lambda n: progress("lm-codes", min(n, n_codes), n_codes)) if progress else None
+            prompts.append(enc(codes_uncond_prompt(request.caption, request.lyrics, negative_prompt,
+                                                   legacy_cfg_prompt)))
+        max_codes = _fsm.CODES_PER_SECOND * _fsm.DURATION_RANGE[1]
+        n_codes = _fsm.CODES_PER_SECOND * int(given["duration"]) if "duration" in given else None
+        tick = (lambda n: progress("lm-codes", min(n, n_codes or n), n_codes or 0)) if progress else None
         if progress:
-            progress("lm-codes", 0, n_codes)
+            progress("lm-codes", 0, n_codes or 0)
         if fsm:
-            constraint = _fsm.CodesFSM(n_codes, self.first_code, N_AUDIO_CODES, self.eos)
-            out = self._run(prompts, n_codes + 1, cfg_scale, constraint, self.eos, *sample_args, tick=tick)
+            constraint = _fsm.CodesFSM(n_codes or 0, n_codes or max_codes, self.first_code, N_AUDIO_CODES, self.eos)
+            out = self._run(prompts, (n_codes or max_codes) + 1, cfg_scale, constraint, self.eos, *sample_args,
+                            tick=tick)
         else:
-            out = self._run(prompts, n_codes + EXTRA_NEW_TOKENS, cfg_scale, None, self.eos, *sample_args, tick=tick)
+            out = self._run(prompts, (n_codes or max_codes) + EXTRA_NEW_TOKENS, cfg_scale, None, self.eos,
+                            *sample_args, tick=tick)
         codes = [t - self.first_code for t in out if self.first_code <= t < self.first_code + N_AUDIO_CODES]
 
+        keyscale = values.get("keyscale")
         return dataclasses.replace(
-            request, codes=codes, duration=duration, bpm=_int_or(values.get("bpm"), None),
-            keyscale=values.get("keyscale") if values.get("keyscale") in _fsm.KEYSCALES else None,
-            timesig=_int_or(values.get("timesignature"), None), language=values.get("language") or request.language)
+            request, codes=codes, caption=values.get("caption") or request.caption,
+            duration=_int_or(values.get("duration"), None), bpm=_int_or(values.get("bpm"), None),
+            keyscale=keyscale if keyscale in _fsm.KEYSCALES else None,
+            timesig=_int_or(values.get("timesignature"), None),
+            language=values.get("language") or request.language)
 
 
 def _int_or(text: Optional[str], fallback):

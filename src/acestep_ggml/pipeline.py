@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,6 +28,8 @@ from .hub import SYNTH_KINDS, ModelSet, find_models, resolve
 from .text import AudioTokenizer, ConditionEncoder, Detokenizer, TextEncoder
 from .tokenizer import Tokenizer
 from .vae import VAE
+
+TURBO_STEPS = 8
 
 # progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
 # thought; total 0 as its length is not known ahead), "lm-codes" (audio codes written), "encode"
@@ -107,11 +110,12 @@ class Synthesizer:
         return self._tokenizer
 
     def _read_is_turbo(self) -> bool:
+        """acestep.cpp's converter writes acestep.is_turbo only when true: absent is false."""
         f = GGUFFile(str(self.paths["dit"]))
         try:
             return bool(f.get("acestep.is_turbo"))
         except KeyError:
-            return "turbo" in self.paths["dit"].name
+            return False
 
     def _read_vae_rates(self) -> tuple[int, float]:
         """The audio sample rate, and that over the VAE's hop (25 latents per second for ACE-Step 1.5),
@@ -160,8 +164,13 @@ class Synthesizer:
         # Codes without a task are the LM's: a cover of them, as diffusers switches its task.
         task = "cover" if has_codes else request.task
         turbo = self.is_turbo
-        steps = steps if steps is not None else (8 if turbo else 50)
+        # Upstream's defaults (acestep/gradio_ui/events/generation_handlers.py,
+        # get_model_type_ui_settings): turbo 8 steps without guidance, base/SFT 32 steps at 7.0.
+        steps = steps if steps is not None else (TURBO_STEPS if turbo else 32)
         guidance = guidance if guidance is not None else (1.0 if turbo else 7.0)
+        if turbo and steps > TURBO_STEPS:
+            warnings.warn(f"a turbo DiT is distilled for {TURBO_STEPS} steps; {steps} steps may sound worse",
+                          stacklevel=2)
         if seed is None:
             seed = new_seed()
         report = progress or (lambda stage, done, total: None)
@@ -208,7 +217,7 @@ class Synthesizer:
         timesig = None if request.timesig is None else str(request.timesig)
         text_ids = [tok.text_ids(request.caption, instruction=i, bpm=request.bpm, timesignature=timesig,
                                  keyscale=request.keyscale, duration=duration) for i in instructions]
-        lyric_ids = tok.lyric_ids(request.lyrics, request.language or "en")
+        lyric_ids = tok.lyric_ids(request.lyrics, request.language or "unknown")
         report("text", 0, 1)
         text_hidden = [self._model("text").encode(ids) for ids in text_ids]
         keep("text_hidden", text_hidden[0])
@@ -333,17 +342,19 @@ class Pipeline:
         return cls(source, **kwargs)
 
     def generate(self, caption: str, lyrics: str = "", *, duration: Optional[int] = None, bpm: Optional[int] = None,
-                 keyscale: Optional[str] = None, timesignature: Optional[int] = None, language: str = "en",
-                 seed: Optional[int] = None, steps: Optional[int] = None, guidance: Optional[float] = None,
+                 keyscale: Optional[str] = None, timesignature: Optional[int] = None,
+                 language: Optional[str] = None, seed: Optional[int] = None, steps: Optional[int] = None, guidance: Optional[float] = None,
                  shift: float = 3.0, use_lm: bool = True, task: str = "text2music",
                  src_audio: Optional[AudioInput] = None, ref_audio: Optional[AudioInput] = None,
                  repainting_start: Optional[float] = None, repainting_end: Optional[float] = None,
                  track_name: Optional[str] = None, track_classes: Optional[list[str]] = None,
                  audio_cover_strength: float = 1.0, posterior: str = "sample",
-                 progress: Optional[Progress] = None) -> SynthResult:
-        """The 5 Hz LM writes the missing metadata and the audio codes, then the synth stage renders
-        them; ``use_lm=False`` synthesises from noise with the silence latent.  Without
-        ``keep_loaded`` the LM is freed before the synth stage loads.
+                 rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
+                 legacy_cfg_prompt: bool = False, progress: Optional[Progress] = None) -> SynthResult:
+        """The 5 Hz LM writes the missing metadata, its caption and language and the audio codes,
+        then the synth stage renders them (see ``LM.generate`` for ``rewrite_caption``,
+        ``negative_prompt``, ``legacy_cfg_prompt``); ``use_lm=False`` synthesises from noise with
+        the silence latent.  Without ``keep_loaded`` the LM is freed before the synth stage loads.
 
         ``task`` and its inputs (audio as a file path or (2, N) samples at 48 kHz) are those of
         :class:`Request`; see acestep_ggml.tasks.  With source audio the LM does not run, as
@@ -368,7 +379,9 @@ class Pipeline:
                 self._lm_folder = self._resolve(kinds=("acestep-lm",))
             lm = self._lm or LM.from_models(self._lm_folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
             self._lm = lm if self.keep_loaded else None
-            request = lm.generate(request, seed=seed, progress=progress)
+            request = lm.generate(request, seed=seed, rewrite_caption=rewrite_caption,
+                                  negative_prompt=negative_prompt, legacy_cfg_prompt=legacy_cfg_prompt,
+                                  progress=progress)
             del lm
         return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, posterior=posterior,
                           progress=progress)

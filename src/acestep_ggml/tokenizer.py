@@ -27,6 +27,11 @@ QWEN3_ADDED = [
     (151667, "<think>", False), (151668, "</think>", False),
 ]
 ENDOFTEXT = "<|endoftext|>"
+ENDOFTEXT_ID = 151643
+# The LM's audio codes follow Qwen3's added tokens: <|audio_code_N|> = 151669 + N.
+FIRST_AUDIO_CODE = 151669
+N_AUDIO_CODES = 64000
+HF_JSON = "tokenizer.huggingface.json"
 
 DEFAULT_INSTRUCTION = "Fill the audio semantic mask based on the given conditions:"
 MAX_TEXT_TOKENS = 256
@@ -55,23 +60,43 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str) -> "Tokenizer":
+        """The tokenizer a GGUF carries.  A bad ``tokenizer.huggingface.json`` (not UTF-8, not a
+        tokenizer) raises ModelFileError naming the file and the key.
+
+        Files written by acestep.cpp's converter (the published ones) hold only the 151,643
+        entries of vocab.json: the vocabulary is completed as acestep.cpp's runtime assumes it,
+        Qwen3's added tokens at 151643..151668 and ``<|audio_code_N|>`` at 151669 + N, up to the
+        model's vocabulary (the rows of its token embedding)."""
         f = _core.GGUFFile(str(path))
-        hf_json = _optional(f, "tokenizer.huggingface.json")
+        try:
+            hf_json = _optional(f, HF_JSON)
+        except UnicodeDecodeError as e:
+            raise ModelFileError(f"{path}: {HF_JSON} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         if hf_json:
-            return cls(_HFTokenizer.from_str(hf_json))
-        tokens = _optional(f, "tokenizer.ggml.tokens")
-        merges = _optional(f, "tokenizer.ggml.merges")
+            try:
+                return cls(_HFTokenizer.from_str(hf_json))
+            except Exception as e:  # the tokenizers library raises plain Exception
+                raise ModelFileError(f"{path}: {HF_JSON} is not a valid tokenizer: {e}") from None
+        try:
+            tokens = _optional(f, "tokenizer.ggml.tokens")
+            merges = _optional(f, "tokenizer.ggml.merges")
+        except UnicodeDecodeError as e:
+            raise ModelFileError(f"{path}: the token list or merges are not UTF-8 ({e.reason})") from None
         if not tokens or merges is None:
-            raise ModelFileError(f"{path}: no tokenizer (neither tokenizer.huggingface.json nor "
+            raise ModelFileError(f"{path}: no tokenizer (neither {HF_JSON} nor "
                                  "tokenizer.ggml.tokens + tokenizer.ggml.merges)")
-        return cls.from_tokens_and_merges(tokens, merges, _optional(f, "tokenizer.ggml.token_type"))
+        rows = {name: shape for name, shape, _ in f.tensors()}.get("model.embed_tokens.weight")
+        return cls.from_tokens_and_merges(tokens, merges, _optional(f, "tokenizer.ggml.token_type"),
+                                          vocab_size=rows[0] if rows else None)
 
     @classmethod
     def from_tokens_and_merges(cls, tokens: Sequence[str], merges: Sequence[str],
-                               token_types: Optional[Sequence[int]] = None) -> "Tokenizer":
+                               token_types: Optional[Sequence[int]] = None,
+                               vocab_size: Optional[int] = None) -> "Tokenizer":
         """Byte-level BPE over ``tokens`` (id = position) and ``merges`` ("a b" strings); tokens
         typed control / user-defined, Qwen3's added tokens, and those of Qwen3's added tokens
-        the list lacks become added tokens at their ids."""
+        the list lacks become added tokens at their ids.  With ``vocab_size`` beyond the list
+        (an LM), the missing ids from 151669 on are ``<|audio_code_N|>``."""
         known = {text: special for _, text, special in QWEN3_ADDED}
         vocab, added = {}, {}
         for i, tok in enumerate(tokens):
@@ -83,6 +108,8 @@ class Tokenizer:
         for i, text, special in QWEN3_ADDED:
             if i not in added and i >= len(tokens):
                 added[i] = (text, special)
+        for i in range(max(len(tokens), FIRST_AUDIO_CODE), min(vocab_size or 0, FIRST_AUDIO_CODE + N_AUDIO_CODES)):
+            added.setdefault(i, (f"<|audio_code_{i - FIRST_AUDIO_CODE}|>", False))
         pairs = [tuple(m.split(" ", 1)) for m in merges]
         tok = _HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
         tok.normalizer = normalizers.NFC()
@@ -91,14 +118,22 @@ class Tokenizer:
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
         tok.decoder = decoders.ByteLevel()
-        # Added tokens take the next free id, so they go in in id order and are checked after.
-        for i in sorted(added):
-            text, special = added[i]
-            t = AddedToken(text, special=special, normalized=False)
-            (tok.add_special_tokens if special else tok.add_tokens)([t])
-            if tok.token_to_id(text) != i:
-                raise ModelFileError(f"tokenizer: added token {text!r} should have id {i} but got "
-                                     f"{tok.token_to_id(text)}; the token list has gaps")
+        # Added tokens take the next free id, so they go in in id order (runs of one kind in
+        # one call: 64000 audio codes one by one take seconds) and are checked after.
+        order = sorted(added)
+        start = 0
+        while start < len(order):
+            special = added[order[start]][1]
+            end = start
+            while end < len(order) and added[order[end]][1] == special:
+                end += 1
+            batch = [AddedToken(added[i][0], special=special, normalized=False) for i in order[start:end]]
+            (tok.add_special_tokens if special else tok.add_tokens)(batch)
+            start = end
+        for i in order:
+            if tok.token_to_id(added[i][0]) != i:
+                raise ModelFileError(f"tokenizer: added token {added[i][0]!r} should have id {i} but got "
+                                     f"{tok.token_to_id(added[i][0])}; the token list has gaps")
         return cls(tok)
 
     @property
@@ -106,9 +141,16 @@ class Tokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, max_length: Optional[int] = None) -> List[int]:
-        """Token ids of ``text``, cut to ``max_length`` from the right (transformers' truncation)."""
-        ids = self.tokenizer.encode(text).ids
+        """Token ids of ``text`` without a post-processor (whatever the source file had, so
+        every source gives the same ids), cut to ``max_length`` from the right."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         return ids if max_length is None else ids[:max_length]
+
+    def encode_eot(self, text: str, max_length: int) -> List[int]:
+        """The ids the real Qwen3-Embedding tokenizer gives the DiT's prompts: its
+        post-processor (TemplateProcessing) appends ``<|endoftext|>``, and transformers'
+        truncation keeps room for it.  acestep.cpp appends it likewise (bpe.h ``bpe_encode``)."""
+        return self.encode(text, max_length - 1) + [ENDOFTEXT_ID]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -129,14 +171,14 @@ class Tokenizer:
         return f"# Instruction\n{instruction}\n\n# Caption\n{caption}\n\n# Metas\n{metas}{ENDOFTEXT}\n"
 
     @staticmethod
-    def lyric_prompt(lyrics: str, language: str = "en") -> str:
+    def lyric_prompt(lyrics: str, language: str = "unknown") -> str:
         """The lyric prompt: language header, then the lyrics."""
         return f"# Languages\n{language}\n\n# Lyric\n{lyrics}{ENDOFTEXT}"
 
     def text_ids(self, caption: str, **metas) -> List[int]:
         """Token ids of ``text_prompt(caption, **metas)``, at most 256."""
-        return self.encode(self.text_prompt(caption, **metas), MAX_TEXT_TOKENS)
+        return self.encode_eot(self.text_prompt(caption, **metas), MAX_TEXT_TOKENS)
 
-    def lyric_ids(self, lyrics: str, language: str = "en") -> List[int]:
+    def lyric_ids(self, lyrics: str, language: str = "unknown") -> List[int]:
         """Token ids of ``lyric_prompt(lyrics, language)``, at most 2048."""
-        return self.encode(self.lyric_prompt(lyrics, language), MAX_LYRIC_TOKENS)
+        return self.encode_eot(self.lyric_prompt(lyrics, language), MAX_LYRIC_TOKENS)

@@ -1,0 +1,309 @@
+"""Fidelity to ACE-Step 1.5: every prompt the LM and the DiT see is rendered by the original
+package's own code (ace-step15-fork, ``pip install --no-deps ace-step15-fork loguru``) and
+compared with ours, as strings and as token ids.
+
+The package's prompt code imports torch, transformers, loguru and PyYAML, which the tests
+have.  ``acestep.handler`` also imports torchaudio and ``acestep.dit_alignment_score`` (numba)
+for features the prompt builders never touch; those two are stubbed before the import.
+
+Where upstream's newer code differs from the package, the newer behaviour is written out here
+with the upstream file it comes from:
+
+* ACE-Step-1.5 ``acestep/llm_inference.py``, ``LLMHandler.build_formatted_prompt_with_cot``
+  (the branch after ``if self.use_legacy_cfg_prompt:``, comment "Keep the assistant turn OPEN"):
+  phase 2 leaves the assistant turn open, ``add_generation_prompt=True`` + cot + ``"\\n\\n"``;
+  the unconditional user message is the bare negative prompt, ``NO USER INPUT`` by default,
+  with the empty CoT ``<think>\\n\\n</think>``.  ``use_legacy_cfg_prompt`` defaults to False
+  (``LLMHandler.__init__``).  acestep.cpp made the same change in commit 8e7c975
+  (2026-04-22, src/prompt.h ``build_lm_prompt_with_cot`` / ``build_lm_prompt_uncond_with_cot``).
+* the same file, ``generate_with_stop_condition``: phase 1 passes ``"cfg_scale": 1.0`` (comment
+  "CFG must not be applied during CoT"); the package guides phase 1 too, which our
+  ``legacy_cfg_prompt`` keeps.
+"""
+from __future__ import annotations
+
+import importlib.machinery
+import itertools
+import os
+import sys
+import types
+
+import pytest
+from tokenizers import Tokenizer as HFTokenizer
+from transformers import AutoTokenizer
+
+import fixtures
+from acestep_ggml import fsm, lm
+from acestep_ggml.tokenizer import Tokenizer
+
+CAPTIONS = [
+    "calm piano",
+    "Energetic: rock with distorted guitars, pounding drums, a shouted chorus and a long fade-out over crowd noise",
+    "no", "yes", "on", "1e3",
+    "中文流行歌曲，温柔的女声，钢琴伴奏，夜晚的城市",
+]
+LYRICS = ["", "[Verse]\n我们一起唱歌\n夜空中最亮的星\n\n[Chorus]\nla la la", "[Chorus]\nyes: no\n"]
+NEGATIVES = ["NO USER INPUT", "", "   ", "low quality: noisy, distorted"]
+# Values per CoT field, the YAML-special ones included; caption comes from CAPTIONS.
+VALUES = {"bpm": ["120", "1e3"], "duration": ["30", "600"], "keyscale": ["F# minor", "no"],
+          "language": ["no", "zh", "on"], "timesignature": ["4", "3/4", "6"]}
+
+
+def _stub(name: str, **attrs) -> None:
+    if name not in sys.modules:
+        m = types.ModuleType(name)
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        m.__dict__.update(attrs)
+        sys.modules[name] = m
+
+
+def _import_original():
+    try:
+        import acestep.llm_inference as llm_inference
+        _stub("torchaudio")
+        _stub("acestep.dit_alignment_score", MusicStampsAligner=object, MusicLyricScorer=object)
+        import acestep.handler as handler
+    except ImportError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"the original ACE-Step package is not installed ({e}): pip install --no-deps ace-step15-fork loguru")
+    return llm_inference, handler
+
+
+@pytest.fixture(scope="module")
+def original(lm_tokenizer_dir, tmp_path_factory):
+    """(the original LLMHandler with its tokenizer, the original DiT handler, the embedding tokenizer)."""
+    llm_inference, handler = _import_original()
+    h = llm_inference.LLMHandler()
+    h.llm_tokenizer = AutoTokenizer.from_pretrained(str(lm_tokenizer_dir))
+    dit = handler.AceStepHandler.__new__(handler.AceStepHandler)
+    emb = tmp_path_factory.mktemp("qwen3_embedding")
+    fixtures.write_embedding_tokenizer(emb)
+    dit.text_tokenizer = AutoTokenizer.from_pretrained(str(emb))
+    return h, dit, emb
+
+
+@pytest.fixture(scope="module")
+def ours(lm_tokenizer_dir):
+    return Tokenizer(HFTokenizer.from_file(str(lm_tokenizer_dir / "tokenizer.json")))
+
+
+def _same(ours_text, orig_text, ours_tok, orig_tok, what):
+    assert ours_text == orig_text, what
+    assert ours_tok.encode(ours_text) == orig_tok(orig_text)["input_ids"], what
+
+
+def _metadata_sets():
+    """Every subset of the six CoT fields, the values rotating through the special ones."""
+    fields = list(fsm.FIELDS)
+    for n, subset in enumerate(itertools.chain.from_iterable(
+            itertools.combinations(fields, k) for k in range(len(fields) + 1))):
+        values = {}
+        for f in subset:
+            pool = CAPTIONS if f == "caption" else VALUES[f]
+            values[f] = pool[n % len(pool)]
+        yield values
+
+
+def test_cot_text_is_the_originals(original):
+    h = original[0]
+    count = 0
+    for values in _metadata_sets():
+        assert fsm.cot_text(values) == h._format_metadata_as_cot(values), values
+        count += 1
+    assert count == 64
+    long = {"caption": CAPTIONS[1] * 2, "language": "no", "bpm": "120"}
+    text = fsm.cot_text(long)
+    assert text == h._format_metadata_as_cot(long) and "\n  " in text  # wrapped after column 80
+
+
+def test_phase_one_prompts_are_the_originals(original, ours):
+    h = original[0]
+    tok = h.llm_tokenizer
+    for caption, lyrics in itertools.product(CAPTIONS, LYRICS):
+        _same(lm.cot_prompt(caption, lyrics), h.build_formatted_prompt(caption, lyrics), ours, tok, caption)
+        for neg in NEGATIVES:
+            orig = h.build_formatted_prompt(caption, lyrics, is_negative_prompt=True, negative_prompt=neg)
+            _same(lm.cot_uncond_prompt(lyrics, neg), orig, ours, tok, (caption, neg))
+
+
+def test_phase_two_legacy_prompts_are_the_packages(original, ours):
+    h = original[0]
+    tok = h.llm_tokenizer
+    for (caption, lyrics), values in zip(itertools.product(CAPTIONS, LYRICS), itertools.cycle(_metadata_sets())):
+        cot = fsm.cot_text(values)
+        _same(lm.codes_prompt(caption, lyrics, cot, legacy=True),
+              h.build_formatted_prompt_with_cot(caption, lyrics, cot), ours, tok, (caption, values))
+        for neg in NEGATIVES:
+            orig = h.build_formatted_prompt_with_cot(caption, lyrics, cot, is_negative_prompt=True,
+                                                     negative_prompt=neg)
+            _same(lm.codes_uncond_prompt(caption, lyrics, neg, legacy=True), orig, ours, tok, (caption, neg))
+
+
+def test_phase_two_prompts_are_newest_upstreams(original, ours):
+    """Upstream's build_formatted_prompt_with_cot, training-aligned branch (see the module
+    docstring), rendered through the same chat template the package uses."""
+    h = original[0]
+    tok = h.llm_tokenizer
+    system = {"role": "system", "content": f"# Instruction\n{lm.INSTRUCTION}\n\n"}
+
+    def upstream(user, cot):
+        return tok.apply_chat_template([system, {"role": "user", "content": user}], tokenize=False,
+                                       add_generation_prompt=True) + cot + "\n\n"
+
+    for (caption, lyrics), values in zip(itertools.product(CAPTIONS, LYRICS), itertools.cycle(_metadata_sets())):
+        cot = h._format_metadata_as_cot(values)
+        _same(lm.codes_prompt(caption, lyrics, cot),
+              upstream(f"# Caption\n{caption}\n\n# Lyric\n{lyrics}\n", cot), ours, tok, values)
+        for neg in NEGATIVES:
+            user = neg if h._has_meaningful_negative_prompt(neg) else "NO USER INPUT"
+            _same(lm.codes_uncond_prompt(caption, lyrics, neg), upstream(user, "<think>\n\n</think>"), ours, tok, neg)
+
+
+def test_dit_prompts_and_ids_are_the_originals(original, tmp_path):
+    """The DiT's text and lyric prompts from the LM's metadata (build_dit_inputs), and their
+    ids through the Qwen3-Embedding tokenizer, whose post-processor appends <|endoftext|>:
+    ours from a tokenizer.json GGUF and from a published-style one (vocab.json only) alike."""
+    import gguf
+
+    _, dit, emb = original
+    sources = {"json": tmp_path / "json.gguf", "published": tmp_path / "published.gguf"}
+    w = gguf.GGUFWriter(str(sources["json"]), "acestep-text-enc")
+    w.add_string("tokenizer.huggingface.json", (emb / "tokenizer.json").read_text(encoding="utf-8"))
+    _finish(w)
+    fixtures.write_published_tokenizer_gguf(sources["published"], "acestep-text-enc", emb)
+    toks = {k: Tokenizer.from_gguf(str(p)) for k, p in sources.items()}
+    for caption, lyrics in itertools.product(CAPTIONS, LYRICS):
+        for metas in [None, {"bpm": 90, "duration": 45, "keyscale": "C major", "timesignature": "4",
+                             "caption": "the LM's " + caption, "language": "ja"}]:
+            for language in ["unknown", "zh"]:
+                text, lyric = dit.build_dit_inputs("text2music", None, caption, lyrics, metas, language)
+                m = metas or {}
+                ours_text = Tokenizer.text_prompt(m.get("caption", caption), bpm=m.get("bpm"),
+                                                  timesignature=m.get("timesignature"), keyscale=m.get("keyscale"),
+                                                  duration=m.get("duration"))
+                ours_lyric = Tokenizer.lyric_prompt(lyrics, m.get("language", language))
+                assert (ours_text, ours_lyric) == (text, lyric)
+                for t in toks.values():
+                    assert t.text_ids(m.get("caption", caption), bpm=m.get("bpm"),
+                                      timesignature=m.get("timesignature"), keyscale=m.get("keyscale"),
+                                      duration=m.get("duration")) == \
+                        dit.text_tokenizer(text, truncation=True, max_length=256)["input_ids"]
+                    assert t.lyric_ids(lyrics, m.get("language", language)) == \
+                        dit.text_tokenizer(lyric, truncation=True, max_length=2048)["input_ids"]
+    long = " ".join(CAPTIONS) * 10
+    text, _ = dit.build_dit_inputs("text2music", None, long, "", None, "en")
+    for t in toks.values():
+        ids = t.text_ids(long)
+        assert len(ids) == 256 and ids == dit.text_tokenizer(text, truncation=True, max_length=256)["input_ids"]
+        assert ids[-1] == 151643  # truncation keeps room for the end-of-text the post-processor appends
+
+
+def _finish(w):
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_defaults_are_upstreams():
+    """LM sampling defaults of acestep/inference.py GenerationParams (lm_temperature 0.85,
+    lm_cfg_scale 2.0, lm_top_p 0.9, lm_top_k 0) and the default negative prompt."""
+    import inspect
+
+    from acestep_ggml.lm import LM
+    _import_original()
+    from acestep.inference import GenerationParams
+
+    p = GenerationParams()
+    sig = inspect.signature(LM.generate).parameters
+    assert sig["temperature"].default == p.lm_temperature
+    assert sig["cfg_scale"].default == p.lm_cfg_scale
+    assert sig["top_p"].default == p.lm_top_p and sig["top_k"].default is None and p.lm_top_k == 0
+    assert lm.NEGATIVE_PROMPT == p.lm_negative_prompt
+    assert p.vocal_language == "unknown" and p.use_cot_caption and p.use_cot_language
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_published_style_lm_gives_the_same_codes(tmp_path, tie):
+    """An LM GGUF as acestep.cpp's converter writes it (vocab.json only, no tie key when
+    false) loads, completes its vocabulary (<|im_end|> = 151645, <|audio_code_N|> = 151669 + N)
+    and generates the same metadata and codes as our own file of the same weights."""
+    import numpy as np
+
+    import acestep_ggml
+    from _lm_gguf import tiny_lm, write_lm
+    from acestep_ggml.exchange import Request
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    model = tiny_lm(seed % 1000, tie=tie)
+    write_lm(tmp_path / "ours.gguf", model, dtype="bf16")
+    write_lm(tmp_path / "published.gguf", model, dtype="bf16", published=True)
+    ours, published = (acestep_ggml.LM(tmp_path / f"{k}.gguf", n_threads=1) for k in ("ours", "published"))
+    tok = published.tokenizer.tokenizer
+    assert tok.token_to_id("<|im_end|>") == 151645 and tok.token_to_id("<|audio_code_63999|>") == 151669 + 63999
+    req = Request(caption="calm piano: rain", lyrics="[Verse]\n夜空中最亮的星", duration=10, bpm=80)
+    kw = dict(seed=seed, temperature=1.0, top_p=None, rewrite_caption=False)
+    assert published.generate(req, **kw) == ours.generate(req, **kw), f"seed {seed}"
+    text = "<|im_start|>user\n# Caption\ncalm<|im_end|><think>\n</think><|audio_code_5|>"
+    assert published.tokenizer.encode(text) == ours.tokenizer.encode(text)
+
+
+def test_corrupt_embedded_tokenizer_is_a_named_model_file_error(tmp_path):
+    """Bytes of tokenizer.huggingface.json mutated at random: every failure is a
+    ModelFileError naming the file and the key (a bare UnicodeDecodeError or the tokenizers
+    library's Exception before).  FUZZ_CASES sets the number of cases (default 40; each
+    parses a 7 MB tokenizer)."""
+    import numpy as np
+
+    from acestep_ggml import ModelFileError
+
+    seed = int(os.environ.get("FUZZ_SEED", np.random.SeedSequence().entropy % 2**31))
+    rng = np.random.default_rng(seed)
+    good = (fixtures.qwen3_tokenizer_dir() / "tokenizer.json").read_bytes()
+    cases = int(os.environ.get("FUZZ_CASES", 40))
+    # Half the cases mutate the JSON's structure near its start (where the tokenizers library
+    # parses first); invalid UTF-8 is always one of the mutations.
+    for i in range(cases):
+        data = bytearray(good)
+        if i == 0:
+            data[100:101] = b"\xff"
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                pos = int(rng.integers(0, 4000 if i % 2 else len(data)))
+                data[pos] = int(rng.integers(0, 256))
+        path = tmp_path / f"case{i}.gguf"
+        _write_raw_string(path, "tokenizer.huggingface.json", bytes(data))
+        try:
+            Tokenizer.from_gguf(str(path))
+        except ModelFileError as e:
+            assert str(path) in str(e) and "tokenizer.huggingface.json" in str(e), f"seed {seed}: {e}"
+        path.unlink()
+
+
+def _write_raw_string(path, key: str, value: bytes) -> None:
+    """A GGUF v3 file with one string key holding arbitrary bytes, no tensors (the gguf
+    package only writes valid UTF-8)."""
+    import struct
+
+    k = key.encode()
+    with open(path, "wb") as f:
+        f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, 2))
+        arch = b"general.architecture"
+        f.write(struct.pack("<Q", len(arch)) + arch + struct.pack("<I", 8))
+        f.write(struct.pack("<Q", len(b"acestep-lm")) + b"acestep-lm")
+        f.write(struct.pack("<Q", len(k)) + k + struct.pack("<I", 8))
+        f.write(struct.pack("<Q", len(value)) + value)
+
+
+def test_fsm_value_sets_and_instructions_are_the_originals():
+    _import_original()
+    from acestep import constants as c
+
+    from acestep_ggml.tokenizer import DEFAULT_INSTRUCTION
+
+    assert list(fsm.LANGUAGES) == c.VALID_LANGUAGES
+    assert set(fsm.KEYSCALES) == c.VALID_KEYSCALES
+    assert fsm.BPM_RANGE == (c.BPM_MIN, c.BPM_MAX) and fsm.DURATION_RANGE == (c.DURATION_MIN, c.DURATION_MAX)
+    assert [int(t) for t in fsm.TIMESIGNATURES] == c.VALID_TIME_SIGNATURES
+    assert lm.INSTRUCTION == c.DEFAULT_LM_INSTRUCTION and DEFAULT_INSTRUCTION == c.DEFAULT_DIT_INSTRUCTION
