@@ -163,6 +163,7 @@ class Synthesizer:
         enc_hidden, _ = cond.encode(text_hidden, lyric_ids)
         silence = cond.silence_latent
         null_emb = cond.null_condition_emb if guidance > 1.0 else None
+        del cond  # a local reference would keep the weights alive through the DiT and VAE
         self._done("condition")
         keep("enc_hidden", enc_hidden)
         report("condition", 1, 1)
@@ -198,6 +199,7 @@ class Synthesizer:
         x0 = dit.sample(enc_hidden, src, chunk_mask, noise=noise, num_steps=steps, shift=shift,
                         timesteps=timesteps, guidance_scale=guidance, null_encoder_states=null,
                         cfg_interval=cfg_interval, callback=on_step)
+        del dit  # freed before the VAE loads (unless kept loaded)
         self._done("dit")
         for i, v in enumerate(velocities):
             keep(f"v_t{i}", v)
