@@ -53,7 +53,17 @@ void bind_lm(py::module_ &m) {
             }
             ssize_t rows = (ssize_t)(out.size() / std::max<size_t>(v.size(), 1));
             return to_numpy(out, {(ssize_t)v.size(), rows});
-        }, py::arg("tokens"), py::arg("lo") = 0, py::arg("hi") = -1);
+        }, py::arg("tokens"), py::arg("lo") = 0, py::arg("hi") = -1)
+        .def("extend", [](LM &lm, py::handle ids, int64_t lo, int64_t hi) {
+            auto v = lm_ids(ids, "token ids");
+            std::vector<float> out;
+            {
+                py::gil_scoped_release nogil;
+                out = lm.extend(v, lo, hi);
+            }
+            ssize_t rows = (ssize_t)(out.size() / std::max<size_t>(lm.n_seq(), 1));
+            return to_numpy(out, {(ssize_t)lm.n_seq(), rows});
+        }, py::arg("ids"), py::arg("lo") = 0, py::arg("hi") = -1);
 }
 
 }  // namespace ace
