@@ -50,19 +50,20 @@ REAL_QWEN3 = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers
 
 class Clock:
     def __init__(self):
-        self.current, self.since = None, time.perf_counter()
-        self.spans: dict[str, list[float]] = {}  # name -> [seconds, peak GiB]
+        self.current, self.since, self.cpu = None, time.perf_counter(), time.process_time()
+        self.spans: dict[str, list[float]] = {}  # name -> [seconds, peak GiB, CPU seconds of all threads]
         reset_peak()
 
     def enter(self, name):
         """Closes the running span and starts `name` (None: nothing is timed until the next enter)."""
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self.current is not None:
-            s = self.spans.setdefault(self.current, [0.0, 0.0])
+            s = self.spans.setdefault(self.current, [0.0, 0.0, 0.0])
             s[0] += now - self.since
             s[1] = max(s[1], peak_gib())
+            s[2] += cpu - self.cpu
         reset_peak()
-        self.current, self.since = name, now
+        self.current, self.since, self.cpu = name, now, cpu
 
 
 def run_ours(args) -> dict:
@@ -207,19 +208,21 @@ STAGES = ["LM", "text encoder", "condition encoder", "detokenizer", "DiT", "VAE"
 def report(seconds: int, ours: dict, ref: dict | None, dtype: str) -> None:
     rows = STAGES + ["other"] + [s for s in ours["spans"] if s.startswith("load")] + \
         [s for s in (ref or {}).get("spans", {}) if s.startswith("load")]
-    print(f"\n{seconds} s song: seconds (peak RSS GiB) per stage; model loads on their own rows")
-    print(f"{'stage':<24}{'ours':>18}{'PyTorch ' + dtype:>20}{'ours vs PyTorch':>17}")
+    print(f"\n{seconds} s song: wall seconds (peak RSS GiB) [CPU seconds, all threads] per stage; model loads on "
+          f"their own rows")
+    print(f"{'stage':<24}{'ours':>26}{'PyTorch ' + dtype:>28}{'ours vs PyTorch':>17}")
     for name in dict.fromkeys(rows):
         o, t = ours["spans"].get(name), (ref or {}).get("spans", {}).get(name)
         if o is None and t is None:
             continue
-        cell = lambda s: f"{s[0]:8.2f} ({s[1]:5.2f})" if s else ""
+        cell = lambda s: f"{s[0]:8.2f} ({s[1]:5.2f}) [{s[2]:6.1f}]" if s else ""
         ratio = f"{t[0] / o[0]:.2f}x" if o and t and o[0] > 0 else ""
-        print(f"{name:<24}{cell(o):>18}{cell(t):>20}{ratio:>17}")
+        print(f"{name:<24}{cell(o):>26}{cell(t):>28}{ratio:>17}")
     peak = lambda r: max(s[1] for s in r["spans"].values())
-    line = f"{'wall':<24}{ours['wall']:8.2f} ({peak(ours):5.2f})"
+    cpu = lambda r: sum(s[2] for s in r["spans"].values())
+    line = f"{'wall':<24}{ours['wall']:8.2f} ({peak(ours):5.2f}) [{cpu(ours):6.1f}]"
     if ref:
-        line += f"{ref['wall']:>11.2f} ({peak(ref):5.2f}){ref['wall'] / ours['wall']:>16.2f}x"
+        line += f"{ref['wall']:>10.2f} ({peak(ref):5.2f}) [{cpu(ref):6.1f}]{ref['wall'] / ours['wall']:>16.2f}x"
     print(line)
     msg = f"seconds of compute per second of music: ours {ours['wall'] / seconds:.2f}"
     if ref:
