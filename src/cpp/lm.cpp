@@ -25,38 +25,30 @@ LM::LM(const std::string &path, std::shared_ptr<Backend> backend)
     w_.load();
 }
 
-LM::~LM() { free_cache(); }
-
-void LM::free_cache() {
-    if (cache_buf_) ggml_backend_buffer_free(cache_buf_);
-    if (cache_ctx_) ggml_free(cache_ctx_);
-    cache_buf_ = nullptr;
-    cache_ctx_ = nullptr;
-    k_.clear();
-    v_.clear();
-    len_.clear();
-    n_ctx_ = 0;
-}
+LM::~LM() = default;
 
 void LM::reset(int n_seq, int64_t n_ctx, ggml_type kv_type) {
     if (n_seq < 1 || n_seq > 64) throw InputError(fmt("n_seq = %d must be in 1..64", n_seq));
     if (n_ctx < 1 || n_ctx > (1 << 20)) throw InputError(fmt("n_ctx = %lld must be in 1..1048576", (long long)n_ctx));
     if (kv_type != GGML_TYPE_F16 && kv_type != GGML_TYPE_F32) throw InputError("the KV cache type must be f16 or f32");
-    free_cache();
-    ggml_init_params p = {2 * layers_.size() * ggml_tensor_overhead(), nullptr, true};
-    cache_ctx_ = ggml_init(p);
+    cache_.reset();
+    k_.clear();
+    v_.clear();
+    len_.clear();
+    n_ctx_ = 0;
+    auto cache = std::make_unique<DeviceTensors>(runner_.backend(), 2 * layers_.size());
     for (size_t l = 0; l < layers_.size(); l++) {
-        k_.push_back(ggml_new_tensor_4d(cache_ctx_, kv_type, dims_.head_dim, dims_.n_kv_head, n_ctx, n_seq));
-        v_.push_back(ggml_new_tensor_4d(cache_ctx_, kv_type, dims_.head_dim, dims_.n_kv_head, n_ctx, n_seq));
+        k_.push_back(cache->add("cache_k", kv_type, {n_seq, n_ctx, dims_.n_kv_head, dims_.head_dim}));
+        v_.push_back(cache->add("cache_v", kv_type, {n_seq, n_ctx, dims_.n_kv_head, dims_.head_dim}));
     }
-    cache_buf_ = ggml_backend_alloc_ctx_tensors(cache_ctx_, runner_.backend()->primary());
-    if (!cache_buf_) {
-        ggml_free(cache_ctx_);
-        cache_ctx_ = nullptr;
+    try {
+        cache->alloc(fmt("a KV cache of %d x %lld positions", n_seq, (long long)n_ctx).c_str());
+    } catch (...) {
         k_.clear();
         v_.clear();
-        throw InputError(fmt("cannot allocate a KV cache of %d x %lld positions", n_seq, (long long)n_ctx));
+        throw;
     }
+    cache_ = std::move(cache);
     len_.assign(n_seq, 0);
     n_ctx_ = n_ctx;
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "blocks.h"
+#include "state.h"
 
 namespace ace {
 
@@ -40,7 +41,6 @@ class LM {
     // ids, at positions len_[seqs[i]] onwards.
     // Returns logits (vocabulary rows [lo, hi)) of the last token of each sequence: [n, hi - lo].
     std::vector<float> forward(const std::vector<int32_t> &ids, const std::vector<int> &seqs, int64_t lo, int64_t hi);
-    void free_cache();
 
     std::shared_ptr<GGUFFile> file_;
     Weights w_;
@@ -51,9 +51,8 @@ class LM {
     RMSNorm norm_;
     Runner runner_;
 
-    // k_[l], v_[l]: [D, Hkv, n_ctx, n_seq] (ne order)
-    ggml_context *cache_ctx_ = nullptr;
-    ggml_backend_buffer_t cache_buf_ = nullptr;
+    // k_[l], v_[l]: [D, Hkv, n_ctx, n_seq] (ne order), in cache_
+    std::unique_ptr<DeviceTensors> cache_;
     std::vector<ggml_tensor *> k_, v_;
     std::vector<int64_t> len_;
     int64_t n_ctx_ = 0;
