@@ -87,7 +87,8 @@ def dit_config(**sizes) -> dict:
 
 @dataclass
 class TinyModels:
-    """torch reference modules, eval mode, float32, plus what was saved beside them."""
+    """torch reference modules, eval mode, in the dtype they were built in (float32 unless asked), plus
+    what was saved beside them."""
     seed: int
     dit_config: dict
     transformer: AceStepTransformer1DModel
@@ -126,8 +127,19 @@ def qwen3_config(vocab_size: int, **sizes) -> Qwen3Config:
     return Qwen3Config(vocab_size=vocab_size, rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=32768, **s)
 
 
-def build_models(seed: int, dit: dict | None = None, qwen3: dict | None = None, vae: dict | None = None) -> TinyModels:
-    """Random reference models; the defaults are the tiny test sizes."""
+def build_models(seed: int, dit: dict | None = None, qwen3: dict | None = None, vae: dict | None = None,
+                 dtype: torch.dtype = torch.float32) -> TinyModels:
+    """Random reference models; the defaults are the tiny test sizes.  ``dtype=torch.bfloat16``
+    builds them in BF16 from the start, so the real sizes take half the memory of float32."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return _build_models(seed, dit, qwen3, vae, dtype)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _build_models(seed, dit, qwen3, vae, dtype) -> TinyModels:
     torch.manual_seed(seed)
     cfg = dit_config(**(dit or {}))
     common = dict(hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
@@ -153,7 +165,7 @@ def build_models(seed: int, dit: dict | None = None, qwen3: dict | None = None, 
     lm = Qwen3ForCausalLM(qwen3_config(QWEN3_VOCAB + AUDIO_CODES, **(qwen3 or {})))
     for m in (transformer, condition_encoder, audio_tokenizer, detokenizer, vae_model, text_encoder, lm):
         _randomize(m)
-        m.float().eval()
+        m.to(dtype).eval()
     # Real LM checkpoints are BF16: keep its values BF16-exact so the BF16 source path is
     # exercised while the float32 module stays the exact reference.
     with torch.no_grad():

@@ -84,6 +84,26 @@ def test_lm_guided_batch_matches_two_reference_rows(f32_lm):
     assert (lm.length(0), lm.length(1)) == (36, 22)
 
 
+def test_lm_extend_matches_the_reference_after_forced_tokens(f32_lm):
+    # Tokens an FSM forces are fed to both sequences in one pass; the logits after them must be
+    # those of the reference given cond/uncond prompts of different lengths plus those tokens.
+    seed, model, lm = f32_lm
+    rng = np.random.default_rng(seed + 7)
+    cond, uncond = rng.integers(0, VOCAB, size=29), rng.integers(0, VOCAB, size=12)
+    first, forced = rng.integers(0, VOCAB, size=1), rng.integers(0, VOCAB, size=6)
+    lm.reset(2, 64)
+    lm.prefill(0, cond)
+    lm.prefill(1, uncond)
+    lm.decode([first[0]] * 2)
+    rows = lm._lm.extend(forced, 0, -1)
+    with torch.no_grad():
+        rc = model(torch.from_numpy(np.r_[cond, first, forced])[None]).logits[0, -1].numpy()
+        ru = model(torch.from_numpy(np.r_[uncond, first, forced])[None]).logits[0, -1].numpy()
+    _check_step(rows[0], rc, seed, "cond row after forced tokens")
+    _check_step(rows[1], ru, seed, "uncond row after forced tokens")
+    assert (lm.length(0), lm.length(1)) == (36, 19)
+
+
 def test_lm_decode_computes_only_the_asked_rows(f32_lm):
     # The audio-code phase asks for the 64000 code rows only; they must be the same numbers
     # as the matching slice of the whole head (each logit is its own dot product, so the

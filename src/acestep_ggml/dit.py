@@ -15,7 +15,7 @@ class DiT:
     """The DiT of an acestep-dit GGUF: ``forward`` predicts the flow velocity.
 
     Latents are time-first: ``(T, 64)`` or ``(B, T, 64)`` float arrays at 25 frames per second.
-    The graph is built once per (batch, length, encoder length) and reused across steps.
+    ``sample`` uploads a generation's conditions once and reuses one step graph across steps.
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None):
@@ -72,29 +72,35 @@ class DiT:
             raise InputError(f"noise has shape {noise.shape}, src_latents {src.shape}")
         mask = np.ones_like(src) if chunk_mask is None else np.asarray(chunk_mask, dtype=np.float32)
         enc = np.asarray(encoder_states, dtype=np.float32)
+        conds = enc[None]
         if guidance_scale > 1.0:
             if null_encoder_states is None:
                 raise InputError("guidance_scale > 1 needs null_encoder_states")
             null = np.asarray(null_encoder_states, dtype=np.float32)
             if null.shape != enc.shape:
                 raise InputError(f"null_encoder_states has shape {null.shape}, encoder_states {enc.shape}")
-            pair_enc = np.stack([enc, null])
+            conds = np.stack([enc, null])
+        blend = non_cover_states is not None and cover_strength < 1.0
+        # Once per generation: the (cond, null) pair and the latents stay on the device; a step
+        # sends x_t and t, as a batch of two where guided and of one (the conditional row) elsewhere.
+        # A blended cover's text2music prompt has its own length, so it cannot share that batch:
+        # its conditions are swapped in for one pass per step (only then is the K/V work per step).
+        self._m.set_conditions(conds, src[None], mask[None])
 
         def velocity(x, t, guided):
-            if guided:
-                v = self.forward(np.stack([x, x]), t, pair_enc, src[None], mask[None])
-                return v[0], v[1]
-            return self.forward(x, t, enc, src, mask)
+            if blend:
+                self._m.set_conditions(conds, src[None], mask[None])
+            v = self._m.step(x[None], np.full(2 if guided else 1, t, dtype=np.float32))
+            return (v[0], v[1]) if guided else v[0]
 
-        mix = None
-        if non_cover_states is not None and cover_strength < 1.0:
-            non_cover = np.asarray(non_cover_states, dtype=np.float32)
-
-            def mix(x, t, v):
-                return cover_strength * v + (1.0 - cover_strength) * self.forward(x, t, non_cover, src, mask)
+        def mix(x, t, v):
+            self._m.set_conditions(np.asarray(non_cover_states, dtype=np.float32)[None], src[None], mask[None])
+            v_non_cover = self._m.step(x[None], np.full(1, t, dtype=np.float32))[0]
+            return cover_strength * v + (1.0 - cover_strength) * v_non_cover
 
         return sampler.sample(velocity, noise, num_steps=num_steps, shift=shift, timesteps=timesteps,
-                              guidance_scale=guidance_scale, cfg_interval=cfg_interval, callback=callback, mix=mix)
+                              guidance_scale=guidance_scale, cfg_interval=cfg_interval, callback=callback,
+                              mix=mix if blend else None)
 
 
 def _batch(a, what: str) -> np.ndarray:

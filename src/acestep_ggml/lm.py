@@ -188,6 +188,7 @@ class LM:
         lo = 0  # rows[i][j] is the logit of token lo + j
         ids = constraint.allowed() if constraint is not None else None  # the FSM's choices, sorted
         out: List[int] = []
+        run: List[int] = []  # tokens chosen since the last pass through the model
         while len(out) < max_new:
             if ids is not None and ids.size == 1:
                 tok = int(ids[0])  # forced: nothing to draw
@@ -201,14 +202,18 @@ class LM:
             if constraint is not None:
                 constraint.advance(tok)
             out.append(tok)
+            run.append(tok)
             if tick is not None:
                 tick(len(out))
             if tok == stop or (constraint is not None and constraint.done):
                 break
-            # The head computes only the span that holds the next token's choices.
             ids = constraint.allowed() if constraint is not None else None
+            if ids is not None and ids.size == 1 and len(out) < max_new:
+                continue  # a forced token needs no logits: it joins this run, fed in one pass
+            # The head computes only the span that holds the next token's choices.
             lo, hi = (int(ids[0]), int(ids[-1]) + 1) if ids is not None else (0, None)
-            rows = list(self.decode([tok] * n_seq, lo, hi))
+            rows = list(self._lm.extend(run, lo, -1 if hi is None else hi))
+            run = []
         return out
 
     def generate(self, request: Request, cfg_scale: float = 2.0, temperature: float = 0.85,

@@ -231,6 +231,7 @@ class Synthesizer:
         enc_hidden, *non_cover = [cond.encode(h, lyric_ids, ref_latents)[0] for h in text_hidden]
         silence = cond.silence_latent
         null_emb = cond.null_condition_emb if guidance > 1.0 else None
+        del cond  # a local reference would keep the weights alive through the DiT and VAE
         self._done("condition")
         keep("enc_hidden", enc_hidden)
         if blend:
@@ -283,6 +284,7 @@ class Synthesizer:
                         cfg_interval=cfg_interval, callback=on_step,
                         non_cover_states=non_cover[0] if blend else None,
                         cover_strength=request.audio_cover_strength)
+        del dit  # freed before the VAE loads (unless kept loaded)
         self._done("dit")
         for i, v in enumerate(velocities):
             keep(f"v_t{i}", v)

@@ -4,18 +4,34 @@
 //   [B, T, 192] -> pad T to a multiple of the patch -> patchify [B, N, H] -> 24 blocks
 //   (AdaLN self-attention, cross-attention, AdaLN SwiGLU) -> AdaLN output norm
 //   -> un-patchify [B, N·patch, 64] -> crop to [B, T, 64].
+//
+// Split as whisper.cpp splits its decoder: what depends on the conditions alone (the
+// condition embedder, every layer's cross-attention K/V, src_latents ‖ chunk_mask, positions
+// and the window mask) is computed or uploaded once per generation into device tensors; a
+// sampler step uploads x_t and t only.
 #include "dit.h"
 
 #include <cmath>
 
+#include "state.h"
 
 namespace ace {
 
+struct DiT::Conditions {
+    int64_t Be = 0, Bs = 0, T = 0, Tp = 0, S = 0;
+    DeviceTensors tensors;
+    ggml_tensor *context = nullptr;        // [Bs, Tp, 2·64]: src_latents ‖ chunk_mask, zero-padded
+    ggml_tensor *pos = nullptr;            // I32 [N]
+    ggml_tensor *window = nullptr;         // F16 [N, N]: the sliding layers' mask
+    std::vector<ggml_tensor *> k, v;       // per layer [Be, S, Hkv, D] (ne: [D, Hkv, S, Be])
+    Conditions(std::shared_ptr<Backend> b, size_t n_layers) : tensors(std::move(b), 2 * n_layers + 8) {}
+};
+
 struct DiT::Cached {
-    int64_t B = 0, Tp = 0, S = 0;
+    int64_t B = 0, Bx = 0;
     Graph graph;
     Runner runner;
-    ggml_tensor *x = nullptr, *t = nullptr, *enc = nullptr, *pos = nullptr, *window = nullptr, *out = nullptr;
+    ggml_tensor *x = nullptr, *t = nullptr, *out = nullptr;
     Cached(std::shared_ptr<Backend> b) : graph(32768), runner(std::move(b), 32768) {}
 };
 
@@ -163,17 +179,85 @@ static ggml_tensor *modulate(ggml_context *ctx, ggml_tensor *x, const RMSNorm &n
     return ggml_add(ctx, ggml_add(ctx, h, ggml_mul(ctx, h, scale)), shift);
 }
 
-void DiT::build(int64_t B, int64_t Tp, int64_t S) {
-    const int64_t H = cfg_.hidden, P = cfg_.patch, N = Tp / P, A = cfg_.audio_dim;
+static void check_finite(const float *p, int64_t n, const char *what) {
+    for (int64_t i = 0; i < n; i++)
+        if (!std::isfinite(p[i])) throw InputError(fmt("%s contains NaN or infinity", what));
+}
+
+void DiT::set_conditions(const float *enc, int64_t Be, int64_t S, const float *src, const float *mask, int64_t Bs,
+                         int64_t T) {
+    const int64_t A = cfg_.audio_dim, P = cfg_.patch, D = cfg_.head_dim, Hkv = cfg_.n_kv_heads;
+    if (Be < 1 || Bs < 1 || T < 1 || S < 1)
+        throw InputError(fmt("DiT condition sizes must be positive: batch %lld / %lld, length %lld, encoder length "
+                             "%lld", (long long)Be, (long long)Bs, (long long)T, (long long)S));
+    check_finite(src, Bs * T * A, "src_latents");
+    check_finite(mask, Bs * T * A, "chunk_mask");
+    check_finite(enc, Be * S * cfg_.enc_hidden, "encoder_states");
+    cached_.reset();  // the step graph reads the previous conditions' tensors
+    conds_.reset();
+    const int64_t Tp = (T + P - 1) / P * P, N = Tp / P;
+    auto c = std::make_unique<Conditions>(backend_, layers_.size());
+    c->Be = Be, c->Bs = Bs, c->T = T, c->Tp = Tp, c->S = S;
+    c->context = c->tensors.add("context", GGML_TYPE_F32, {Bs, Tp, 2 * A});
+    c->pos = c->tensors.add("pos", GGML_TYPE_I32, {N});
+    c->window = c->tensors.add("window", GGML_TYPE_F16, {N, N});
+    for (size_t i = 0; i < layers_.size(); i++) {
+        c->k.push_back(c->tensors.add("cross_k", GGML_TYPE_F32, {Be, S, Hkv, D}));
+        c->v.push_back(c->tensors.add("cross_v", GGML_TYPE_F32, {Be, S, Hkv, D}));
+    }
+    c->tensors.alloc("the DiT's conditions");
+
+    // Per frame src_latents ‖ chunk_mask; zero frames pad to a whole patch.
+    std::vector<float> context((size_t)(Bs * Tp * 2 * A), 0.0f);
+    for (int64_t b = 0; b < Bs; b++)
+        for (int64_t i = 0; i < T; i++) {
+            const int64_t o = (b * T + i) * A;
+            std::copy(src + o, src + o + A, &context[(b * Tp + i) * 2 * A]);
+            std::copy(mask + o, mask + o + A, &context[(b * Tp + i) * 2 * A + A]);
+        }
+    set_input(c->context, context.data(), context.size());
+    const std::vector<int32_t> pos = iota(N);
+    set_input(c->pos, pos.data(), pos.size());
+    const std::vector<ggml_fp16_t> window = make_mask(N, N, MaskKind::Window, cfg_.sliding_window);
+    ggml_backend_tensor_set(c->window, window.data(), 0, window.size() * sizeof(ggml_fp16_t));
+
+    // enc [Be, S, E] -> condition embedder [Be, S, H] -> every layer's K (normed) and V.
+    Graph g(4096);
+    ggml_context *ctx = g.ctx();
+    ggml_tensor *in = g.input("enc", GGML_TYPE_F32, {Be, S, cfg_.enc_hidden});
+    ggml_tensor *e = condition_embedder_(ctx, in);
+    for (size_t i = 0; i < layers_.size(); i++) {
+        g.output(ggml_cpy(ctx, layers_[i].cross_attn.key(ctx, e, nullptr), c->k[i]));
+        g.output(ggml_cpy(ctx, layers_[i].cross_attn.value(ctx, e), c->v[i]));
+    }
+    Runner runner(backend_, 4096);
+    runner.alloc(g);
+    set_input(in, enc, (size_t)(Be * S * cfg_.enc_hidden));
+    runner.compute(g);
+    conds_ = std::move(c);
+}
+
+// Batch rows 0..n-1 of a device tensor whose outermost dimension d (ne order) is the batch;
+// a single row is repeated.
+static ggml_tensor *batch_rows(ggml_context *ctx, ggml_tensor *t, int d, int64_t n) {
+    if (t->ne[d] == n) return t;
+    int64_t ne[4] = {t->ne[0], t->ne[1], t->ne[2], t->ne[3]};
+    ne[d] = n;
+    if (t->ne[d] == 1) return ggml_repeat_4d(ctx, t, ne[0], ne[1], ne[2], ne[3]);
+    return ggml_view_4d(ctx, t, ne[0], ne[1], ne[2], ne[3], t->nb[1], t->nb[2], t->nb[3], 0);
+}
+
+void DiT::build(int64_t B, int64_t Bx) {
+    const Conditions &cd = *conds_;
+    const int64_t H = cfg_.hidden, P = cfg_.patch, N = cd.Tp / P, A = cfg_.audio_dim;
     cached_.reset();
     auto c = std::make_unique<Cached>(backend_);
-    c->B = B, c->Tp = Tp, c->S = S;
+    c->B = B, c->Bx = Bx;
     Graph &g = c->graph;
     ggml_context *ctx = g.ctx();
 
-    c->x = g.input("x", GGML_TYPE_F32, {B, Tp, cfg_.in_channels});
+    c->x = g.input("x_t", GGML_TYPE_F32, {Bx, cd.Tp, A});
     c->t = g.input("t", GGML_TYPE_F32, {2, B});  // row 0: 1000·t, row 1: 1000·(t − r)
-    c->enc = g.input("enc", GGML_TYPE_F32, {B, S, cfg_.enc_hidden});
 
     // Timestep conditioning: the t and t − r embedders are summed.
     ggml_tensor *ts = ggml_view_1d(ctx, c->t, B, 0);
@@ -182,22 +266,21 @@ void DiT::build(int64_t B, int64_t Tp, int64_t S) {
     ggml_tensor *temb = ggml_add(ctx, time_embed_(ctx, ts, &proj_t), time_embed_r_(ctx, tr, &proj_r));
     ggml_tensor *tproj = ggml_reshape_3d(ctx, ggml_add(ctx, proj_t, proj_r), H, 6, B);  // [B, 6, H]
 
-    // x: [B, Tp, 192] -> [B, N, P·192] -> [B, N, H]
-    ggml_tensor *x = proj_in_(ctx, ggml_reshape_3d(ctx, c->x, P * cfg_.in_channels, N, B));
-    ggml_tensor *enc = condition_embedder_(ctx, c->enc);  // [B, S, H]
+    // x: [B, Tp, 2·64 ‖ 64] -> [B, N, P·192] -> [B, N, H]
+    ggml_tensor *xt = Bx == B ? c->x : ggml_repeat_4d(ctx, c->x, A, cd.Tp, B, 1);
+    ggml_tensor *x = ggml_concat(ctx, batch_rows(ctx, cd.context, 2, B), xt, 0);
+    x = proj_in_(ctx, ggml_reshape_3d(ctx, x, P * cfg_.in_channels, N, B));
 
     // Self-attention: RoPE over token positions; even layers see |i − j| <= window only.
-    c->pos = g.input("pos", GGML_TYPE_I32, {N});
-    c->window = g.input("window", GGML_TYPE_F16, {N, N});
     for (size_t i = 0; i < layers_.size(); i++) {
         const Layer &l = layers_[i];
         ggml_tensor *mod = ggml_add(ctx, tproj, l.scale_shift_table);  // [B, 6, H]: shift, scale, gate ×2
         ggml_tensor *h = modulate(ctx, x, l.self_attn_norm, mod_row(ctx, mod, 0), mod_row(ctx, mod, 1));
-        h = l.self_attn(ctx, h, c->pos, cfg_.sliding[i] ? c->window : nullptr);
+        h = l.self_attn(ctx, h, cd.pos, cfg_.sliding[i] ? cd.window : nullptr);
         x = ggml_add(ctx, x, ggml_mul(ctx, h, mod_row(ctx, mod, 2)));
         h = l.cross_attn_norm(ctx, x);
-        h = l.cross_attn.attend(ctx, l.cross_attn.query(ctx, h, nullptr), l.cross_attn.key(ctx, enc, nullptr),
-                                l.cross_attn.value(ctx, enc), nullptr);
+        h = l.cross_attn.attend(ctx, l.cross_attn.query(ctx, h, nullptr), batch_rows(ctx, cd.k[i], 3, B),
+                                batch_rows(ctx, cd.v[i], 3, B), nullptr);
         x = ggml_add(ctx, x, h);
         h = modulate(ctx, x, l.mlp_norm, mod_row(ctx, mod, 3), mod_row(ctx, mod, 4));
         x = ggml_add(ctx, x, ggml_mul(ctx, l.mlp(ctx, h), mod_row(ctx, mod, 5)));
@@ -214,51 +297,37 @@ void DiT::build(int64_t B, int64_t Tp, int64_t S) {
     cached_ = std::move(c);
 }
 
-std::vector<float> DiT::forward(const float *x_t, const float *src, const float *mask, const float *t,
-                                const float *enc, int64_t B, int64_t T, int64_t S) {
-    const int64_t A = cfg_.audio_dim, C = cfg_.in_channels, P = cfg_.patch;
-    if (B < 1 || T < 1 || S < 1)
-        throw InputError(fmt("DiT input sizes must be positive: batch %lld, length %lld, encoder length %lld",
-                             (long long)B, (long long)T, (long long)S));
-    auto check_finite = [](const float *p, int64_t n, const char *what) {
-        for (int64_t i = 0; i < n; i++)
-            if (!std::isfinite(p[i])) throw InputError(fmt("%s contains NaN or infinity", what));
-    };
-    check_finite(x_t, B * T * A, "x_t");
-    check_finite(src, B * T * A, "src_latents");
-    check_finite(mask, B * T * A, "chunk_mask");
-    check_finite(enc, B * S * cfg_.enc_hidden, "encoder_states");
+std::vector<float> DiT::step(const float *x_t, int64_t Bx, int64_t T, const float *t, int64_t B) {
+    if (!conds_) throw InputError("DiT step without conditions: call set_conditions first");
+    const Conditions &cd = *conds_;
+    const int64_t A = cfg_.audio_dim, Tp = cd.Tp;
+    if (T != cd.T) throw InputError(fmt("x_t has %lld frames, the conditions %lld", (long long)T, (long long)cd.T));
+    if (B < 1 || B > cd.Be || (cd.Bs > 1 && B > cd.Bs) || (Bx != 1 && Bx != B))
+        throw InputError(fmt("DiT step of batch %lld (x_t batch %lld) over conditions of batch %lld / %lld",
+                             (long long)B, (long long)Bx, (long long)cd.Be, (long long)cd.Bs));
+    check_finite(x_t, Bx * T * A, "x_t");
     check_finite(t, B, "t");
-
-    const int64_t Tp = (T + P - 1) / P * P;
-    if (!cached_ || cached_->B != B || cached_->Tp != Tp || cached_->S != S) build(B, Tp, S);
+    if (!cached_ || cached_->B != B || cached_->Bx != Bx) build(B, Bx);
     Cached &c = *cached_;
 
-    // Per frame: src_latents ‖ chunk_mask ‖ x_t, zero frames padding to a whole patch.
-    std::vector<float> x((size_t)(B * Tp * C), 0.0f);
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < T; i++) {
-            float *row = &x[(b * Tp + i) * C];
-            const int64_t o = (b * T + i) * A;
-            std::copy(src + o, src + o + A, row);
-            std::copy(mask + o, mask + o + A, row + A);
-            std::copy(x_t + o, x_t + o + A, row + 2 * A);
-        }
+    std::vector<float> x((size_t)(Bx * Tp * A), 0.0f);  // zero frames pad to a whole patch
+    for (int64_t b = 0; b < Bx; b++) std::copy(x_t + b * T * A, x_t + (b + 1) * T * A, x.begin() + b * Tp * A);
     std::vector<float> tv(2 * B);
     for (int64_t b = 0; b < B; b++) tv[b] = 1000.0f * t[b], tv[B + b] = 0.0f;  // r = t at inference
-
     set_input(c.x, x.data(), x.size());
     set_input(c.t, tv.data(), tv.size());
-    set_input(c.enc, enc, (size_t)(B * S * cfg_.enc_hidden));
-    const std::vector<int32_t> pos = iota(Tp / P);
-    set_input(c.pos, pos.data(), pos.size());
-    const std::vector<ggml_fp16_t> window = make_mask(Tp / P, Tp / P, MaskKind::Window, cfg_.sliding_window);
-    ggml_backend_tensor_set(c.window, window.data(), 0, window.size() * sizeof(ggml_fp16_t));
     c.runner.compute(c.graph);
     std::vector<float> full = get_output(c.out), out((size_t)(B * T * A));
     for (int64_t b = 0; b < B; b++)
         std::copy(full.begin() + b * Tp * A, full.begin() + (b * Tp + T) * A, out.begin() + b * T * A);
     return out;
+}
+
+std::vector<float> DiT::forward(const float *x_t, const float *src, const float *mask, const float *t,
+                                const float *enc, int64_t B, int64_t T, int64_t S) {
+    if (B < 1) throw InputError(fmt("DiT batch must be positive, got %lld", (long long)B));
+    set_conditions(enc, B, S, src, mask, B, T);
+    return step(x_t, B, T, t, B);
 }
 
 }  // namespace ace

@@ -30,9 +30,17 @@ class DiT {
     const DiTConfig &config() const { return cfg_; }
     size_t weight_bytes() const { return weights_->nbytes(); }
 
-    // All arrays row-major in PyTorch order: x_t, src_latents, chunk_mask [B, T, audio_dim];
-    // t [B]; enc [B, S, enc_hidden].  Returns v [B, T, audio_dim].  Throws InputError on
-    // shapes or values the model cannot take.
+    // Per generation: the conditions go to the device once, with everything computed from them
+    // alone (condition embedder, the cross-attention K/V of every layer).  All arrays row-major in
+    // PyTorch order: enc [Be, S, enc_hidden]; src_latents, chunk_mask [Bs, T, audio_dim].
+    // Throws InputError on shapes or values the model cannot take.
+    void set_conditions(const float *enc, int64_t Be, int64_t S, const float *src_latents, const float *chunk_mask,
+                        int64_t Bs, int64_t T);
+    // Per step: x_t [Bx, T, audio_dim] with Bx = 1 (shared by the batch) or B, t [B] -> v [B, T, audio_dim].
+    // Batch row b reads conditions row b (row 0 when Bs = 1), so a CFG pair set once as Be = 2
+    // runs as B = 2, or B = 1 (conditional only) outside the guidance interval.
+    std::vector<float> step(const float *x_t, int64_t Bx, int64_t T, const float *t, int64_t B);
+    // One-off: set_conditions, then step, all with batch B.
     std::vector<float> forward(const float *x_t, const float *src_latents, const float *chunk_mask, const float *t,
                                const float *enc, int64_t B, int64_t T, int64_t S);
 
@@ -48,9 +56,10 @@ class DiT {
         // t: [B] (already scaled by 1000) -> temb [B, H]; *proj = [B, 6H]
         ggml_tensor *operator()(ggml_context *ctx, ggml_tensor *t, ggml_tensor **proj) const;
     };
+    struct Conditions;
     struct Cached;
 
-    void build(int64_t B, int64_t Tp, int64_t S);
+    void build(int64_t B, int64_t Bx);
 
     DiTConfig cfg_;
     std::shared_ptr<Backend> backend_;
@@ -60,7 +69,8 @@ class DiT {
     Linear proj_in_, condition_embedder_, proj_out_;  // the patch convs as matmuls over a patch's frames
     RMSNorm norm_out_;
     ggml_tensor *scale_shift_table_ = nullptr;  // [2, H]: output (shift, scale) base
-    std::unique_ptr<Cached> cached_;  // graph + allocation for the last (B, T, S)
+    std::unique_ptr<Conditions> conds_;  // device tensors of the current generation
+    std::unique_ptr<Cached> cached_;     // step graph + allocation for the last (B, Bx) over conds_
 };
 
 }  // namespace ace

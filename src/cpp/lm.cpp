@@ -25,38 +25,30 @@ LM::LM(const std::string &path, std::shared_ptr<Backend> backend)
     w_.load();
 }
 
-LM::~LM() { free_cache(); }
-
-void LM::free_cache() {
-    if (cache_buf_) ggml_backend_buffer_free(cache_buf_);
-    if (cache_ctx_) ggml_free(cache_ctx_);
-    cache_buf_ = nullptr;
-    cache_ctx_ = nullptr;
-    k_.clear();
-    v_.clear();
-    len_.clear();
-    n_ctx_ = 0;
-}
+LM::~LM() = default;
 
 void LM::reset(int n_seq, int64_t n_ctx, ggml_type kv_type) {
     if (n_seq < 1 || n_seq > 64) throw InputError(fmt("n_seq = %d must be in 1..64", n_seq));
     if (n_ctx < 1 || n_ctx > (1 << 20)) throw InputError(fmt("n_ctx = %lld must be in 1..1048576", (long long)n_ctx));
     if (kv_type != GGML_TYPE_F16 && kv_type != GGML_TYPE_F32) throw InputError("the KV cache type must be f16 or f32");
-    free_cache();
-    ggml_init_params p = {2 * layers_.size() * ggml_tensor_overhead(), nullptr, true};
-    cache_ctx_ = ggml_init(p);
+    cache_.reset();
+    k_.clear();
+    v_.clear();
+    len_.clear();
+    n_ctx_ = 0;
+    auto cache = std::make_unique<DeviceTensors>(runner_.backend(), 2 * layers_.size());
     for (size_t l = 0; l < layers_.size(); l++) {
-        k_.push_back(ggml_new_tensor_4d(cache_ctx_, kv_type, dims_.head_dim, dims_.n_kv_head, n_ctx, n_seq));
-        v_.push_back(ggml_new_tensor_4d(cache_ctx_, kv_type, dims_.head_dim, dims_.n_kv_head, n_ctx, n_seq));
+        k_.push_back(cache->add("cache_k", kv_type, {n_seq, n_ctx, dims_.n_kv_head, dims_.head_dim}));
+        v_.push_back(cache->add("cache_v", kv_type, {n_seq, n_ctx, dims_.n_kv_head, dims_.head_dim}));
     }
-    cache_buf_ = ggml_backend_alloc_ctx_tensors(cache_ctx_, runner_.backend()->primary());
-    if (!cache_buf_) {
-        ggml_free(cache_ctx_);
-        cache_ctx_ = nullptr;
+    try {
+        cache->alloc(fmt("a KV cache of %d x %lld positions", n_seq, (long long)n_ctx).c_str());
+    } catch (...) {
         k_.clear();
         v_.clear();
-        throw InputError(fmt("cannot allocate a KV cache of %d x %lld positions", n_seq, (long long)n_ctx));
+        throw;
     }
+    cache_ = std::move(cache);
     len_.assign(n_seq, 0);
     n_ctx_ = n_ctx;
 }
@@ -85,11 +77,27 @@ std::vector<float> LM::decode(const std::vector<int32_t> &tokens, int64_t lo, in
     return forward(tokens, seqs, lo, hi);
 }
 
+std::vector<float> LM::extend(const std::vector<int32_t> &ids, int64_t lo, int64_t hi) {
+    if (len_.empty()) throw InputError("no KV cache: call reset() first");
+    if (ids.empty()) throw InputError("extend takes at least one token");
+    if (hi < 0) hi = vocab_;
+    if (lo < 0 || lo >= hi || hi > vocab_)
+        throw InputError(fmt("logit rows [%lld, %lld) are not a range inside the vocabulary of %lld", (long long)lo,
+                             (long long)hi, (long long)vocab_));
+    std::vector<int> seqs(n_seq());
+    std::vector<int32_t> all;
+    for (int s = 0; s < n_seq(); s++) {
+        seqs[s] = s;
+        all.insert(all.end(), ids.begin(), ids.end());
+    }
+    return forward(all, seqs, lo, hi);
+}
+
 std::vector<float> LM::forward(const std::vector<int32_t> &ids, const std::vector<int> &seqs, int64_t lo,
                                int64_t hi) {
     check_token_ids(ids, vocab_, "token ids");
-    // One sequence takes all ids; several take one id each.
-    const int64_t ns = (int64_t)seqs.size(), t = ns == 1 ? (int64_t)ids.size() : 1;
+    // Every sequence takes t consecutive ids of the batch.
+    const int64_t ns = (int64_t)seqs.size(), t = (int64_t)ids.size() / ns;
     for (int s : seqs)
         if (len_[s] + t > n_ctx_)
             throw InputError(fmt("sequence %d would hold %lld tokens but the cache has room for %lld", s,
@@ -100,7 +108,10 @@ std::vector<float> LM::forward(const std::vector<int32_t> &ids, const std::vecto
     ggml_context *ctx = g.ctx();
     ggml_tensor *tok = g.input("ids", GGML_TYPE_I32, {n});
     ggml_tensor *pos = g.input("pos", GGML_TYPE_I32, {n});
-    ggml_tensor *mask = ns == 1 ? g.input("mask", GGML_TYPE_F16, {t, len_[seqs[0]] + t}) : nullptr;
+    // A single new token sees the whole cache; several need a causal mask per sequence (lengths differ).
+    std::vector<ggml_tensor *> masks(ns, nullptr);
+    if (t > 1)
+        for (int64_t i = 0; i < ns; i++) masks[i] = g.input("mask", GGML_TYPE_F16, {t, len_[seqs[i]] + t});
     ggml_tensor *x = ggml_get_rows(ctx, embed_tokens_, tok);  // [C, n]: the n tokens side by side
     const float scale = 1.0f / std::sqrt((float)D);
     for (size_t l = 0; l < layers_.size(); l++) {
@@ -112,7 +123,7 @@ std::vector<float> LM::forward(const std::vector<int32_t> &ids, const std::vecto
         ggml_tensor *o = nullptr;
         for (int64_t i = 0; i < ns; i++) {
             const int s = seqs[i];
-            const int64_t p0 = len_[s], off = ns == 1 ? 0 : i;
+            const int64_t p0 = len_[s], off = i * t;
             ggml_tensor *cache[2] = {k_[l], v_[l]}, *src[2] = {k, v}, *kv[2];
             for (int c = 0; c < 2; c++) {
                 ggml_tensor *C = cache[c];
@@ -125,13 +136,14 @@ std::vector<float> LM::forward(const std::vector<int32_t> &ids, const std::vecto
                                      1, 3);
             }
             ggml_tensor *qs = ggml_view_3d(ctx, q, D, H, t, q->nb[1], q->nb[2], off * q->nb[2]);
-            ggml_tensor *os = attention(ctx, ggml_permute(ctx, qs, 0, 2, 1, 3), kv[0], kv[1], mask, scale);  // [D*H, t]
-            o = o ? ggml_concat(ctx, o, os, 1) : os;
+            ggml_tensor *os = attention(ctx, ggml_permute(ctx, qs, 0, 2, 1, 3), kv[0], kv[1], masks[i], scale);
+            o = o ? ggml_concat(ctx, o, os, 1) : os;  // [D*H, t] per sequence
         }
         x = ggml_add(ctx, x, A.o_proj(ctx, ggml_reshape_2d(ctx, o, D * H, n)));
         x = ggml_add(ctx, x, L.mlp(ctx, L.post_attention_layernorm(ctx, x)));
     }
-    if (ns == 1) x = ggml_view_2d(ctx, x, x->ne[0], 1, x->nb[1], (n - 1) * x->nb[1]);  // only the last position
+    // Only each sequence's last position.
+    if (t > 1) x = ggml_cont(ctx, ggml_view_2d(ctx, x, x->ne[0], ns, t * x->nb[1], (t - 1) * x->nb[1]));
     // Only the head rows asked for: in the audio-code phase 64000 of the 215669.
     ggml_tensor *head = lo == 0 && hi == vocab_ ? lm_head_
                                                 : ggml_view_2d(ctx, lm_head_, lm_head_->ne[0], hi - lo,
@@ -141,12 +153,13 @@ std::vector<float> LM::forward(const std::vector<int32_t> &ids, const std::vecto
     runner_.alloc(g);
     set_input(tok, ids.data(), ids.size());
     std::vector<int32_t> p(n);
-    for (int64_t i = 0; i < n; i++) p[i] = (int32_t)(ns == 1 ? len_[seqs[0]] + i : len_[seqs[i]]);
+    for (int64_t i = 0; i < n; i++) p[i] = (int32_t)(len_[seqs[i / t]] + i % t);
     set_input(pos, p.data(), p.size());
-    if (mask) {
-        auto m = make_mask(t, len_[seqs[0]] + t, MaskKind::Causal, 0);
-        ggml_backend_tensor_set(mask, m.data(), 0, m.size() * sizeof(ggml_fp16_t));
-    }
+    for (int64_t i = 0; i < ns; i++)
+        if (masks[i]) {
+            auto m = make_mask(t, len_[seqs[i]] + t, MaskKind::Causal, 0);
+            ggml_backend_tensor_set(masks[i], m.data(), 0, m.size() * sizeof(ggml_fp16_t));
+        }
     runner_.compute(g);
     for (int s : seqs) len_[s] += t;
     return get_output(logits);

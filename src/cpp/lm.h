@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "blocks.h"
+#include "state.h"
 
 namespace ace {
 
@@ -24,6 +25,9 @@ class LM {
     // One token per sequence (tokens.size() == n_seq); returns the next logits of the
     // vocabulary rows [lo, hi) (hi < 0: to the end): [n_seq, hi - lo].
     std::vector<float> decode(const std::vector<int32_t> &tokens, int64_t lo = 0, int64_t hi = -1);
+    // The same ids appended to every sequence in one pass (tokens an FSM forces, fed together
+    // rather than one decode each); returns [n_seq, hi - lo] logits after the last of them.
+    std::vector<float> extend(const std::vector<int32_t> &ids, int64_t lo = 0, int64_t hi = -1);
 
     int64_t length(int seq) const;
     int n_seq() const { return (int)len_.size(); }
@@ -33,11 +37,10 @@ class LM {
     bool tied() const { return lm_head_ == embed_tokens_; }
 
   private:
-    // Runs `ids` through the layers; sequence seqs[i] gets ids[i] at position len_[seqs[i]]
-    // onwards (one sequence with T tokens, or one token for each of several sequences).
+    // Runs `ids` through the layers: sequence seqs[i] gets the i-th of len(seqs) equal runs of
+    // ids, at positions len_[seqs[i]] onwards.
     // Returns logits (vocabulary rows [lo, hi)) of the last token of each sequence: [n, hi - lo].
     std::vector<float> forward(const std::vector<int32_t> &ids, const std::vector<int> &seqs, int64_t lo, int64_t hi);
-    void free_cache();
 
     std::shared_ptr<GGUFFile> file_;
     Weights w_;
@@ -48,9 +51,8 @@ class LM {
     RMSNorm norm_;
     Runner runner_;
 
-    // k_[l], v_[l]: [D, Hkv, n_ctx, n_seq] (ne order)
-    ggml_context *cache_ctx_ = nullptr;
-    ggml_backend_buffer_t cache_buf_ = nullptr;
+    // k_[l], v_[l]: [D, Hkv, n_ctx, n_seq] (ne order), in cache_
+    std::unique_ptr<DeviceTensors> cache_;
     std::vector<ggml_tensor *> k_, v_;
     std::vector<int64_t> len_;
     int64_t n_ctx_ = 0;

@@ -66,7 +66,34 @@ void bind_dit(py::module_ &m) {
             }
             return to_numpy(v, {(ssize_t)B, (ssize_t)T, (ssize_t)c.audio_dim});
         }, py::arg("x_t"), py::arg("t"), py::arg("encoder_states"), py::arg("src_latents"), py::arg("chunk_mask"),
-           "Velocity (B, T, audio_dim) from batched float32 inputs; t has one value per batch row.");
+           "Velocity (B, T, audio_dim) from batched float32 inputs; t has one value per batch row.")
+        .def("set_conditions", [](DiT &d, py::handle enc, py::handle src, py::handle mask) {
+            const DiTConfig &c = d.config();
+            auto e = batched(enc, "encoder_states", c.enc_hidden, "channels");
+            auto s = batched(src, "src_latents", c.audio_dim, "latent channels");
+            auto k = batched(mask, "chunk_mask", c.audio_dim, "latent channels");
+            if (k.shape(0) != s.shape(0) || k.shape(1) != s.shape(1))
+                throw InputError(fmt("chunk_mask has shape (%lld, %lld, %lld), src_latents (%lld, %lld, %lld)",
+                                     (long long)k.shape(0), (long long)k.shape(1), (long long)c.audio_dim,
+                                     (long long)s.shape(0), (long long)s.shape(1), (long long)c.audio_dim));
+            py::gil_scoped_release nogil;
+            d.set_conditions(e.data(), e.shape(0), e.shape(1), s.data(), k.data(), s.shape(0), s.shape(1));
+        }, py::arg("encoder_states"), py::arg("src_latents"), py::arg("chunk_mask"),
+           "Uploads one generation's conditions (batch Be for encoder_states, 1 or Be for the latents) and "
+           "computes what depends on them alone.")
+        .def("step", [](DiT &d, py::handle x_t, py::handle t) {
+            const DiTConfig &c = d.config();
+            auto x = batched(x_t, "x_t", c.audio_dim, "latent channels");
+            auto tt = as_f32(t, "t", 1, 1);
+            const int64_t B = tt.shape(0), T = x.shape(1);
+            std::vector<float> v;
+            {
+                py::gil_scoped_release nogil;
+                v = d.step(x.data(), x.shape(0), T, tt.data(), B);
+            }
+            return to_numpy(v, {(ssize_t)B, (ssize_t)T, (ssize_t)c.audio_dim});
+        }, py::arg("x_t"), py::arg("t"),
+           "Velocity (B, T, audio_dim) over the current conditions, B = len(t); x_t has batch 1 or B.");
 }
 
 }  // namespace ace

@@ -19,6 +19,18 @@ static std::vector<int32_t> lm_ids(const py::handle &obj, const char *what) {
     return out;
 }
 
+// [n_seq, rows] logits from a decoding call run without the GIL.
+template <class Call>
+static py::array seq_logits(const LM &lm, Call &&call) {
+    std::vector<float> out;
+    {
+        py::gil_scoped_release nogil;
+        out = call();
+    }
+    const ssize_t n = lm.n_seq();
+    return to_numpy(out, {n, (ssize_t)out.size() / std::max<ssize_t>(n, 1)});
+}
+
 void bind_lm(py::module_ &m) {
     py::class_<LM>(m, "_LM")
         .def(py::init([](const std::string &path, const std::string &device, int n_threads) {
@@ -46,14 +58,12 @@ void bind_lm(py::module_ &m) {
         }, py::arg("seq"), py::arg("ids"))
         .def("decode", [](LM &lm, py::handle tokens, int64_t lo, int64_t hi) {
             auto v = lm_ids(tokens, "tokens");
-            std::vector<float> out;
-            {
-                py::gil_scoped_release nogil;
-                out = lm.decode(v, lo, hi);
-            }
-            ssize_t rows = (ssize_t)(out.size() / std::max<size_t>(v.size(), 1));
-            return to_numpy(out, {(ssize_t)v.size(), rows});
-        }, py::arg("tokens"), py::arg("lo") = 0, py::arg("hi") = -1);
+            return seq_logits(lm, [&] { return lm.decode(v, lo, hi); });
+        }, py::arg("tokens"), py::arg("lo") = 0, py::arg("hi") = -1)
+        .def("extend", [](LM &lm, py::handle ids, int64_t lo, int64_t hi) {
+            auto v = lm_ids(ids, "token ids");
+            return seq_logits(lm, [&] { return lm.extend(v, lo, hi); });
+        }, py::arg("ids"), py::arg("lo") = 0, py::arg("hi") = -1);
 }
 
 }  // namespace ace

@@ -1,0 +1,276 @@
+"""A whole song, as a user waits for it: ``Pipeline.generate`` (LM 0.6B with CFG and a chain of
+thought, text encoder, condition encoder, detokenizer, 8 turbo DiT steps, VAE) at real sizes with
+random weights, against the same work in PyTorch in the same run (transformers for the LM,
+diffusers' AceStepPipeline for the rest) on the same weights, in PyTorch's fastest dtype on this
+host (bf16 with AVX512-BF16 or AMX, else fp32).
+
+Prints per stage: seconds and peak RSS (model loads apart), the wall time, and the headline:
+seconds of compute per second of music.  Each engine and song length runs in its own process.
+
+    pip install torch==2.13.0 ".[test]"        # the README's test install: the PyTorch reference
+    python benchmarks/bench_pipeline.py [--seconds 30,120] [--no-torch] [--threads N] [--workdir DIR]
+
+The random checkpoints (BF16 safetensors, ~7 GB, and our GGUFs, ~6 GB) go to a temporary folder
+that is deleted at the end, unless --workdir names one to keep for later runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, HERE)
+
+from _common import cpu_summary, peak_gib, reset_peak, torch_fastest_dtype
+
+CAPTION = "upbeat synth-pop with punchy drums, bright analog pads and a catchy female vocal"
+LYRICS = ("[verse]\nNeon lights across the avenue\nEvery signal leads me back to you\n"
+          "[chorus]\nWe are running through the night\nHearts on fire, burning bright\n") * 2
+LM_DIR = "acestep-5Hz-lm-0.6B"
+# ACE-Step 1.5 at its published sizes: the turbo DiT (2048 wide, 24 layers), Qwen3-0.6B-shaped
+# text encoder and 5 Hz LM, the Oobleck VAE.
+REAL_DIT = {"hidden_size": 2048, "intermediate_size": 6144, "num_attention_heads": 16, "num_key_value_heads": 8,
+            "head_dim": 128, "num_hidden_layers": 24, "num_lyric_encoder_hidden_layers": 8,
+            "num_timbre_encoder_hidden_layers": 4, "num_attention_pooler_hidden_layers": 2, "sliding_window": 128,
+            "text_hidden_dim": 1024}
+REAL_QWEN3 = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
+              "num_key_value_heads": 8, "head_dim": 128}
+
+
+# ---------------------------------------------------------------------------
+# Stage clock: spans between progress events, model loads apart, peak RSS per span.
+
+class Clock:
+    def __init__(self):
+        self.current, self.since, self.cpu = None, time.perf_counter(), time.process_time()
+        self.spans: dict[str, list[float]] = {}  # name -> [seconds, peak GiB, CPU seconds of all threads]
+        reset_peak()
+
+    def enter(self, name):
+        """Closes the running span and starts `name` (None: nothing is timed until the next enter)."""
+        now, cpu = time.perf_counter(), time.process_time()
+        if self.current is not None:
+            s = self.spans.setdefault(self.current, [0.0, 0.0, 0.0])
+            s[0] += now - self.since
+            s[1] = max(s[1], peak_gib())
+            s[2] += cpu - self.cpu
+        reset_peak()
+        self.current, self.since, self.cpu = name, now, cpu
+
+
+def run_ours(args) -> dict:
+    from acestep_ggml import Pipeline
+
+    clock = Clock()
+    pipe = Pipeline(args.gguf, n_threads=args.threads, lm="0.6B", quiet=True)
+    stage = {"lm-metadata": "LM", "lm-codes": "LM", "text": "text encoder", "condition": "condition encoder",
+             "codes": "detokenizer", "dit": "DiT", "vae": "VAE"}
+    tokens = {}
+
+    def progress(name, done, total):
+        tokens[name] = done
+        if stage[name] != clock.current:
+            clock.enter(stage[name])
+
+    # Loads are timed apart; the model's own stage starts when its load ends (the VAE reports
+    # progress only after its first tile).
+    synth_model = pipe.synth._model
+
+    def timed_model(name):
+        if name in pipe.synth._loaded:
+            return synth_model(name)
+        clock.enter(f"load {stage[name]}")
+        m = synth_model(name)
+        clock.enter(stage[name])
+        return m
+
+    pipe.synth._model = timed_model
+    t0 = time.perf_counter()
+    clock.enter("load LM")
+    song = pipe.generate(CAPTION, LYRICS, duration=args.seconds, seed=args.seed, progress=progress)
+    clock.enter(None)
+    r = song.request
+    return {"wall": time.perf_counter() - t0, "spans": clock.spans, "n_cot": tokens.get("lm-metadata", 0),
+            "codes": list(map(int, r.codes)), "bpm": r.bpm, "keyscale": r.keyscale, "timesig": r.timesig}
+
+
+def _lm_tokens(model, prompts, n_new, lo, hi, rng):
+    """Guided decoding as the reference runs it: cond and uncond prompts left-padded into one
+    batch, CFG on the logits, tokens drawn from ids lo..hi-1; n_new tokens (the count ours made)."""
+    import torch
+
+    from acestep_ggml.sampling import guided, sample
+
+    n = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), n, dtype=torch.long)
+    mask = torch.zeros(len(prompts), n, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, n - len(p):] = torch.tensor(p)
+        mask[i, n - len(p):] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    out = model(ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    for _ in range(n_new):
+        logits = out.logits[:, -1, lo:hi].float().numpy()
+        tok = lo + sample(guided(logits[0], logits[1], 2.0), rng)
+        mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=torch.long)], 1)
+        pos = pos[:, -1:] + 1
+        out = model(torch.full((len(prompts), 1), tok), attention_mask=mask, position_ids=pos,
+                    past_key_values=out.past_key_values, use_cache=True)
+
+
+def run_torch(args, ours) -> dict:
+    import numpy as np
+    import torch
+    from diffusers import AceStepPipeline
+    from tokenizers import Tokenizer
+    from transformers import Qwen3ForCausalLM
+
+    from acestep_ggml.lm import chat_prompt
+
+    torch.set_num_threads(args.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.torch_dtype]
+    clock = Clock()
+    t0 = time.perf_counter()
+    clock.enter("load LM")
+    lm_dir = os.path.join(args.workdir, "lm", LM_DIR)
+    model = Qwen3ForCausalLM.from_pretrained(lm_dir, torch_dtype=dtype).eval()
+    tok = Tokenizer.from_file(os.path.join(lm_dir, "tokenizer.json"))
+    enc = lambda text: tok.encode(text).ids
+    first_code = tok.token_to_id("<|audio_code_0|>")
+    rng = np.random.default_rng(args.seed)
+    clock.enter("LM")
+    with torch.inference_mode():
+        # The same work as ours: a chain of thought of the same length, then the codes.
+        _lm_tokens(model, [enc(chat_prompt(CAPTION, LYRICS)), enc(chat_prompt(None, LYRICS))], ours["n_cot"], 0,
+                   model.config.vocab_size, rng)
+        cot = f"<think>\nbpm: {ours['bpm']}\nduration: {args.seconds}\n</think>"
+        _lm_tokens(model, [enc(chat_prompt(CAPTION, LYRICS, cot)), enc(chat_prompt(CAPTION, LYRICS, "<think>\n</think>"))],
+                   len(ours["codes"]), first_code, first_code + 64000, rng)
+    del model
+    clock.enter("load synth")
+    pipe = AceStepPipeline.from_pretrained(os.path.join(args.workdir, "diffusers"), torch_dtype=dtype)
+    clock.enter("other")
+    # Each module's forward is timed as its stage (summed over the DiT steps and VAE tiles).
+    for name, module in (("text encoder", pipe.text_encoder), ("condition encoder", pipe.condition_encoder),
+                         ("detokenizer", pipe.audio_token_detokenizer), ("DiT", pipe.transformer),
+                         ("VAE", pipe.vae.decoder)):
+        module.register_forward_pre_hook(lambda m, a, name=name: clock.enter(name))
+        module.register_forward_hook(lambda m, a, o: clock.enter("other"))
+    codes = "".join(f"<|audio_code_{c}|>" for c in ours["codes"])
+    with torch.inference_mode():
+        pipe(prompt=CAPTION, lyrics=LYRICS, audio_duration=float(args.seconds), vocal_language="en",
+             num_inference_steps=8, guidance_scale=1.0, shift=3.0, output_type="np", bpm=ours["bpm"],
+             keyscale=ours["keyscale"], timesignature=None if ours["timesig"] is None else str(ours["timesig"]),
+             audio_codes=codes, generator=torch.Generator().manual_seed(args.seed))
+    clock.enter(None)
+    return {"wall": time.perf_counter() - t0, "spans": clock.spans}
+
+
+def make_models(workdir: str, tiny: bool) -> None:
+    """Random real-size checkpoints (BF16, so both engines read the same values) and our GGUFs of them."""
+    import torch
+    from fixtures import REAL_VAE, build_models, save_diffusers, write_lm_tokenizer
+
+    from acestep_ggml.convert import convert
+
+    sizes = {"vae": dict(REAL_VAE, decoder_channels=8)} if tiny else \
+        {"dit": REAL_DIT, "qwen3": REAL_QWEN3, "vae": REAL_VAE}
+    m = build_models(0, dtype=torch.bfloat16, **sizes)
+    save_diffusers(m, Path(workdir, "diffusers"))
+    lm_dir = Path(workdir, "lm", LM_DIR)
+    m.lm.save_pretrained(lm_dir)
+    del m
+    write_lm_tokenizer(lm_dir)
+    for src in ("diffusers", "lm"):
+        convert(os.path.join(workdir, src), os.path.join(workdir, "gguf"), dtype="bf16", quiet=True)
+
+
+def _child(args, phase, extra=()):
+    cmd = [sys.executable, __file__, "--phase", phase, "--workdir", args.workdir, "--threads", str(args.threads),
+           "--seed", str(args.seed), "--torch-dtype", args.torch_dtype, *(["--tiny"] if args.tiny else []), *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode:
+        sys.exit(f"{phase} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+STAGES = ["LM", "text encoder", "condition encoder", "detokenizer", "DiT", "VAE"]
+
+
+def report(seconds: int, ours: dict, ref: dict | None, dtype: str) -> None:
+    rows = STAGES + ["other"] + [s for s in ours["spans"] if s.startswith("load")] + \
+        [s for s in (ref or {}).get("spans", {}) if s.startswith("load")]
+    print(f"\n{seconds} s song: wall seconds (peak RSS GiB) [CPU seconds, all threads] per stage; model loads on "
+          f"their own rows")
+    print(f"{'stage':<24}{'ours':>26}{'PyTorch ' + dtype:>28}{'ours vs PyTorch':>17}")
+    for name in dict.fromkeys(rows):
+        o, t = ours["spans"].get(name), (ref or {}).get("spans", {}).get(name)
+        if o is None and t is None:
+            continue
+        cell = lambda s: f"{s[0]:8.2f} ({s[1]:5.2f}) [{s[2]:6.1f}]" if s else ""
+        ratio = f"{t[0] / o[0]:.2f}x" if o and t and o[0] > 0 else ""
+        print(f"{name:<24}{cell(o):>26}{cell(t):>28}{ratio:>17}")
+    peak = lambda r: max(s[1] for s in r["spans"].values())
+    cpu = lambda r: sum(s[2] for s in r["spans"].values())
+    line = f"{'wall':<24}{ours['wall']:8.2f} ({peak(ours):5.2f}) [{cpu(ours):6.1f}]"
+    if ref:
+        line += f"{ref['wall']:>10.2f} ({peak(ref):5.2f}) [{cpu(ref):6.1f}]{ref['wall'] / ours['wall']:>16.2f}x"
+    print(line)
+    msg = f"seconds of compute per second of music: ours {ours['wall'] / seconds:.2f}"
+    if ref:
+        msg += f", PyTorch {dtype} {ref['wall'] / seconds:.2f}"
+    print(msg, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", default="30,120", help="song lengths, comma-separated")
+    ap.add_argument("--no-torch", action="store_true", help="ours only (PyTorch takes several times longer)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--workdir", help="keep the random checkpoints here (made when missing)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--torch-dtype", default=torch_fastest_dtype(), choices=["fp32", "bf16"])
+    ap.add_argument("--tiny", action="store_true", help="the tests' tiny models: checks the script in a minute")
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    ap.add_argument("--ours", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        args.gguf = os.path.join(args.workdir, "gguf")
+        if args.phase == "make":
+            make_models(args.workdir, args.tiny)
+            res = {}
+        else:
+            args.seconds = int(args.seconds)
+            res = run_ours(args) if args.phase == "ours" else run_torch(args, json.loads(args.ours))
+        print(json.dumps(res))
+        return
+
+    keep = args.workdir is not None
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench_pipeline_")
+    try:
+        print(cpu_summary(args.threads), flush=True)
+        if not os.path.isdir(os.path.join(args.workdir, "gguf")):
+            t = time.perf_counter()
+            print(f"making random real-size checkpoints in {args.workdir} ...", flush=True)
+            _child(args, "make")
+            print(f"made in {time.perf_counter() - t:.0f} s", flush=True)
+        for seconds in (int(s) for s in args.seconds.split(",")):
+            ours = _child(args, "ours", ["--seconds", str(seconds)])
+            ref = None if args.no_torch else _child(args, "torch", ["--seconds", str(seconds), "--ours", json.dumps(ours)])
+            report(seconds, ours, ref, args.torch_dtype)
+        print(cpu_summary(args.threads))
+    finally:
+        if not keep:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
