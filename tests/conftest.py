@@ -13,6 +13,34 @@ sys.path.insert(0, str(Path(__file__).parent))
 import fixtures  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default=os.environ.get("ACESTEP_GGML_TEST_DEVICE", "cpu"),
+                     help="ggml device of the parity tests (cpu, vulkan, cuda, ...; env ACESTEP_GGML_TEST_DEVICE)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: a parity test that runs its models on --device")
+
+
+def pytest_collection_modifyitems(config, items):
+    # `pytest -m device --device vulkan` selects every test that runs on the chosen device.
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    """The device the parity tests run their models on (--device, default cpu)."""
+    return request.config.getoption("--device")
+
+
+@pytest.fixture
+def strict_device(monkeypatch):
+    """ACESTEP_GGML_STRICT_DEVICE=1 for one test: any graph node off the model's device is an error."""
+    monkeypatch.setenv("ACESTEP_GGML_STRICT_DEVICE", "1")
+
+
 @pytest.fixture(scope="session")
 def tiny_models() -> fixtures.TinyModels:
     """torch reference modules (eval, float32) with fresh random weights each session."""

@@ -27,10 +27,10 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def dit_f32(model, tmp_path_factory):
+def dit_f32(model, tmp_path_factory, device):
     path = tmp_path_factory.mktemp("dit") / "dit-f32.gguf"
     write_dit_gguf(model, str(path))
-    return acestep_ggml.DiT(path, n_threads=2)
+    return acestep_ggml.DiT(path, device=device, n_threads=2)
 
 
 def _inputs(rng, b, t, s):

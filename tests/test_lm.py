@@ -22,12 +22,12 @@ def _seed():
 
 # One thread: the tiny graphs are too small to share, and spinning threads stall on a busy machine.
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
-def f32_lm(request, tmp_path_factory):
+def f32_lm(request, tmp_path_factory, device):
     seed = _seed()
     model = tiny_lm(seed, tie=request.param)
     path = tmp_path_factory.mktemp("lm") / "lm.gguf"
     write_lm(path, model)
-    return seed, model, acestep_ggml.LM(path, n_threads=1, kv_type="f32")
+    return seed, model, acestep_ggml.LM(path, device=device, n_threads=1, kv_type="f32")
 
 
 def _check_step(ours, ref, seed, what, cmin=COS_F32):
@@ -107,11 +107,11 @@ def test_lm_decode_computes_only_the_asked_rows(f32_lm):
             lm.decode([tok, tok], *bad)
 
 
-def test_lm_bf16_matches_qwen3(tmp_path):
+def test_lm_bf16_matches_qwen3(tmp_path, device):
     seed = _seed()
     model = tiny_lm(seed)
     write_lm(tmp_path / "lm.gguf", model, dtype="bf16")
-    lm = acestep_ggml.LM(tmp_path / "lm.gguf", n_threads=1)
+    lm = acestep_ggml.LM(tmp_path / "lm.gguf", device=device, n_threads=1)
     prompt = np.random.default_rng(seed).integers(0, VOCAB, size=40)
     lm.reset(1, 48)
     ours = [lm.prefill(0, prompt)] + [lm.decode([t])[0] for t in prompt[:5]]

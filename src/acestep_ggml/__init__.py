@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _core
-from ._core import GGUFFile, InputError, ModelFileError
+from ._core import DeviceError, GGUFFile, InputError, ModelFileError
 
 try:
     __version__ = _version("acestep-ggml")
@@ -32,7 +32,7 @@ from .tokenizer import Tokenizer  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ = [
-    "GGUFFile", "InputError", "ModelFileError", "backends", "__version__",
+    "DeviceError", "GGUFFile", "InputError", "ModelFileError", "backends", "__version__",
     "ConditionEncoder", "Detokenizer", "DiT", "LM", "Pipeline", "Request", "SynthResult", "Synthesizer", "TextEncoder",
     "Tokenizer", "VAE", "generate", "read_audio", "write_audio",
 ]

@@ -92,8 +92,6 @@ void bind_core(py::module_ &m) {
     py::register_exception<FileError>(m, "ModelFileError", PyExc_ValueError);
     py::register_exception<InputError>(m, "InputError", PyExc_ValueError);
     py::register_exception<DeviceError>(m, "DeviceError", PyExc_RuntimeError);
-    m.def("_set_strict_device", &set_strict_device, py::arg("on"),
-          "Tests: force the strict-device check (ACESTEP_GGML_STRICT_DEVICE) on or off for this process.");
 
     m.def("backends", []() {
         py::list out;
@@ -131,7 +129,7 @@ void bind_core(py::module_ &m) {
     });
 
     py::class_<Backend, std::shared_ptr<Backend>>(m, "Backend")
-        .def(py::init(&Backend::get), py::arg("device") = "cpu", py::arg("n_threads") = 1,
+        .def(py::init(&Backend::get), py::arg("device") = "cpu", py::arg("n_threads") = 0,
              "The process's backend for a device (shared with every model loaded on it).")
         .def_property_readonly("name", &Backend::name)
         .def_property_readonly("n_threads", &Backend::n_threads);

@@ -2,7 +2,6 @@
 #include "core.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cctype>
 #include <cstdarg>
 #include <cstdio>
@@ -217,18 +216,10 @@ ggml_type Backend::weight_type(ggml_type file_type, bool keep_bf16) const {
     return multiplies(GGML_TYPE_F16) ? GGML_TYPE_F16 : GGML_TYPE_F32;
 }
 
-namespace {
-std::atomic<int> g_strict{-1};  // -1: follow ACESTEP_GGML_STRICT_DEVICE
-}
-
 bool strict_device() {
-    int forced = g_strict.load();
-    if (forced >= 0) return forced != 0;
     const char *e = std::getenv("ACESTEP_GGML_STRICT_DEVICE");
     return e && *e && std::string(e) != "0";
 }
-
-void set_strict_device(bool on) { g_strict.store(on ? 1 : 0); }
 
 // ---------------------------------------------------------------------------
 // Config: a small recursive-descent JSON reader, enough for config.json files.

@@ -107,9 +107,9 @@ class Backend {
 
 // ACESTEP_GGML_STRICT_DEVICE=1: every graph node of every model must run on the
 // model's device (input uploads and output downloads are the only copies allowed),
-// else Runner::alloc throws DeviceError naming the op.  Tests may force it on.
+// else Runner::alloc throws DeviceError naming the op.  Read at every alloc, so tests
+// may switch it per test.
 bool strict_device();
-void set_strict_device(bool on);
 
 // ---------------------------------------------------------------------------
 // A checkpoint's config.json (stored as `acestep.config_json`): top-level keys of a
