@@ -3,16 +3,17 @@ VAE's stock-op path, and the strict-device switch."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from _vae_gguf import TINY, make_reference, write_gguf
 
 import acestep_ggml as A
 from acestep_ggml import _core
 from acestep_ggml.cli import build_parser
-
-from _vae_gguf import TINY, make_reference, write_gguf
 
 SEED = random.randrange(2**31)
 
@@ -33,6 +34,11 @@ def test_auto_is_the_first_gpu_else_the_cpu():
 def test_unknown_device_names_the_devices_there_are():
     with pytest.raises(A.InputError, match="no ggml device matches 'nosuch' .*CPU"):
         A.VAE("unused.gguf", device="nosuch")
+
+
+def test_info_lists_the_device(device):
+    out = subprocess.run([sys.executable, "-m", "acestep_ggml", "info"], capture_output=True, text=True, check=True)
+    assert f"  {_core.Backend(device).name}: " in out.stdout, out.stdout
 
 
 @pytest.mark.parametrize("command", ["synth", "lm", "generate"])
