@@ -13,6 +13,48 @@ sys.path.insert(0, str(Path(__file__).parent))
 import fixtures  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default=os.environ.get("ACESTEP_GGML_TEST_DEVICE", "cpu"),
+                     help="ggml device of the parity tests (cpu, vulkan, cuda, ...; env ACESTEP_GGML_TEST_DEVICE)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: a parity test that runs its models on --device")
+
+
+def pytest_collection_modifyitems(config, items):
+    # `pytest -m device --device vulkan` selects every test that runs on the chosen device.
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    """The device the parity tests run their models on (--device, default cpu)."""
+    return request.config.getoption("--device")
+
+
+# Off the CPU an F32 model is not computed wholly in F32: ggml's Vulkan matmul and attention
+# kernels round their operands to F16 (11-bit mantissa: 4.9e-4 relative per value).  Measured on
+# lavapipe: the tiny F32 text encoder at 1.3e-3 .. 1.8e-3 relative L2 (cosine 0.999998) where
+# the CPU stays near 1e-5, and batch 1 against batch 2 of the DiT at 4.8e-4 (other kernels).
+# So F32 relative-error bars widen to DEVICE_F32_REL off the CPU; cosine bars stay as they are.
+DEVICE_F32_REL = 5e-3
+
+
+@pytest.fixture(scope="session")
+def f32_rel(device):
+    """The relative-L2 bar of an F32 comparison on --device, from the test's bar on the CPU."""
+    return lambda cpu_bar: cpu_bar if device == "cpu" else max(cpu_bar, DEVICE_F32_REL)
+
+
+@pytest.fixture
+def strict_device(monkeypatch):
+    """ACESTEP_GGML_STRICT_DEVICE=1 for one test: any graph node off the model's device is an error."""
+    monkeypatch.setenv("ACESTEP_GGML_STRICT_DEVICE", "1")
+
+
 @pytest.fixture(scope="session")
 def tiny_models() -> fixtures.TinyModels:
     """torch reference modules (eval, float32) with fresh random weights each session."""

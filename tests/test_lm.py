@@ -22,22 +22,27 @@ def _seed():
 
 # One thread: the tiny graphs are too small to share, and spinning threads stall on a busy machine.
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
-def f32_lm(request, tmp_path_factory):
+def f32_lm(request, tmp_path_factory, device):
     seed = _seed()
     model = tiny_lm(seed, tie=request.param)
     path = tmp_path_factory.mktemp("lm") / "lm.gguf"
     write_lm(path, model)
-    return seed, model, acestep_ggml.LM(path, n_threads=1, kv_type="f32")
+    return seed, model, acestep_ggml.LM(path, device=device, n_threads=1, kv_type="f32")
 
 
-def _check_step(ours, ref, seed, what, cmin=COS_F32):
+def _check_step(ours, ref, seed, what, device, cmin=COS_F32):
     cos, rel = parity(ours, ref)
     assert cos >= cmin, f"seed {seed}: {what}: cos {cos:.7f} rel {rel:.2e}"
     top_ours, top_ref = np.argsort(-ours)[:5], np.argsort(-ref)[:5]
+    if device != "cpu":
+        # Off the CPU, operands rounded to F16 (conftest.DEVICE_F32_REL) reorder near-tied logits
+        # of random weights below the top (measured on lavapipe: ranks 2-3 and 5-6 swapped): the
+        # cosine above and the best token must agree.
+        top_ours, top_ref = top_ours[:1], top_ref[:1]
     assert list(top_ours) == list(top_ref), f"seed {seed}: {what}: top-5 {top_ours} != {top_ref}"
 
 
-def test_lm_prefill_and_decode_match_qwen3(f32_lm):
+def test_lm_prefill_and_decode_match_qwen3(f32_lm, device):
     seed, model, lm = f32_lm
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, VOCAB, size=int(rng.integers(10, 60)))
@@ -48,7 +53,7 @@ def test_lm_prefill_and_decode_match_qwen3(f32_lm):
         ref = model(torch.from_numpy(np.r_[prompt, steps[:-1]])[None]).logits[0, len(prompt) - 1:].numpy()
     assert lm.length(0) == len(prompt) + len(steps) - 1
     for i, o in enumerate(ours):
-        _check_step(o, ref[i], seed, f"position {len(prompt) - 1 + i}")
+        _check_step(o, ref[i], seed, f"position {len(prompt) - 1 + i}", device)
 
 
 def test_lm_greedy_decoding_matches_qwen3(f32_lm):
@@ -66,7 +71,7 @@ def test_lm_greedy_decoding_matches_qwen3(f32_lm):
     assert ours == ref, f"seed {seed}: first difference at {next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)}"
 
 
-def test_lm_guided_batch_matches_two_reference_rows(f32_lm):
+def test_lm_guided_batch_matches_two_reference_rows(f32_lm, device):
     seed, model, lm = f32_lm
     rng = np.random.default_rng(seed + 2)
     cond, uncond = rng.integers(0, VOCAB, size=31), rng.integers(0, VOCAB, size=17)
@@ -78,13 +83,13 @@ def test_lm_guided_batch_matches_two_reference_rows(f32_lm):
     with torch.no_grad():
         rc = model(torch.from_numpy(np.r_[cond, tokens])[None]).logits[0, -1].numpy()
         ru = model(torch.from_numpy(np.r_[uncond, tokens])[None]).logits[0, -1].numpy()
-    _check_step(rows[0], rc, seed, "cond row")
-    _check_step(rows[1], ru, seed, "uncond row")
-    _check_step(guided(rows[0], rows[1], 2.0), ru + 2.0 * (rc - ru), seed, "guided logits")
+    _check_step(rows[0], rc, seed, "cond row", device)
+    _check_step(rows[1], ru, seed, "uncond row", device)
+    _check_step(guided(rows[0], rows[1], 2.0), ru + 2.0 * (rc - ru), seed, "guided logits", device)
     assert (lm.length(0), lm.length(1)) == (36, 22)
 
 
-def test_lm_extend_matches_the_reference_after_forced_tokens(f32_lm):
+def test_lm_extend_matches_the_reference_after_forced_tokens(f32_lm, device):
     # Tokens an FSM forces are fed to both sequences in one pass; the logits after them must be
     # those of the reference given cond/uncond prompts of different lengths plus those tokens.
     seed, model, lm = f32_lm
@@ -99,8 +104,8 @@ def test_lm_extend_matches_the_reference_after_forced_tokens(f32_lm):
     with torch.no_grad():
         rc = model(torch.from_numpy(np.r_[cond, first, forced])[None]).logits[0, -1].numpy()
         ru = model(torch.from_numpy(np.r_[uncond, first, forced])[None]).logits[0, -1].numpy()
-    _check_step(rows[0], rc, seed, "cond row after forced tokens")
-    _check_step(rows[1], ru, seed, "uncond row after forced tokens")
+    _check_step(rows[0], rc, seed, "cond row after forced tokens", device)
+    _check_step(rows[1], ru, seed, "uncond row after forced tokens", device)
     assert (lm.length(0), lm.length(1)) == (36, 19)
 
 
@@ -127,11 +132,11 @@ def test_lm_decode_computes_only_the_asked_rows(f32_lm):
             lm.decode([tok, tok], *bad)
 
 
-def test_lm_bf16_matches_qwen3(tmp_path):
+def test_lm_bf16_matches_qwen3(tmp_path, device):
     seed = _seed()
     model = tiny_lm(seed)
     write_lm(tmp_path / "lm.gguf", model, dtype="bf16")
-    lm = acestep_ggml.LM(tmp_path / "lm.gguf", n_threads=1)
+    lm = acestep_ggml.LM(tmp_path / "lm.gguf", device=device, n_threads=1)
     prompt = np.random.default_rng(seed).integers(0, VOCAB, size=40)
     lm.reset(1, 48)
     ours = [lm.prefill(0, prompt)] + [lm.decode([t])[0] for t in prompt[:5]]

@@ -15,23 +15,23 @@ from acestep_ggml.exchange import Request, write_request
 from acestep_ggml.pipeline import Synthesizer
 
 
-def run_both(synth_models, dtype: str, codes=None, guidance=1.0):
+def run_both(synth_models, dtype: str, device: str, codes=None, guidance=1.0):
     models, _, folders, seed = synth_models
     duration = 2.0 if codes is None else len(codes) / 5
     req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesig=4, language="en",
                   duration=None if codes else int(duration), codes=codes)
     length = int(duration * 25)
     noise = np.random.default_rng().standard_normal((length, 64), dtype=np.float32)
-    ours = Synthesizer(folders[dtype])(req, init_noise=noise, keep_stages=True, seed=0, guidance=guidance).stages
+    ours = Synthesizer(folders[dtype], device=device)(req, init_noise=noise, keep_stages=True, seed=0, guidance=guidance).stages
     code_str = None if codes is None else "".join(f"<|audio_code_{c}|>" for c in codes)
     ref = reference_run(models, noise, duration, code_str, guidance)
     return ours, ref, seed
 
 
 @pytest.mark.parametrize("codes", [None, "codes"], ids=["text2music", "cover_from_codes"])
-def test_synth_matches_diffusers_pipeline_f32(synth_models, codes):
+def test_synth_matches_diffusers_pipeline_f32(synth_models, codes, device):
     code_list = list(np.random.default_rng().integers(0, 64000, 8)) if codes else None
-    ours, ref, seed = run_both(synth_models, "f32", [int(c) for c in code_list] if code_list else None)
+    ours, ref, seed = run_both(synth_models, "f32", device, [int(c) for c in code_list] if code_list else None)
     table = {k: cosine(ours[k], ref[k]) for k in STAGES}
     print("\nstage cosines:", {k: round(v, 6) for k, v in table.items()})
     for k in STAGES:
@@ -42,8 +42,8 @@ def test_synth_matches_diffusers_pipeline_f32(synth_models, codes):
     assert not bad, f"model seed {seed}: stages below 0.999: {bad}"
 
 
-def test_synth_with_guidance_matches_diffusers_base_path_f32(synth_models):
-    ours, ref, seed = run_both(synth_models, "f32", guidance=7.0)
+def test_synth_with_guidance_matches_diffusers_base_path_f32(synth_models, device):
+    ours, ref, seed = run_both(synth_models, "f32", device, guidance=7.0)
     # Guided steps evaluate cond and null as a batch of two and combine them with APG (momentum
     # across steps); every step's conditional velocity and the final audio must agree.
     table = {k: cosine(ours[k], ref[k]) for k in STAGES}
@@ -52,22 +52,23 @@ def test_synth_with_guidance_matches_diffusers_base_path_f32(synth_models):
     assert not bad, f"model seed {seed}: stages below 0.999: {bad}"
 
 
-def test_synth_bf16_weights_final_audio(synth_models):
-    ours, ref, seed = run_both(synth_models, "bf16")
+def test_synth_bf16_weights_final_audio(synth_models, device):
+    ours, ref, seed = run_both(synth_models, "bf16", device)
     # BF16 weights vs the F32 reference: PyTorch's own bf16 run lands near 0.9999 on the DiT (SPEC);
     # through 8 steps and the VAE, 0.99 leaves room for the rounding of every weight.
     c = cosine(ours["audio"], ref["audio"])
     assert c >= 0.99, f"model seed {seed}: final audio cosine {c}"
 
 
-def test_synth_cli_writes_the_requested_duration(synth_models, tmp_path):
+def test_synth_cli_writes_the_requested_duration(synth_models, tmp_path, device):
     import soundfile as sf
 
     _, _, folders, _ = synth_models
     write_request(tmp_path / "ex", Request(caption=CAPTION, lyrics=LYRICS, duration=3))
     out = tmp_path / "song.wav"
     r = subprocess.run([sys.executable, "-m", "acestep_ggml", "synth", "--input-dir", str(tmp_path / "ex"),
-                        "--models", str(folders["f32"]), "--output", str(out), "--seed", "7", "--quiet"],
+                        "--models", str(folders["f32"]), "--output", str(out), "--seed", "7", "--device", device,
+                        "--quiet"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     info = sf.info(str(out))
@@ -94,7 +95,7 @@ def test_synth_cli_bad_exchange_dir_writes_nothing(synth_models, tmp_path, files
     assert not out.exists() and not list(tmp_path.glob("*.wav*"))
 
 
-def test_generate_cli_runs_lm_then_synth(synth_models, tmp_path):
+def test_generate_cli_runs_lm_then_synth(synth_models, tmp_path, device):
     import soundfile as sf
 
     _, _, folders, _ = synth_models
@@ -102,7 +103,8 @@ def test_generate_cli_runs_lm_then_synth(synth_models, tmp_path):
     # All metadata given: the LM skips its chain of thought and writes 5 codes per second.
     r = subprocess.run([sys.executable, "-m", "acestep_ggml", "generate", "--caption", CAPTION, "--lyrics", LYRICS,
                         "--duration", "10", "--bpm", "100", "--keyscale", "C major", "--timesignature", "4",
-                        "--models", str(folders["f32"]), "--seed", "3", "--threads", "1", "-o", str(out), "--quiet"],
+                        "--models", str(folders["f32"]), "--seed", "3", "--threads", "1", "--device", device,
+                        "-o", str(out), "--quiet"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     info = sf.info(str(out))

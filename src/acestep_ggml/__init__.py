@@ -17,7 +17,7 @@ if not any(k in _os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_
     _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from . import _core  # noqa: E402
-from ._core import GGUFFile, InputError, ModelFileError
+from ._core import DeviceError, GGUFFile, InputError, ModelFileError
 
 try:
     __version__ = _version("acestep-ggml")
@@ -41,7 +41,7 @@ from .tokenizer import Tokenizer  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ = [
-    "GGUFFile", "InputError", "ModelFileError", "backends", "__version__", "AudioTokenizer", "ConditionEncoder",
+    "DeviceError", "GGUFFile", "InputError", "ModelFileError", "backends", "__version__", "AudioTokenizer", "ConditionEncoder",
     "Detokenizer", "DiT", "LM", "Pipeline", "Request", "SynthResult", "Synthesizer", "TextEncoder", "Tokenizer",
     "VAE", "check_output_path", "generate", "load_audio", "read_audio", "write_audio",
 ]

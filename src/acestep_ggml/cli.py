@@ -151,7 +151,7 @@ def _cmd_lm(args: argparse.Namespace) -> int:
 
     req = Request(caption=args.caption, lyrics=args.lyrics, bpm=args.bpm, duration=args.duration,
                   keyscale=args.keyscale, timesig=args.timesignature, language=args.language)
-    out = LM.from_models(args.models, args.lm, n_threads=args.threads).generate(
+    out = LM.from_models(args.models, args.lm, device=args.device, n_threads=args.threads).generate(
         req, cfg_scale=args.cfg_scale, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, fsm=args.fsm, progress=_progress(args.quiet), **_lm_prompt_args(args))
     write_request(args.output_dir, out)
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shift", type=float, default=3.0, help="timestep shift (default 3.0)")
     s.add_argument("--guidance", type=float, default=None, help="guidance scale (default 1 turbo, 7 base/SFT)")
     s.add_argument("--init-noise", default=None, help="initial noise as a (T, 64) float32 .npy file")
-    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, metal, auto")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     _add_task_flags(s)
@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fsm", action=argparse.BooleanOptionalAction, default=True,
                    help="constrained decoding (default on)")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     s.add_argument("--output-dir", required=True, help="exchange directory to write")
     s.add_argument("--quiet", action="store_true", help="no progress output")
@@ -248,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lm", default=None, help="LM size in the file name (0.6B, 1.7B, 4B) or a GGUF file")
     s.add_argument("--models", default=None,
                    help="GGUF folder, checkpoint folder or hub repo (default: the published GGUFs, from the cache)")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")

@@ -13,9 +13,9 @@ from ._threads import resolve_threads
 # Tiling, in latent frames (1920 samples each).  The decoder and encoder see about
 # 9 frames either side of a frame (3-tap convs and three dilated 7-tap residual units
 # at each rate), so 12 frames of overlap make tiled output equal to untiled up to
-# float rounding.  128-frame chunks (5 s of audio) hold a 30 s decode at 1.5 GiB
-# peak RSS with the real model (BF16 file) while the overlap costs 19 % extra
-# compute; see benchmarks/bench_vae.py.
+# float rounding.  On the CPU, 128-frame chunks (5 s of audio) hold a 30 s decode at
+# 1.5 GiB peak RSS with the real model (BF16 file) while the overlap costs 19 % extra
+# compute; see benchmarks/bench_vae.py.  A GPU takes far larger tiles (VAE.default_chunk).
 DEFAULT_CHUNK = 128
 DEFAULT_OVERLAP = 12
 
@@ -31,7 +31,8 @@ class VAE:
     """A VAE loaded once from an ``acestep-vae`` GGUF.
 
     ``decode`` and ``encode`` run in overlapping time tiles so that memory does not
-    grow with the duration; ``chunk=0`` runs one untiled pass.
+    grow with the duration; ``chunk=0`` runs one untiled pass, ``chunk=None`` tiles of
+    ``default_chunk`` frames.
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: int | None = None):
@@ -55,11 +56,20 @@ class VAE:
         return self._vae.audio_channels
 
     @property
+    def default_chunk(self) -> int:
+        """Frames per tile when ``chunk`` is None: DEFAULT_CHUNK on the CPU; on a GPU as many
+        as a quarter of its free memory holds (at most 4 GiB), measured on first use."""
+        return self._vae.default_chunk(DEFAULT_CHUNK)
+
+    def _chunk(self, chunk: Optional[int]) -> int:
+        return self.default_chunk if chunk is None else int(chunk)
+
+    @property
     def compute_type(self) -> str:
         """'f32' for F32 files, 'f16' for BF16 / F16 ones."""
         return self._vae.compute_type
 
-    def decode(self, latents, *, chunk: int = DEFAULT_CHUNK, overlap: int = DEFAULT_OVERLAP,
+    def decode(self, latents, *, chunk: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
                progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """Latents (T, C) or (B, T, C) -> audio (audio_channels, T * hop) or (B, audio_channels, T * hop).
 
@@ -68,10 +78,10 @@ class VAE:
         if z.ndim not in (2, 3):
             raise InputError(f"latents must have shape (T, {self.latent_channels}) or (B, T, {self.latent_channels}), "
                              f"got {z.ndim} dimensions {z.shape}")
-        out = self._vae.decode(z if z.ndim == 3 else z[None], int(chunk), int(overlap), progress)
+        out = self._vae.decode(z if z.ndim == 3 else z[None], self._chunk(chunk), int(overlap), progress)
         return out if z.ndim == 3 else out[0]
 
-    def encode(self, audio, sample: bool = False, seed: int | None = None, *, chunk: int = DEFAULT_CHUNK,
+    def encode(self, audio, sample: bool = False, seed: int | None = None, *, chunk: Optional[int] = None,
                overlap: int = DEFAULT_OVERLAP, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """Audio (2, N) or (B, 2, N) -> latents (N // hop, C) or (B, N // hop, C).
 
@@ -82,7 +92,7 @@ class VAE:
         if a.ndim not in (2, 3):
             raise InputError(f"audio must have shape ({self.audio_channels}, N) or (B, {self.audio_channels}, N), "
                              f"got {a.ndim} dimensions {a.shape}")
-        mean, std = self._vae.encode(a if a.ndim == 3 else a[None], int(chunk), int(overlap), progress)
+        mean, std = self._vae.encode(a if a.ndim == 3 else a[None], self._chunk(chunk), int(overlap), progress)
         z = mean
         if sample:
             noise = np.random.default_rng(seed).standard_normal(mean.shape, dtype=np.float32)

@@ -91,6 +91,7 @@ void bind_core(py::module_ &m) {
 
     py::register_exception<FileError>(m, "ModelFileError", PyExc_ValueError);
     py::register_exception<InputError>(m, "InputError", PyExc_ValueError);
+    py::register_exception<DeviceError>(m, "DeviceError", PyExc_RuntimeError);
 
     m.def("backends", []() {
         py::list out;
@@ -128,7 +129,8 @@ void bind_core(py::module_ &m) {
     });
 
     py::class_<Backend, std::shared_ptr<Backend>>(m, "Backend")
-        .def(py::init(&Backend::create), py::arg("device") = "cpu", py::arg("n_threads") = 1)
+        .def(py::init(&Backend::get), py::arg("device") = "cpu", py::arg("n_threads") = 0,
+             "The process's backend for a device (shared with every model loaded on it).")
         .def_property_readonly("name", &Backend::name)
         .def_property_readonly("n_threads", &Backend::n_threads);
 
@@ -178,7 +180,7 @@ void bind_core(py::module_ &m) {
                              const std::string &device) {
         auto file = std::make_shared<GGUFFile>(path);
         file->expect_architecture(kind);
-        Weights w(file, Backend::create(device, 1));
+        Weights w(file, Backend::get(device, 0));
         for (auto &[name, shape, store] : spec) {
             Store st = store == "f32" ? Store::F32 : store == "f16" ? Store::F16 : Store::Keep;
             w.get(name, shape, st);

@@ -132,7 +132,28 @@ static ggml_backend_dev_t find_device(const std::string &spec_in) {
     return nullptr;
 }
 
-std::shared_ptr<Backend> Backend::create(const std::string &spec, int n_threads) {
+// The backend's registry entry point for its thread count, as a plugin exports it.
+static void set_backend_threads(ggml_backend_t backend, int n_threads) {
+    ggml_backend_dev_t dev = ggml_backend_get_device(backend);
+    ggml_backend_reg_t reg = dev ? ggml_backend_dev_backend_reg(dev) : nullptr;
+    auto set = reg ? (ggml_backend_set_n_threads_t)ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads")
+                   : nullptr;
+    if (set) set(backend, n_threads);
+}
+
+// Whether the registry of `backend` lists a CPU feature (as ggml_backend_get_features reports it).
+static bool has_feature(ggml_backend_t backend, const char *feature) {
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(backend));
+    auto get = (ggml_backend_get_features_t)ggml_backend_reg_get_proc_address(reg, "ggml_backend_get_features");
+    for (auto *f = get ? get(reg) : nullptr; f && f->name; f++)
+        if (std::strcmp(f->name, feature) == 0) return true;
+    return false;
+}
+
+std::shared_ptr<Backend> Backend::get(const std::string &spec, int n_threads) {
+    static std::mutex mu;
+    static std::map<std::string, std::weak_ptr<Backend>> live;  // by device name
+    std::lock_guard<std::mutex> lock(mu);
     ggml_backend_dev_t dev = find_device(spec);
     if (!dev) {
         std::string names;
@@ -141,9 +162,13 @@ std::shared_ptr<Backend> Backend::create(const std::string &spec, int n_threads)
                              "-DGGML_CUDA=ON, -DGGML_VULKAN=ON or -DGGML_METAL=ON for GPU backends",
                              spec.c_str(), names.c_str()));
     }
+    const std::string name = ggml_backend_dev_name(dev);
+    if (auto b = live[name].lock()) {
+        b->set_n_threads(n_threads);
+        return b;
+    }
     std::shared_ptr<Backend> b(new Backend());
-    b->name_ = ggml_backend_dev_name(dev);
-    b->n_threads_ = std::max(1, n_threads);
+    b->name_ = name;
     b->primary_ = ggml_backend_dev_init(dev, nullptr);
     if (!b->primary_) throw InputError(fmt("could not initialise ggml device %s: %s", b->name_.c_str(),
                                            last_ggml_error().c_str()));
@@ -152,13 +177,51 @@ std::shared_ptr<Backend> Backend::create(const std::string &spec, int n_threads)
     } else {
         b->cpu_ = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
     }
-    if (b->cpu_) ggml_backend_cpu_set_n_threads(b->cpu_, b->n_threads_);
+    if (b->cpu_) b->cpu_bf16_ = has_feature(b->cpu_, "AVX512_BF16");
+    b->set_n_threads(n_threads > 0 ? n_threads : (int)std::max(1u, std::thread::hardware_concurrency()));
+    live[name] = b;
     return b;
+}
+
+void Backend::set_n_threads(int n_threads) {
+    if (n_threads <= 0) return;  // as it is
+    std::lock_guard<std::mutex> lock(compute_mutex_);  // not while a graph of this backend runs
+    n_threads_ = n_threads;
+    set_backend_threads(primary_, n_threads_);
+    if (cpu_ && cpu_ != primary_) set_backend_threads(cpu_, n_threads_);
 }
 
 Backend::~Backend() {
     if (cpu_ && cpu_ != primary_) ggml_backend_free(cpu_);
     if (primary_) ggml_backend_free(primary_);
+}
+
+bool Backend::supports(const ggml_tensor *node) const {
+    return ggml_backend_supports_op(primary_, node);
+}
+
+bool Backend::multiplies(ggml_type type) const {
+    ggml_init_params p = {ggml_tensor_overhead() * 4, nullptr, /*no_alloc=*/true};
+    ggml_context *ctx = ggml_init(p);
+    const int64_t k = 256;  // a multiple of every block size
+    ggml_tensor *w = ggml_new_tensor_2d(ctx, type, k, 64);
+    ggml_tensor *x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, k, 8);
+    bool ok = supports(ggml_mul_mat(ctx, w, x));
+    ggml_free(ctx);
+    return ok;
+}
+
+ggml_type Backend::weight_type(ggml_type file_type, bool keep_bf16) const {
+    const char *env = std::getenv("ACESTEP_GGML_KEEP_BF16");
+    keep_bf16 = keep_bf16 || (env && *env && std::string(env) != "0");
+    if (file_type == GGML_TYPE_BF16 && is_cpu() && !cpu_bf16_ && !keep_bf16) return GGML_TYPE_F16;
+    if (multiplies(file_type)) return file_type;
+    return multiplies(GGML_TYPE_F16) ? GGML_TYPE_F16 : GGML_TYPE_F32;
+}
+
+bool strict_device() {
+    const char *e = std::getenv("ACESTEP_GGML_STRICT_DEVICE");
+    return e && *e && std::string(e) != "0";
 }
 
 // ---------------------------------------------------------------------------
@@ -571,7 +634,7 @@ std::vector<float> GGUFFile::read_f32(const TensorInfo &t) const {
 // Weights
 
 Weights::Weights(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend)
-    : file_(std::move(file)), backend_(std::move(backend)), bf16_as_f16_(backend_->bf16_as_f16()) {
+    : file_(std::move(file)), backend_(std::move(backend)) {
     // Metadata only: tensors live in the backend buffer allocated by load().
     ggml_init_params p = {/*mem_size=*/ggml_tensor_overhead() * (file_->tensors().size() + 1024),
                           /*mem_buffer=*/nullptr, /*no_alloc=*/true};
@@ -608,8 +671,9 @@ ggml_tensor *Weights::get(const std::string &name, const std::vector<int64_t> &t
     if (!is_weight_type(info.type))
         throw FileError(fmt("%s: tensor '%s' has type %s, which is not a float or quantized type",
                             file_->path().c_str(), name.c_str(), ggml_type_name(info.type)));
-    ggml_type type = store == Store::F32 ? GGML_TYPE_F32 : store == Store::F16 ? GGML_TYPE_F16 : info.type;
-    if (type == GGML_TYPE_BF16 && store == Store::Keep && bf16_as_f16_) type = GGML_TYPE_F16;
+    ggml_type type = store == Store::F32   ? GGML_TYPE_F32
+                     : store == Store::F16 ? GGML_TYPE_F16
+                                           : backend_->weight_type(info.type, keep_bf16_);
     ggml_tensor *t = new_tensor(name, type, torch_shape);
     entries_.push_back({t, &info, nullptr});
     return t;
@@ -757,13 +821,6 @@ void Graph::output(ggml_tensor *t) {
     ggml_build_forward_expand(graph_, t);
 }
 
-bool Backend::bf16_as_f16() const {
-    if (!is_cpu()) return false;
-    const char *keep = std::getenv("ACESTEP_GGML_KEEP_BF16");
-    if (keep && *keep && std::string(keep) != "0") return false;
-    return !ggml_cpu_has_avx512_bf16();
-}
-
 Runner::Runner(std::shared_ptr<Backend> backend, size_t max_nodes) : backend_(std::move(backend)) {
     std::vector<ggml_backend_t> backends = {backend_->primary()};
     if (!backend_->is_cpu() && backend_->cpu()) backends.push_back(backend_->cpu());
@@ -771,8 +828,20 @@ Runner::Runner(std::shared_ptr<Backend> backend, size_t max_nodes) : backend_(st
     if (!sched_) throw std::runtime_error("could not create the ggml scheduler");
 }
 
+size_t Runner::compute_bytes() const { return ggml_backend_sched_get_buffer_size(sched_, backend_->primary()); }
+
 Runner::~Runner() {
     if (sched_) ggml_backend_sched_free(sched_);
+}
+
+// Ops that compute nothing: a view of an input on the CPU is part of its upload.
+static bool is_view(const ggml_tensor *t) {
+    switch (t->op) {
+        case GGML_OP_NONE: case GGML_OP_VIEW: case GGML_OP_RESHAPE: case GGML_OP_PERMUTE: case GGML_OP_TRANSPOSE:
+            return true;
+        default:
+            return false;
+    }
 }
 
 void Runner::alloc(Graph &g) {
@@ -780,6 +849,16 @@ void Runner::alloc(Graph &g) {
     if (!ggml_backend_sched_alloc_graph(sched_, g.graph()))
         throw std::runtime_error(fmt("could not allocate compute memory on %s: %s", backend_->name().c_str(),
                                      last_ggml_error().c_str()));
+    if (backend_->is_cpu() || !strict_device()) return;
+    for (int i = 0; i < ggml_graph_n_nodes(g.graph()); i++) {
+        ggml_tensor *node = ggml_graph_node(g.graph(), i);
+        ggml_backend_t on = ggml_backend_sched_get_tensor_backend(sched_, node);
+        if (on != backend_->primary() && !is_view(node))
+            throw DeviceError(fmt("ACESTEP_GGML_STRICT_DEVICE: op %s (node '%s') runs on %s, not on the device %s%s",
+                                  ggml_op_desc(node), ggml_get_name(node), on ? ggml_backend_name(on) : "no backend",
+                                  backend_->name().c_str(),
+                                  backend_->supports(node) ? "" : ", which does not support it"));
+    }
 }
 
 // ACESTEP_GGML_PROFILE=1: every node is computed on its own and timed; totals per op
@@ -851,6 +930,7 @@ void Runner::compute(Graph &g) {
         ggml_backend_sched_set_eval_callback(sched_, Profile::observe, nullptr);
         Profile::get().last = Profile::now();
     }
+    std::lock_guard<std::mutex> lock(backend_->compute_mutex());
     ggml_status st = ggml_backend_sched_graph_compute(sched_, g.graph());
     if (st != GGML_STATUS_SUCCESS)
         throw std::runtime_error(fmt("graph computation failed on %s (status %d): %s", backend_->name().c_str(),

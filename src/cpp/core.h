@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -52,12 +53,23 @@ struct DeviceInfo {
 };
 std::vector<DeviceInfo> list_devices();
 
-// One compute device plus, for non-CPU devices, the CPU as fallback for ops the
-// device lacks.  Shared by every model loaded on it.
+// The graph of a model asked for a node on a backend other than its device while the
+// strict-device switch is on (ACESTEP_GGML_STRICT_DEVICE=1).
+struct DeviceError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// One compute device plus, for non-CPU devices, the CPU for what the device cannot
+// run.  One per device per process, shared by every model loaded on it.
 class Backend {
   public:
-    // spec: "cpu", "cuda", "cuda:1", "vulkan", "metal", "gpu" (first GPU), "auto".
-    static std::shared_ptr<Backend> create(const std::string &spec, int n_threads);
+    // spec: "cpu", "cuda", "cuda:1", "vulkan", "vulkan:1", "metal", "gpu" (first GPU),
+    // "auto" (first GPU, else the CPU).  Devices are found through ggml's device
+    // registry only, so backends loaded as plugins are found the same way.  The first
+    // call for a device creates its backend; later calls, from any thread, return the
+    // same one while some model still holds it, with its CPU threads set to n_threads
+    // (n_threads <= 0: left as they are).
+    static std::shared_ptr<Backend> get(const std::string &spec, int n_threads);
     ~Backend();
     Backend(const Backend &) = delete;
     Backend &operator=(const Backend &) = delete;
@@ -65,20 +77,39 @@ class Backend {
     ggml_backend_t primary() const { return primary_; }
     ggml_backend_t cpu() const { return cpu_; }
     bool is_cpu() const { return primary_ == cpu_; }
-    // True on a CPU without native BF16 dot products (no AVX512-BF16), where ggml
-    // multiplies BF16 weights about 35% slower than F16 ones: Store::Keep then loads
-    // BF16 matmul weights as F16, which is exact for |w| in F16's normal range
-    // (6.1e-5 .. 65504) and costs the same memory.  ACESTEP_GGML_KEEP_BF16=1 disables it.
-    bool bf16_as_f16() const;
     const std::string &name() const { return name_; }
     int n_threads() const { return n_threads_; }
+    void set_n_threads(int n_threads);
+
+    // Whether the device itself runs this node (ggml_backend_supports_op).
+    bool supports(const ggml_tensor *node) const;
+    // The type a matmul weight stored as `file_type` is loaded as: the file's type where
+    // the device multiplies it, else F16 (else F32).  On a CPU without native BF16 dot
+    // products (no AVX512-BF16) ggml multiplies BF16 about 35% slower than F16, so BF16
+    // loads as F16 there unless keep_bf16 (exact for |w| in F16's normal range,
+    // 6.1e-5 .. 65504, same memory).  ACESTEP_GGML_KEEP_BF16=1 keeps BF16 everywhere
+    // the device multiplies it.
+    ggml_type weight_type(ggml_type file_type, bool keep_bf16 = false) const;
+
+    // Graph computations on one backend run one at a time: a ggml backend keeps
+    // per-backend scratch (the CPU's work buffer, a GPU's command queue).
+    std::mutex &compute_mutex() const { return compute_mutex_; }
 
   private:
     Backend() = default;
+    bool multiplies(ggml_type type) const;
     ggml_backend_t primary_ = nullptr, cpu_ = nullptr;
     std::string name_;
     int n_threads_ = 1;
+    bool cpu_bf16_ = false;  // the CPU has native BF16 dot products
+    mutable std::mutex compute_mutex_;
 };
+
+// ACESTEP_GGML_STRICT_DEVICE=1: every graph node of every model must run on the
+// model's device (input uploads and output downloads are the only copies allowed),
+// else Runner::alloc throws DeviceError naming the op.  Read at every alloc, so tests
+// may switch it per test.
+bool strict_device();
 
 // ---------------------------------------------------------------------------
 // A checkpoint's config.json (stored as `acestep.config_json`): top-level keys of a
@@ -178,8 +209,8 @@ bool is_weight_type(ggml_type type);  // float or block-quantized: what a weight
 // Weights: backend tensors of one model, declared by name, then loaded in one go.
 
 enum class Store {
-    Keep,  // the file's type (BF16, Q8_0, ...): matmul weights; BF16 becomes F16 where
-           // that multiplies faster (see Backend::bf16_as_f16, Weights::keep_bf16)
+    Keep,  // the file's type (BF16, Q8_0, ...): matmul weights, in a type the device
+           // multiplies (see Backend::weight_type, Weights::keep_bf16)
     F32,   // converted to F32 at load: norms, biases, tables used in element-wise ops
     F16,   // converted to F16 at load: convolution kernels
 };
@@ -194,9 +225,9 @@ class Weights {
     // A tensor from the file, checked against the expected PyTorch-order shape.
     ggml_tensor *get(const std::string &name, const std::vector<int64_t> &torch_shape, Store store = Store::Keep);
     bool has(const std::string &name) const { return file_->find(name) != nullptr; }
-    // Keep BF16 matmul weights as BF16 even where the backend would prefer F16: for
+    // Keep BF16 matmul weights as BF16 even where the CPU would prefer F16: for
     // memory-bound decoding (one or two rows), where BF16 dot products measured faster.
-    void keep_bf16() { bf16_as_f16_ = false; }
+    void keep_bf16() { keep_bf16_ = true; }
     // A tensor computed at load time from file data (e.g. folding weight norm).
     ggml_tensor *derived(const std::string &name, ggml_type type, const std::vector<int64_t> &torch_shape,
                          std::function<std::vector<float>()> compute);
@@ -220,7 +251,7 @@ class Weights {
     ggml_context *ctx_ = nullptr;
     ggml_backend_buffer_t buffer_ = nullptr;
     std::vector<Entry> entries_;
-    bool bf16_as_f16_;
+    bool keep_bf16_ = false;
 };
 
 // ---------------------------------------------------------------------------
@@ -257,6 +288,8 @@ class Runner {
     void alloc(Graph &g);
     void compute(Graph &g);
     const std::shared_ptr<Backend> &backend() const { return backend_; }
+    // Bytes of the device's compute buffer after the last alloc().
+    size_t compute_bytes() const;
 
   private:
     std::shared_ptr<Backend> backend_;

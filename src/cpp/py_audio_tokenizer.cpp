@@ -7,7 +7,7 @@ namespace ace {
 void bind_audio_tokenizer(py::module_ &m) {
     py::class_<AudioTokenizer>(m, "_AudioTokenizer")
         .def(py::init([](const std::string &dit, const std::string &device, int n_threads) {
-            auto backend = Backend::create(device, n_threads);
+            auto backend = Backend::get(device, n_threads);
             py::gil_scoped_release nogil;  // loading weights takes seconds: let other threads run
             return new AudioTokenizer(dit, backend);
         }), py::arg("dit_path"), py::arg("device"), py::arg("n_threads"))

@@ -18,7 +18,7 @@ static py::array_t<float, py::array::c_style> batched(const py::handle &obj, con
 void bind_dit(py::module_ &m) {
     py::class_<DiT, std::shared_ptr<DiT>>(m, "DiT")
         .def(py::init([](const std::string &path, const std::string &device, int n_threads) {
-                 auto backend = Backend::create(device, n_threads);
+                 auto backend = Backend::get(device, n_threads);
                  py::gil_scoped_release nogil;
                  return std::make_shared<DiT>(path, backend);
              }),

@@ -34,7 +34,7 @@ static py::array seq_logits(const LM &lm, Call &&call) {
 void bind_lm(py::module_ &m) {
     py::class_<LM>(m, "_LM")
         .def(py::init([](const std::string &path, const std::string &device, int n_threads) {
-            auto backend = Backend::create(device, n_threads);
+            auto backend = Backend::get(device, n_threads);
             py::gil_scoped_release nogil;  // loading weights takes seconds: let other threads run
             return new LM(path, backend);
         }), py::arg("path"), py::arg("device"), py::arg("n_threads"))

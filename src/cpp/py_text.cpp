@@ -50,7 +50,7 @@ static auto ids_to_rows(std::vector<float> (TextEncoder::*method)(const std::vec
 void bind_text(py::module_ &m) {
     py::class_<TextEncoder>(m, "_TextEncoder")
         .def(py::init([](const std::string &path, const std::string &device, int n_threads) {
-            auto backend = Backend::create(device, n_threads);
+            auto backend = Backend::get(device, n_threads);
             py::gil_scoped_release nogil;  // loading weights takes seconds: let other threads run
             return new TextEncoder(path, backend);
         }), py::arg("path"), py::arg("device"), py::arg("n_threads"))
@@ -61,7 +61,7 @@ void bind_text(py::module_ &m) {
 
     py::class_<ConditionEncoder>(m, "_ConditionEncoder")
         .def(py::init([](const std::string &dit, const std::string &text, const std::string &device, int n_threads) {
-            auto backend = Backend::create(device, n_threads);
+            auto backend = Backend::get(device, n_threads);
             py::gil_scoped_release nogil;  // loading weights takes seconds: let other threads run
             return new ConditionEncoder(dit, text, backend);
         }), py::arg("dit_path"), py::arg("text_encoder_path"), py::arg("device"), py::arg("n_threads"))
@@ -94,7 +94,7 @@ void bind_text(py::module_ &m) {
 
     py::class_<Detokenizer>(m, "_Detokenizer")
         .def(py::init([](const std::string &dit, const std::string &device, int n_threads) {
-            auto backend = Backend::create(device, n_threads);
+            auto backend = Backend::get(device, n_threads);
             py::gil_scoped_release nogil;  // loading weights takes seconds: let other threads run
             return new Detokenizer(dit, backend);
         }), py::arg("dit_path"), py::arg("device"), py::arg("n_threads"))

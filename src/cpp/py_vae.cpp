@@ -18,7 +18,7 @@ static VAE::TileProgress tile_progress(py::object progress) {
 void bind_vae(py::module_ &m) {
     py::class_<VAE, std::shared_ptr<VAE>>(m, "VAE")
         .def(py::init([](const std::string &path, const std::string &device, int n_threads) {
-                 auto backend = Backend::create(device, n_threads);
+                 auto backend = Backend::get(device, n_threads);
                  py::gil_scoped_release nogil;
                  return std::make_shared<VAE>(path, backend);
              }),
@@ -28,6 +28,10 @@ void bind_vae(py::module_ &m) {
         .def_property_readonly("latent_channels", [](const VAE &v) { return v.config().latent_channels; })
         .def_property_readonly("audio_channels", [](const VAE &v) { return v.config().audio_channels; })
         .def_property_readonly("compute_type", &VAE::compute_type)
+        .def("default_chunk", [](VAE &v, int64_t cpu_chunk) {
+            py::gil_scoped_release nogil;
+            return v.default_chunk(cpu_chunk);
+        }, py::arg("cpu_chunk"), "Frames per tile when none is named: cpu_chunk on the CPU, more on a GPU.")
         .def("decode", [](VAE &v, py::handle latents, int64_t chunk, int64_t overlap, py::object progress) {
             auto z = as_f32(latents, "latents", 3, 3);
             const int64_t B = z.shape(0), T = z.shape(1), C = z.shape(2);

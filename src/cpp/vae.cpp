@@ -8,8 +8,14 @@
 // most of the work, run as Winograd F(4, 7) instead (see below).  Snake, im2col,
 // col2im, the Winograd transforms and the residual
 // add are small fused CPU kernels (ggml custom ops): each is one pass over memory
-// where a chain of stock element-wise ops would be five.  On a GPU backend the
-// scheduler runs these on the CPU.
+// where a chain of stock element-wise ops would be five.
+//
+// Only the CPU backend runs custom ops, so on any other device (CUDA, Vulkan, Metal)
+// the VAE is built from stock ops, chosen by ggml_backend_supports_op: activations
+// time-innermost [T, C] as ggml's convolutions take them, snake as mul/sin/sqr/mul/add,
+// a convolution as ggml_im2col + one matmul (cols x kernel -> [T_out, C_out]), a
+// transposed one as a matmul into columns + ggml_col2im_1d, the residual units' convs
+// plainly (no Winograd).
 #include "vae.h"
 
 #include <algorithm>
@@ -418,16 +424,17 @@ class Loader {
   public:
     // The derived tensors are computed in Weights::load(), after the Loader is gone:
     // their lambdas hold the file, never the Loader.
-    Loader(Weights &w, std::shared_ptr<GGUFFile> file, ggml_type compute) : w_(w), file_(std::move(file)), compute_(compute) {}
+    Loader(Weights &w, std::shared_ptr<GGUFFile> file, ggml_type compute, bool fused)
+        : w_(w), file_(std::move(file)), compute_(compute), fused_(fused) {}
 
     Snake snake(const std::string &p, int C) {
         Snake s;
-        s.alpha = w_.derived(p + ".alpha", GGML_TYPE_F32, {C}, [f = file_, p, C] {
+        s.alpha = w_.derived(p + ".alpha", GGML_TYPE_F32, per_channel(C), [f = file_, p, C] {
             auto v = values(*f, p + ".alpha", {1, C, 1});
             for (auto &x : v) x = std::exp(x);
             return v;
         });
-        s.inv_beta = w_.derived(p + ".beta", GGML_TYPE_F32, {C}, [f = file_, p, C] {
+        s.inv_beta = w_.derived(p + ".beta", GGML_TYPE_F32, per_channel(C), [f = file_, p, C] {
             auto v = values(*f, p + ".beta", {1, C, 1});
             for (auto &x : v) x = 1.0f / (std::exp(x) + 1e-9f);
             return v;
@@ -438,6 +445,12 @@ class Loader {
     Conv conv(const std::string &p, int c_in, int c_out, ConvGeom g, bool bias = true) {
         Conv c{nullptr, nullptr, c_in, c_out, g};
         const int K = g.kernel;
+        if (!fused_) {  // PyTorch's (c, k) order is ggml_im2col's
+            c.w = w_.derived(p + ".weight", compute_, {c_out, (int64_t)c_in * K},
+                             [f = file_, p, c_in, c_out, K] { return folded(*f, p, {c_out, c_in, K}, c_out); });
+            if (bias) c.b = w_.get(p + ".bias", per_channel(c_out), Store::F32);
+            return c;
+        }
         c.w = w_.derived(p + ".weight", compute_, {c_out, (int64_t)K * c_in}, [f = file_, p, c_in, c_out, K] {
             auto w = folded(*f, p, {c_out, c_in, K}, c_out);
             std::vector<float> out(w.size());
@@ -451,19 +464,22 @@ class Loader {
         return c;
     }
 
+    // Columns [K*C_out, T_in] of the matmul: k-major for our col2im, (o, k) order for ggml_col2im_1d.
     Conv conv_transposed(const std::string &p, int c_in, int c_out, ConvGeom g) {
         Conv c{nullptr, nullptr, c_in, c_out, g};
         const int K = g.kernel;
-        c.w = w_.derived(p + ".weight", compute_, {(int64_t)K * c_out, c_in}, [f = file_, p, c_in, c_out, K] {
+        c.w = w_.derived(p + ".weight", compute_, {(int64_t)K * c_out, c_in}, [f = file_, p, c_in, c_out, K, fused = fused_] {
             auto w = folded(*f, p, {c_in, c_out, K}, c_in);
             std::vector<float> out(w.size());
             for (int i = 0; i < c_in; i++)
                 for (int o = 0; o < c_out; o++)
-                    for (int k = 0; k < K; k++)
-                        out[((size_t)k * c_out + o) * c_in + i] = w[((size_t)i * c_out + o) * K + k];
+                    for (int k = 0; k < K; k++) {
+                        const size_t row = fused ? (size_t)k * c_out + o : (size_t)o * K + k;
+                        out[row * c_in + i] = w[((size_t)i * c_out + o) * K + k];
+                    }
             return out;
         });
-        c.b = w_.get(p + ".bias", {c_out}, Store::F32);
+        c.b = w_.get(p + ".bias", per_channel(c_out), Store::F32);
         return c;
     }
 
@@ -487,18 +503,29 @@ class Loader {
     ResUnit res_unit(const std::string &p, int C, int dilation) {
         ResUnit r;
         r.snake1 = snake(p + ".snake1", C);
-        // conv1 runs as Winograd: only its bias and geometry are kept besides U
-        r.conv1 = Conv{nullptr, w_.get(p + ".conv1.bias", {C}, Store::F32), C, C, {7, 1, dilation, 3 * dilation}};
-        r.wino = winograd_kernel(p + ".conv1", C);
+        const ConvGeom g1{7, 1, dilation, 3 * dilation};
+        if (fused_) {
+            // conv1 runs as Winograd: only its bias and geometry are kept besides U
+            r.conv1 = Conv{nullptr, w_.get(p + ".conv1.bias", {C}, Store::F32), C, C, g1};
+            r.wino = winograd_kernel(p + ".conv1", C);
+        } else {
+            r.conv1 = conv(p + ".conv1", C, C, g1);
+        }
         r.snake2 = snake(p + ".snake2", C);
         r.conv2 = conv(p + ".conv2", C, C, {1, 1, 1, 0});
         return r;
     }
 
   private:
+    // Per-channel vectors: [C] for the fused kernels, [1, C] to broadcast over [T, C] in stock ops.
+    std::vector<int64_t> per_channel(int C) const {
+        return fused_ ? std::vector<int64_t>{C} : std::vector<int64_t>{C, 1};
+    }
+
     Weights &w_;
     std::shared_ptr<GGUFFile> file_;
     ggml_type compute_;
+    bool fused_;
 };
 
 }  // namespace
@@ -507,8 +534,10 @@ struct VAE::Model {
     std::shared_ptr<Backend> backend;
     std::shared_ptr<GGUFFile> file;
     ggml_type compute = GGML_TYPE_F32;
+    bool fused = true;  // the fused CPU kernels, else stock ops (see the top of this file)
     std::unique_ptr<Weights> dec_w, enc_w;  // the encoder's are loaded on first use
     bool enc_loaded = false;
+    int64_t device_chunk = 0;  // measured on first use
     Decoder dec;
     Encoder enc;
     std::unique_ptr<Runner> runner;
@@ -521,18 +550,28 @@ namespace {
 
 class Builder {
   public:
-    Builder(Graph &g, ggml_type compute) : ctx_(g.ctx()), compute_(compute) {}
+    Builder(Graph &g, ggml_type compute, bool fused) : ctx_(g.ctx()), compute_(compute), fused_(fused) {}
 
-    // x: [C, T] F32 -> snake(x (+ bias)) in the compute type.
+    // Fused: x [C, T] F32 -> snake(x (+ bias)) in the compute type.  Stock: x [T, C] F32 -> F32.
     ggml_tensor *snake(ggml_tensor *x, const Snake &s, ggml_tensor *bias = nullptr) {
+        if (!fused_) {
+            ggml_tensor *sine = ggml_sin(ctx_, ggml_mul(ctx_, x, s.alpha));
+            return ggml_add(ctx_, x, ggml_mul(ctx_, ggml_sqr(ctx_, sine), s.inv_beta));
+        }
         ggml_tensor *args[4] = {x, s.alpha, s.inv_beta, bias};
         return ggml_custom_4d(ctx_, compute_, x->ne[0], x->ne[1], 1, 1, args, bias ? 4 : 3, snake_kernel,
                               GGML_N_TASKS_MAX, nullptr);
     }
 
-    // x: [C_in, T] (compute type or F32) -> [C_out, T_out] F32, bias not yet added.
+    // Fused: x [C_in, T] (compute type or F32) -> [C_out, T_out] F32, bias not yet added.
+    // Stock: x [T, C_in] F32 -> [T_out, C_out] F32.
     ggml_tensor *conv_nobias(ggml_tensor *x, const Conv &c) {
         const ConvGeom &g = c.geom;
+        if (!fused_) {
+            ggml_tensor *shape = ggml_reshape_3d(ctx_, c.w, g.kernel, c.c_in, c.c_out);  // im2col reads K, C_in
+            ggml_tensor *cols = ggml_im2col(ctx_, shape, x, g.stride, 0, g.padding, 0, g.dilation, 0, false, compute_);
+            return ggml_mul_mat(ctx_, cols, c.w);  // [C_in*K, T_out] x [C_in*K, C_out] -> [T_out, C_out]
+        }
         ggml_tensor *cols = x;
         if (g.kernel != 1 || g.stride != 1 || g.padding != 0 || x->type != compute_) {
             const int64_t T_out = (x->ne[1] + 2 * g.padding - (int64_t)g.dilation * (g.kernel - 1) - 1) / g.stride + 1;
@@ -546,9 +585,14 @@ class Builder {
         return c.b ? ggml_add(ctx_, y, c.b) : y;
     }
 
-    // x: [C_in, T_in] compute type -> [C_out, (T_in-1)*stride + K - 2*padding] F32.
+    // Fused: x [C_in, T_in] compute type -> [C_out, (T_in-1)*stride + K - 2*padding] F32.
+    // Stock: x [T_in, C_in] F32 -> [T_out, C_out] F32.
     ggml_tensor *conv_transposed(ggml_tensor *x, const Conv &c) {
         const ConvGeom &g = c.geom;
+        if (!fused_) {
+            ggml_tensor *cols = ggml_mul_mat(ctx_, c.w, ggml_cont(ctx_, ggml_transpose(ctx_, x)));  // [C_out*K, T_in]
+            return ggml_add(ctx_, ggml_col2im_1d(ctx_, cols, g.stride, c.c_out, g.padding), c.b);
+        }
         ggml_tensor *cols = ggml_mul_mat(ctx_, c.w, x);  // [K*C_out, T_in]
         const int64_t T_out = (x->ne[1] - 1) * g.stride + g.kernel - 2 * g.padding;
         ggml_tensor *args[2] = {cols, c.b};
@@ -556,8 +600,12 @@ class Builder {
                               geom(g));
     }
 
-    // x: [C, T] F32 -> [C, T] F32
+    // x: [C, T] F32 -> [C, T] F32 (stock: [T, C])
     ggml_tensor *res_unit(ggml_tensor *x, const ResUnit &r) {
+        if (!fused_) {
+            ggml_tensor *y = conv(snake(conv(snake(x, r.snake1), r.conv1), r.snake2), r.conv2);
+            return ggml_add(ctx_, x, y);
+        }
         const Winograd &wg = winograd();
         const int d = r.conv1.geom.dilation;
         const int64_t C = x->ne[0], T = x->ne[1], n_tiles = (T + (int64_t)wg.m * d - 1) / ((int64_t)wg.m * d) * d;
@@ -579,25 +627,28 @@ class Builder {
 
     // latents [latent_channels, T] -> audio [audio_channels, T * hop]
     ggml_tensor *decoder(ggml_tensor *z, const Decoder &d) {
-        ggml_tensor *x = conv(z, d.conv1);
+        ggml_tensor *x = conv(to_layout(z), d.conv1);
         for (const auto &b : d.block) {
             x = conv_transposed(snake(x, b.snake1), b.conv_t1);
             for (const auto &r : b.res) x = res_unit(x, r);
         }
-        return conv(snake(x, d.snake1), d.conv2);
+        return to_layout(conv(snake(x, d.snake1), d.conv2));
     }
 
     // audio [audio_channels, N] -> [2 * latent_channels, N / hop]
     ggml_tensor *encoder(ggml_tensor *a, const Encoder &e) {
-        ggml_tensor *x = conv(a, e.conv1);
+        ggml_tensor *x = conv(to_layout(a), e.conv1);
         for (const auto &b : e.block) {
             for (const auto &r : b.res) x = res_unit(x, r);
             x = conv(snake(x, b.snake1), b.conv1);
         }
-        return conv(snake(x, e.snake1), e.conv2);
+        return to_layout(conv(snake(x, e.snake1), e.conv2));
     }
 
   private:
+    // Inputs and outputs are [C, T]; the stock ops work on [T, C].
+    ggml_tensor *to_layout(ggml_tensor *x) { return fused_ ? x : ggml_cont(ctx_, ggml_transpose(ctx_, x)); }
+
     ggml_tensor *im2col(ggml_tensor *x, const ConvGeom &g, int64_t T_out) {
         ggml_tensor *args[1] = {x};
         return ggml_custom_4d(ctx_, compute_, x->ne[0] * g.kernel, T_out, 1, 1, args, 1, im2col_kernel,
@@ -611,12 +662,29 @@ class Builder {
 
     ggml_context *ctx_;
     ggml_type compute_;
+    bool fused_;
     // The custom ops point into these until the graph has run: a deque never moves them.
     std::deque<ConvGeom> geoms_;
     std::deque<WinoGeom> wgeoms_;
 };
 
 }  // namespace
+
+// The fused kernels where the device runs ggml custom ops (the CPU), else stock ops.
+// ACESTEP_GGML_VAE_OPS=fused|stock overrides the choice: to compare the two on the CPU,
+// and to prove that the strict-device check catches a CPU-only op on a GPU.
+static bool runs_fused_kernels(const Backend &backend) {
+    const char *env = std::getenv("ACESTEP_GGML_VAE_OPS");
+    const std::string ops = env ? env : "";
+    if (ops == "fused" || ops == "stock") return ops == "fused";
+    if (!ops.empty()) throw InputError(fmt("ACESTEP_GGML_VAE_OPS must be 'fused' or 'stock', got '%s'", env));
+    ggml_init_params p = {ggml_tensor_overhead() * 4, nullptr, /*no_alloc=*/true};
+    ggml_context *ctx = ggml_init(p);
+    ggml_tensor *args[1] = {ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 8, 8)};
+    const bool ok = backend.supports(ggml_custom_4d(ctx, GGML_TYPE_F32, 8, 8, 1, 1, args, 1, snake_kernel, 1, nullptr));
+    ggml_free(ctx);
+    return ok;
+}
 
 // ---------------------------------------------------------------------------
 
@@ -632,6 +700,7 @@ VAE::VAE(const std::string &path, std::shared_ptr<Backend> backend) : m_(new Mod
     const TensorInfo *probe = f.find("decoder.conv1.weight_v");
     if (!probe) probe = &f.require("decoder.conv1.weight");
     m_->compute = probe->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
+    m_->fused = runs_fused_kernels(*m_->backend);
 
     const int n = (int)cfg_.ratios.size();
     std::vector<int> mult = {1};
@@ -639,7 +708,7 @@ VAE::VAE(const std::string &path, std::shared_ptr<Backend> backend) : m_(new Mod
 
     m_->dec_w = std::make_unique<Weights>(m_->file, m_->backend);
     {
-        Loader L(*m_->dec_w, m_->file, m_->compute);
+        Loader L(*m_->dec_w, m_->file, m_->compute, m_->fused);
         Decoder &d = m_->dec;
         const int ch = cfg_.decoder_channels;
         d.conv1 = L.conv("decoder.conv1", cfg_.latent_channels, ch * mult[n], {7, 1, 1, 3});
@@ -657,7 +726,7 @@ VAE::VAE(const std::string &path, std::shared_ptr<Backend> backend) : m_(new Mod
     }
     m_->enc_w = std::make_unique<Weights>(m_->file, m_->backend);
     if (f.find("encoder.conv1.weight_v") || f.find("encoder.conv1.weight")) {
-        Loader L(*m_->enc_w, m_->file, m_->compute);
+        Loader L(*m_->enc_w, m_->file, m_->compute, m_->fused);
         Encoder &e = m_->enc;
         const int ch = cfg_.encoder_hidden_size;
         e.conv1 = L.conv("encoder.conv1", cfg_.audio_channels, ch, {7, 1, 1, 3});
@@ -678,6 +747,28 @@ VAE::VAE(const std::string &path, std::shared_ptr<Backend> backend) : m_(new Mod
 }
 
 VAE::~VAE() = default;
+
+int64_t VAE::default_chunk(int64_t cpu_chunk) {
+    if (m_->fused) return cpu_chunk;
+    if (!m_->device_chunk) {
+        // A device tile holds as many frames as a quarter of the device's free memory, at
+        // most 4 GiB (memory stays bounded, other models keep their room): the compute
+        // memory grows linearly with the frames, so two small graphs measure its slope.
+        auto bytes = [&](int64_t T) {
+            Graph g;
+            ggml_tensor *z = g.input("latents", GGML_TYPE_F32, {T, (int64_t)cfg_.latent_channels});
+            g.output(Builder(g, m_->compute, m_->fused).decoder(z, m_->dec));
+            m_->runner->alloc(g);
+            return (double)m_->runner->compute_bytes();
+        };
+        const double per_frame = std::max(1.0, (bytes(16) - bytes(8)) / 8);
+        size_t free_bytes = 0, total_bytes = 0;
+        ggml_backend_dev_memory(ggml_backend_get_device(m_->backend->primary()), &free_bytes, &total_bytes);
+        const double budget = std::min(free_bytes / 4.0, 4.0 * (1 << 30));
+        m_->device_chunk = std::clamp<int64_t>((int64_t)(budget / per_frame), cpu_chunk, kMaxDeviceChunk);
+    }
+    return m_->device_chunk;
+}
 
 std::string VAE::compute_type() const { return m_->compute == GGML_TYPE_F32 ? "f32" : "f16"; }
 
@@ -722,7 +813,7 @@ std::vector<float> VAE::decode(const float *latents, int64_t B, int64_t T, Tilin
             const int64_t Tw = w.win1 - w.win0;
             Graph g;
             ggml_tensor *z = g.input("latents", GGML_TYPE_F32, {Tw, C});
-            Builder build(g, m_->compute);
+            Builder build(g, m_->compute, m_->fused);
             ggml_tensor *y = build.decoder(z, m_->dec);  // [A, Tw*hop]
             g.output(y);
             m_->runner->alloc(g);
@@ -769,7 +860,7 @@ void VAE::encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::v
             const int64_t s0 = w.win0 * hop, s1 = w.win1 == T ? N : w.win1 * hop, Ns = s1 - s0;
             Graph g;
             ggml_tensor *a = g.input("audio", GGML_TYPE_F32, {Ns, A});
-            Builder build(g, m_->compute);
+            Builder build(g, m_->compute, m_->fused);
             ggml_tensor *h = build.encoder(a, m_->enc);  // [2L, Tw]
             g.output(h);
             m_->runner->alloc(g);

@@ -41,6 +41,12 @@ class VAE {
     // "f32" or "f16": the matmul weight and activation type, from the file's weights.
     std::string compute_type() const;
 
+    // Frames per tile when the caller names none: cpu_chunk where the fused CPU kernels
+    // run; on other devices as many as a quarter of the device's free memory holds
+    // (at most 4 GiB, between cpu_chunk and kMaxDeviceChunk frames).
+    int64_t default_chunk(int64_t cpu_chunk);
+    static constexpr int64_t kMaxDeviceChunk = 4096;
+
     // Called after each tile with (tiles done, tiles in all, over the whole batch); it may
     // throw to stop the pass (a Ctrl-C seen by the Python binding).
     using TileProgress = std::function<void(int64_t, int64_t)>;
