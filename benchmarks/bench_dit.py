@@ -42,17 +42,18 @@ def _flops(frames, enc):
     # Matmul FLOPs: every weight sees the N = frames / 2 tokens, except the cross-attention K/V
     # projections (encoder tokens); attention scores and mixing on top.
     c = REAL
-    H, I, L, D = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["head_dim"]
+    H, Im, L, D = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["head_dim"]
     hq, hk = c["num_attention_heads"] * D, c["num_key_value_heads"] * D
     n = (frames + 1) // 2
-    per_layer = 2 * n * (2 * (H * hq + hq * H) + H * hk * 2 + 3 * H * I) + 2 * enc * (2 * H * hk)
+    per_layer = 2 * n * (2 * (H * hq + hq * H) + H * hk * 2 + 3 * H * Im) + 2 * enc * (2 * H * hk)
     attn = 4 * hq * n * (min(n, 2 * c["sliding_window"] + 1) + n) / 2 + 4 * hq * n * enc
     return L * (per_layer + attn)
 
 
 def phase_write(args):
-    import acestep_ggml
     from _dit_gguf import write_dit_gguf
+
+    import acestep_ggml
     model = _model(args.seed)
     rng = np.random.default_rng(args.seed)
     np.savez(os.path.join(args.dir, "inputs.npz"), x=rng.standard_normal((1, args.frames, 64), dtype=np.float32),

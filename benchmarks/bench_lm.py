@@ -136,9 +136,8 @@ def main() -> None:
         return
 
     import torch
-    from transformers import Qwen3ForCausalLM
-
     from _lm_gguf import write_lm
+    from transformers import Qwen3ForCausalLM
 
     tmp = tempfile.mkdtemp(prefix="bench_lm_")
     torch.manual_seed(0)

@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, HERE)
 
-from _common import cpu_summary, peak_gib, reset_peak, torch_fastest_dtype
+from _common import cpu_summary, peak_gib, reset_peak, torch_fastest_dtype  # noqa: E402 (after the path setup)
 
 CAPTION = "upbeat synth-pop with punchy drums, bright analog pads and a catchy female vocal"
 LYRICS = ("[verse]\nNeon lights across the avenue\nEvery signal leads me back to you\n"

@@ -38,8 +38,8 @@ def dit_dims():
 
 def write_files(workdir):
     import torch
-    from transformers import Qwen3Model
     from _text_gguf import dit_side_models, write_dit, write_text_encoder
+    from transformers import Qwen3Model
     torch.manual_seed(0)
     text = Qwen3Model(text_config()).eval()
     for bf16 in (False, True):
@@ -78,8 +78,8 @@ def run_ours(stage, kind, workdir, repeat):
 
 def run_torch(stage, kind, repeat):
     import torch
-    from transformers import Qwen3Model
     from _text_gguf import dit_side_models
+    from transformers import Qwen3Model
     dtype = torch.bfloat16 if kind == "bf16" else torch.float32
     x = inputs()
     t0 = time.perf_counter()

@@ -34,7 +34,6 @@ def run_variant(variant: str, gguf_dir: str, frames: int, chunk: int | None, ove
         audio = vae.decode(z, **opts)
     else:
         import torch
-
         from _vae_gguf import FULL, make_reference
 
         dtype = torch.bfloat16 if variant == "torch-bf16" else torch.float32

@@ -19,9 +19,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from safetensors import safe_open
-
 from fixtures import add_published_tokenizer
+from safetensors import safe_open
 
 ARCH = {"lm": "acestep-lm", "dit": "acestep-dit", "text-enc": "acestep-text-enc", "vae": "acestep-vae"}
 DIT_KEYS = ("in_channels", "audio_acoustic_hidden_dim", "patch_size", "sliding_window", "fsq_dim", "text_hidden_dim",

@@ -9,10 +9,9 @@ import os
 import gguf
 import numpy as np
 import torch
+from _text_gguf import _bf16_bits, _finish, qwen3_writer, randomize
 from tokenizers import AddedToken, Tokenizer
 from transformers import Qwen3Config, Qwen3ForCausalLM
-
-from _text_gguf import _bf16_bits, _finish, qwen3_writer, randomize
 
 QWEN3_VOCAB = 151669
 VOCAB = QWEN3_VOCAB + 64000

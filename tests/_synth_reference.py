@@ -8,13 +8,12 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
+import fixtures
 import numpy as np
 import torch
 from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.models.autoencoders.autoencoder_oobleck import OobleckDiagonalGaussianDistribution
 from transformers import AutoTokenizer
-
-import fixtures
 
 CAPTION = "dreamy synth-pop, female vocals, 90s drum machine"
 LYRICS = "[Verse]\nneon lights over the bay\n[Chorus]\nwe run, we run 夜の街"

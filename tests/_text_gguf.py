@@ -132,7 +132,10 @@ def dit_side_models(seed: int, text_hidden_dim: int = 32, timbre_hidden_dim: int
     """Random diffusers condition encoder (None unless with_cond), audio tokenizer and
     detokenizer of one config (TINY_DIT unless dims override it)."""
     from diffusers.pipelines.ace_step.modeling_ace_step import (
-        AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepConditionEncoder)
+        AceStepAudioTokenDetokenizer,
+        AceStepAudioTokenizer,
+        AceStepConditionEncoder,
+    )
     d = {**TINY_DIT, **dims}
     torch.manual_seed(seed)
     cond = AceStepConditionEncoder(text_hidden_dim=text_hidden_dim, timbre_hidden_dim=timbre_hidden_dim,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import gguf
-import numpy as np
 import torch
 from diffusers import AutoencoderOobleck
 

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from _acestep_cpp import convert_like_acestep_cpp, to_bf16_checkpoint
+
 from acestep_ggml import hub
 from acestep_ggml.convert import convert
 from acestep_ggml.exchange import Request

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from _text_gguf import dit_side_models, parity, randomize, write_dit, write_text_encoder
 from transformers import Qwen3Config, Qwen3Model
 
 import acestep_ggml
-from _text_gguf import dit_side_models, parity, randomize, write_dit, write_text_encoder
 
 # F32 weights: only summation order and the attention kernel differ from PyTorch.
 COS_F32, REL_F32 = 0.9999, 1e-3

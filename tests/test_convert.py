@@ -6,6 +6,7 @@ import shutil
 import tracemalloc
 from pathlib import Path
 
+import fixtures
 import gguf
 import numpy as np
 import pytest
@@ -13,8 +14,6 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from transformers import Qwen3ForCausalLM
-
-import fixtures
 
 import acestep_ggml
 from acestep_ggml import convert as convert_mod

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
+from _text_gguf import dit_side_models, parity, write_dit
 
 import acestep_ggml
-from _text_gguf import dit_side_models, parity, write_dit
 
 # F32 weights: only summation order and the attention kernel differ from PyTorch.
 COS_F32, REL_F32 = 0.9999, 1e-3

@@ -28,11 +28,11 @@ import os
 import sys
 import types
 
+import fixtures
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 from transformers import AutoTokenizer
 
-import fixtures
 from acestep_ggml import fsm, lm
 from acestep_ggml.tokenizer import Tokenizer
 
@@ -230,9 +230,9 @@ def test_published_style_lm_gives_the_same_codes(tmp_path, tie):
     false) loads, completes its vocabulary (<|im_end|> = 151645, <|audio_code_N|> = 151669 + N)
     and generates the same metadata and codes as our own file of the same weights."""
     import numpy as np
+    from _lm_gguf import tiny_lm, write_lm
 
     import acestep_ggml
-    from _lm_gguf import tiny_lm, write_lm
     from acestep_ggml.exchange import Request
 
     seed = int(np.random.SeedSequence().entropy % 2**31)

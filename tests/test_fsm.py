@@ -4,10 +4,10 @@ import functools
 
 import numpy as np
 import pytest
+from _lm_gguf import QWEN3_VOCAB, VOCAB, tiny_lm, tokenizer_json, write_lm
 from tokenizers import Tokenizer as HFTokenizer
 
 import acestep_ggml
-from _lm_gguf import QWEN3_VOCAB, VOCAB, tiny_lm, tokenizer_json, write_lm
 from acestep_ggml import fsm
 from acestep_ggml.exchange import Request
 from acestep_ggml.sampling import sample

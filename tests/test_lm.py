@@ -3,10 +3,10 @@ guidance, and bad input."""
 import numpy as np
 import pytest
 import torch
-
-import acestep_ggml
 from _lm_gguf import VOCAB, tiny_lm, write_lm
 from _text_gguf import parity
+
+import acestep_ggml
 from acestep_ggml.exchange import Request
 from acestep_ggml.sampling import guided
 

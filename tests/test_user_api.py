@@ -1,7 +1,6 @@
 """The user's way in: models from a (fake) hub cache, threads, interrupts, download errors."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess

@@ -6,10 +6,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from _vae_gguf import REAL_SHAPE, TINY, make_reference, write_gguf
 
 import acestep_ggml as A
-
-from _vae_gguf import REAL_SHAPE, TINY, make_reference, write_gguf
 
 # Fresh weights and inputs every run; the seed is in every assertion message.
 SEED = random.randrange(2**31)
@@ -244,7 +243,10 @@ def test_wrong_model_file(tmp_path):
     path = tmp_path / "dit.gguf"
     w = gguf.GGUFWriter(str(path), "acestep-dit")
     w.add_tensor("x", np.zeros(4, np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     with pytest.raises(A.ModelFileError, match="acestep-vae"):
         A.VAE(path)
     with pytest.raises(A.ModelFileError):

@@ -6,7 +6,8 @@ this package prepares inputs, calls the core and writes outputs.
 from __future__ import annotations
 
 import os as _os
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 # ggml's CPU threads meet at an OpenMP barrier after every op.  libgomp's default waits there by
 # spinning, which on a machine with more runnable threads than cores burns the time slice of the
@@ -35,7 +36,7 @@ from .audio import check_output_path, load_audio, read_audio, write_audio  # noq
 from .dit import DiT  # noqa: E402
 from .exchange import Request  # noqa: E402
 from .lm import LM  # noqa: E402
-from .pipeline import Pipeline, SynthResult, Synthesizer, generate  # noqa: E402
+from .pipeline import Pipeline, Synthesizer, SynthResult, generate  # noqa: E402
 from .text import AudioTokenizer, ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 from .vae import VAE  # noqa: E402

@@ -9,12 +9,13 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import _core, fsm as _fsm
+from . import _core
+from . import fsm as _fsm
 from ._core import InputError, ModelFileError
+from ._threads import resolve_threads
 from .exchange import Request
 from .sampling import check_params, guided, sample
 from .tokenizer import N_AUDIO_CODES, Tokenizer
-from ._threads import resolve_threads
 
 INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"
 # The unconditional user message when no negative prompt is given (the original's default

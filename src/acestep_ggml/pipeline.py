@@ -345,7 +345,8 @@ class Pipeline:
 
     def generate(self, caption: str, lyrics: str = "", *, duration: Optional[int] = None, bpm: Optional[int] = None,
                  keyscale: Optional[str] = None, timesignature: Optional[int] = None,
-                 language: Optional[str] = None, seed: Optional[int] = None, steps: Optional[int] = None, guidance: Optional[float] = None,
+                 language: Optional[str] = None, seed: Optional[int] = None, steps: Optional[int] = None,
+                 guidance: Optional[float] = None,
                  shift: float = 3.0, use_lm: bool = True, task: str = "text2music",
                  src_audio: Optional[AudioInput] = None, ref_audio: Optional[AudioInput] = None,
                  repainting_start: Optional[float] = None, repainting_end: Optional[float] = None,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from tokenizers import AddedToken, Regex, Tokenizer as _HFTokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as _HFTokenizer
 
 from . import _core
 from ._core import ModelFileError
