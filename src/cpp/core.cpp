@@ -12,7 +12,7 @@
 #include <mutex>
 
 #include "ggml-alloc.h"
-#include "ggml-cpu.h"
+#include "runtime.h"
 
 namespace ace {
 
@@ -88,7 +88,7 @@ std::vector<DeviceInfo> list_devices() {
     return out;
 }
 
-static std::string lower(std::string s) {
+std::string lower(std::string s) {
     for (auto &c : s) c = (char)std::tolower((unsigned char)c);
     return s;
 }
@@ -148,7 +148,7 @@ std::shared_ptr<Backend> Backend::create(const std::string &spec, int n_threads)
     } else {
         b->cpu_ = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
     }
-    if (b->cpu_) ggml_backend_cpu_set_n_threads(b->cpu_, b->n_threads_);
+    if (b->cpu_) cpu_set_n_threads(b->cpu_, b->n_threads_);
     return b;
 }
 
@@ -644,9 +644,9 @@ static void bf16_to_f16_inplace(void *data, int64_t n) {
     auto *p = static_cast<uint16_t *>(data);
     for (int64_t i = 0; i < n; i += kSlice) {
         int64_t m = std::min(kSlice, n - i);
-        ggml_cpu_bf16_to_fp32(reinterpret_cast<const ggml_bf16_t *>(p + i), tmp, m);
+        ggml_bf16_to_fp32_row(reinterpret_cast<const ggml_bf16_t *>(p + i), tmp, m);
         saturate_f16(tmp, m);
-        ggml_cpu_fp32_to_fp16(tmp, reinterpret_cast<ggml_fp16_t *>(p + i), m);
+        fp32_to_fp16_row(tmp, reinterpret_cast<ggml_fp16_t *>(p + i), m);
     }
 }
 
@@ -722,7 +722,7 @@ bool Backend::bf16_as_f16() const {
     if (!is_cpu()) return false;
     const char *keep = std::getenv("ACESTEP_GGML_KEEP_BF16");
     if (keep && *keep && std::string(keep) != "0") return false;
-    return !ggml_cpu_has_avx512_bf16();
+    return !cpu_has("avx512_bf16");
 }
 
 Runner::Runner(std::shared_ptr<Backend> backend, size_t max_nodes) : backend_(std::move(backend)) {
@@ -830,7 +830,7 @@ void set_input(ggml_tensor *t, const float *data, size_t n) {
         ggml_backend_tensor_set(t, data, 0, n * sizeof(float));
     } else if (t->type == GGML_TYPE_F16) {
         std::vector<ggml_fp16_t> h(n);
-        ggml_fp32_to_fp16_row(data, h.data(), (int64_t)n);
+        fp32_to_fp16_row(data, h.data(), (int64_t)n);
         ggml_backend_tensor_set(t, h.data(), 0, n * sizeof(ggml_fp16_t));
     } else {
         throw std::logic_error("set_input: unsupported tensor type");
