@@ -38,7 +38,7 @@ def _load_backend_plugins() -> None:
     group = eps.select(group="acestep_ggml.backends") if hasattr(eps, "select") else eps.get("acestep_ggml.backends", [])
     for ep in group:
         spec = importlib.util.find_spec(ep.value)
-        folders = list(spec.submodule_search_locations or []) if spec else []
+        folders = dict.fromkeys(spec.submodule_search_locations or []) if spec else {}
         libs = [f for d in folders for f in sorted(Path(d).glob("*ggml-*")) if f.suffix in (".so", ".dll")]
         if not libs:
             warnings.warn(f"acestep-ggml: the {ep.name} plugin ({ep.value}) holds no ggml library", stacklevel=2)
