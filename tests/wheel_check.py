@@ -99,16 +99,16 @@ def test_installed_wheel_runs_lm_and_synth(venv_python, synth_models, tmp_path):
 
     # The synth alone, in the venv and in this environment: same weights, seed and kernels' maths.
     # Different builds (portable clones against this checkout's build) order float sums differently.
-    def synth(python, name: str, env: dict | None = None) -> np.ndarray:
+    def synth(python, name: str, cwd: Path, env: dict | None = None) -> np.ndarray:
         wav = tmp_path / name
         r = run(python, ["-m", "acestep_ggml", "generate", "--caption", CAPTION, "--no-lm", "--duration", "4",
                          "--models", folders["f32"], "--seed", "5", "--threads", "1", "-o", wav, "--quiet"],
-                tmp_path, env)
+                cwd, env)
         assert r.returncode == 0, r.stderr
         return sf.read(str(wav), dtype="float32")[0]
 
-    wheel_audio = synth(venv_python, "wheel.wav")
-    here_audio = synth(sys.executable, "here.wav", dict(os.environ))
+    wheel_audio = synth(venv_python, "wheel.wav", tmp_path)
+    here_audio = synth(sys.executable, "here.wav", Path.cwd(), dict(os.environ))  # as this test run finds it
     assert wheel_audio.shape == here_audio.shape
     c = cosine(wheel_audio, here_audio)
     print(f"\nsynth audio, wheel vs this environment: cosine {c:.7f}")
