@@ -23,12 +23,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     info = _core.build_info()
     print(f"acestep-ggml {__version__}")
     print(f"ggml {info['ggml_version']} (commit {info['ggml_commit'][:12]})")
-    print(f"compiled backends: {', '.join(info['compiled_backends'])}")
+    print(f"backends: {', '.join(info['compiled_backends'])}")
     print("devices:")
     for d in backends():
         mem = f", {d['memory_total'] / 2**30:.1f} GiB" if d["memory_total"] else ""
         print(f"  {d['name']}: {d['description']} ({d['type']}{mem})")
     feats = [k for k, v in info["cpu_features"].items() if v]
+    print(f"cpu variant: {info['cpu_variant']}")
     print(f"cpu features: {' '.join(feats) if feats else 'none'}")
     return 0
 

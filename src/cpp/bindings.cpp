@@ -3,7 +3,7 @@
 
 #include <cstring>
 
-#include "ggml-cpu.h"
+#include "runtime.h"
 
 namespace ace {
 
@@ -75,19 +75,9 @@ static py::object kv_value(gguf_context *g, int64_t id, size_t max_array) {
     return out;
 }
 
-static py::dict cpu_features() {
-    py::dict f;
-#define FEATURE(name) f[#name] = py::bool_(ggml_cpu_has_##name() != 0)
-    FEATURE(avx); FEATURE(avx2); FEATURE(avx_vnni); FEATURE(f16c); FEATURE(fma);
-    FEATURE(avx512); FEATURE(avx512_vbmi); FEATURE(avx512_vnni); FEATURE(avx512_bf16); FEATURE(amx_int8);
-    FEATURE(neon); FEATURE(dotprod); FEATURE(sve); FEATURE(llamafile);
-#undef FEATURE
-    return f;
-}
-
 void bind_core(py::module_ &m) {
     install_log_handler();
-    ggml_cpu_init();
+    load_package_backends();
 
     py::register_exception<FileError>(m, "ModelFileError", PyExc_ValueError);
     py::register_exception<InputError>(m, "InputError", PyExc_ValueError);
@@ -112,21 +102,20 @@ void bind_core(py::module_ &m) {
         d["version"] = ACESTEP_VERSION;
         d["ggml_version"] = ggml_version();
         d["ggml_commit"] = ACESTEP_GGML_COMMIT;
-        py::list compiled;
-        compiled.append("cpu");
-#ifdef ACESTEP_HAS_CUDA
-        compiled.append("cuda");
-#endif
-#ifdef ACESTEP_HAS_METAL
-        compiled.append("metal");
-#endif
-#ifdef ACESTEP_HAS_VULKAN
-        compiled.append("vulkan");
-#endif
-        d["compiled_backends"] = compiled;
-        d["cpu_features"] = cpu_features();
+        // The backends loaded: the CPU, GPU backends built in, plugin wheels' (load_backend).
+        py::list loaded;
+        for (size_t i = 0; i < ggml_backend_reg_count(); i++)
+            loaded.append(lower(ggml_backend_reg_name(ggml_backend_reg_get(i))));
+        d["compiled_backends"] = loaded;
+        d["cpu_variant"] = cpu_variant();
+        py::dict features;
+        for (auto &f : cpu_features()) features[py::str(f.first)] = f.second;
+        d["cpu_features"] = features;
         return d;
     });
+
+    m.def("load_backend", &load_backend_library, py::arg("path"),
+          "Load a ggml backend library (a plugin wheel's); RuntimeError saying why if it cannot.");
 
     py::class_<Backend, std::shared_ptr<Backend>>(m, "Backend")
         .def(py::init(&Backend::get), py::arg("device") = "cpu", py::arg("n_threads") = 0,

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "ggml-alloc.h"
-#include "ggml-cpu.h"
+#include "runtime.h"
 
 namespace ace {
 
@@ -92,7 +92,7 @@ std::vector<DeviceInfo> list_devices() {
     return out;
 }
 
-static std::string lower(std::string s) {
+std::string lower(std::string s) {
     for (auto &c : s) c = (char)std::tolower((unsigned char)c);
     return s;
 }
@@ -711,9 +711,9 @@ static void bf16_to_f16(const uint16_t *src, uint16_t *dst, int64_t n) {
     float tmp[kSlice];
     for (int64_t i = 0; i < n; i += kSlice) {
         int64_t m = std::min(kSlice, n - i);
-        ggml_cpu_bf16_to_fp32(reinterpret_cast<const ggml_bf16_t *>(src + i), tmp, m);
+        ggml_bf16_to_fp32_row(reinterpret_cast<const ggml_bf16_t *>(src + i), tmp, m);
         saturate_f16(tmp, m);
-        ggml_cpu_fp32_to_fp16(tmp, reinterpret_cast<ggml_fp16_t *>(dst + i), m);
+        fp32_to_fp16_row(tmp, reinterpret_cast<ggml_fp16_t *>(dst + i), m);
     }
 }
 
@@ -949,7 +949,7 @@ void set_input(ggml_tensor *t, const float *data, size_t n) {
         ggml_backend_tensor_set(t, data, 0, n * sizeof(float));
     } else if (t->type == GGML_TYPE_F16) {
         std::vector<ggml_fp16_t> h(n);
-        ggml_fp32_to_fp16_row(data, h.data(), (int64_t)n);
+        fp32_to_fp16_row(data, h.data(), (int64_t)n);
         ggml_backend_tensor_set(t, h.data(), 0, n * sizeof(ggml_fp16_t));
     } else {
         throw std::logic_error("set_input: unsupported tensor type");

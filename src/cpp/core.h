@@ -36,6 +36,8 @@ std::string fmt(const char *format, ...)
 #endif
     ;
 
+std::string lower(std::string s);
+
 // "[2048, 1024]" in PyTorch order.
 std::string shape_str(const std::vector<int64_t> &torch_shape);
 

@@ -24,7 +24,7 @@
 #include <deque>
 #include <mutex>
 
-#include "ggml-cpu.h"
+#include "runtime.h"
 
 namespace ace {
 
@@ -64,6 +64,14 @@ VAEConfig read_config(const GGUFFile &f) {
 
 // ---------------------------------------------------------------------------
 // Fused CPU kernels.  Each splits the T axis (ggml ne[1]) across the threads.
+//
+// A portable build compiles each kernel once per x86-64 level and the dynamic loader runs the
+// clone this CPU supports (GCC/Clang function multiversioning); a native build has -march=native.
+#if defined(ACESTEP_KERNEL_CLONES)
+#define ACE_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ACE_KERNEL
+#endif
 
 void thread_rows(int64_t n, int ith, int nth, int64_t &r0, int64_t &r1) {
     int64_t per = (n + nth - 1) / nth;
@@ -89,12 +97,12 @@ inline float sin_sq(float a) {
 
 void store_row(ggml_type type, const float *src, void *dst, int64_t n) {
     if (type == GGML_TYPE_F32) std::memcpy(dst, src, n * sizeof(float));
-    else ggml_cpu_fp32_to_fp16(src, (ggml_fp16_t *)dst, n);
+    else fp32_to_fp16_row(src, (ggml_fp16_t *)dst, n);
 }
 
 // dst[c, t] = y + inv_beta[c] * sin^2(alpha[c] * y), y = x[c, t] (+ bias[c]).
 // Args: x (F32), alpha, inv_beta, optional bias.  dst is F32 or F16.
-void snake_kernel(ggml_tensor *dst, int ith, int nth, void *) {
+ACE_KERNEL void snake_kernel(ggml_tensor *dst, int ith, int nth, void *) {
     const ggml_tensor *x = dst->src[0];
     const float *alpha = (const float *)dst->src[1]->data;
     const float *inv_beta = (const float *)dst->src[2]->data;
@@ -124,7 +132,7 @@ struct ConvGeom {
 
 // dst[k*C + c, t] = x[c, t*stride + k*dilation - padding], zero outside x.
 // x is F32 or F16, dst F32 or F16.
-void im2col_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
+ACE_KERNEL void im2col_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
     const ConvGeom &g = *(const ConvGeom *)ud;
     const ggml_tensor *x = dst->src[0];
     const int64_t C = x->ne[0], T_in = x->ne[1], T_out = dst->ne[1];
@@ -144,9 +152,9 @@ void im2col_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
             if (x->type == dst->type) {
                 std::memcpy(out, in, C * in_elt);
             } else if (x->type == GGML_TYPE_F32) {
-                ggml_cpu_fp32_to_fp16((const float *)in, (ggml_fp16_t *)out, C);
+                fp32_to_fp16_row((const float *)in, (ggml_fp16_t *)out, C);
             } else {
-                ggml_cpu_fp16_to_fp32((const ggml_fp16_t *)in, tmp.data(), C);
+                fp16_to_fp32_row((const ggml_fp16_t *)in, tmp.data(), C);
                 std::memcpy(out, tmp.data(), C * sizeof(float));
             }
         }
@@ -156,7 +164,7 @@ void im2col_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
 // Transposed convolution's overlap-add: cols [K*C, T_in] (k-major, as the matmul
 // against the flattened kernel leaves them) to dst [C, T_out] plus bias, where
 // output u takes column (t, k) whenever t*stride + k - padding == u.
-void col2im_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
+ACE_KERNEL void col2im_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
     const ConvGeom &g = *(const ConvGeom *)ud;
     const ggml_tensor *cols = dst->src[0];
     const float *bias = (const float *)dst->src[1]->data;
@@ -177,7 +185,7 @@ void col2im_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
 }
 
 // dst = a + bias + skip: a residual unit's last convolution closing the unit.
-void residual_kernel(ggml_tensor *dst, int ith, int nth, void *) {
+ACE_KERNEL void residual_kernel(ggml_tensor *dst, int ith, int nth, void *) {
     const ggml_tensor *a = dst->src[0], *skip = dst->src[2];
     const float *bias = (const float *)dst->src[1]->data;
     const int64_t C = dst->ne[0], T = dst->ne[1];
@@ -269,7 +277,7 @@ struct WinoGeom {
 inline int64_t tile_base(int64_t j, int m, int d) { return (j / d) * m * d + j % d; }
 
 // x [C, T] (F32 or F16) -> dst [C, n_tiles, n]: dst[a, j] = sum_l BT[a, l] x[base_j + (l - 3) d].
-void wino_in_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
+ACE_KERNEL void wino_in_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
     const WinoGeom &g = *(const WinoGeom *)ud;
     const Winograd &w = *g.w;
     const ggml_tensor *x = dst->src[0];
@@ -286,7 +294,7 @@ void wino_in_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
             if (!present[l]) continue;
             const char *src = (const char *)x->data + t * x->nb[1];
             if (x->type == GGML_TYPE_F32) std::memcpy(&rows[(size_t)l * C], src, C * sizeof(float));
-            else ggml_cpu_fp16_to_fp32((const ggml_fp16_t *)src, &rows[(size_t)l * C], C);
+            else fp16_to_fp32_row((const ggml_fp16_t *)src, &rows[(size_t)l * C], C);
         }
         for (int a = 0; a < w.n; a++) {
             std::fill(acc.begin(), acc.end(), 0.0f);
@@ -303,7 +311,7 @@ void wino_in_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
 
 // M [C, n_tiles, n] F32 -> dst [C, T]: y = sum_a AT[i, a] M[a, j] + bias, then the
 // snake that feeds the next convolution (args: M, bias, alpha, inv_beta).
-void wino_out_snake_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
+ACE_KERNEL void wino_out_snake_kernel(ggml_tensor *dst, int ith, int nth, void *ud) {
     const WinoGeom &g = *(const WinoGeom *)ud;
     const Winograd &w = *g.w;
     const ggml_tensor *M = dst->src[0];

