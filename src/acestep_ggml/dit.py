@@ -81,6 +81,7 @@ class DiT:
                 raise InputError(f"null_encoder_states has shape {null.shape}, encoder_states {enc.shape}")
             conds = np.stack([enc, null])
         blend = non_cover_states is not None and cover_strength < 1.0
+        non_cover = np.asarray(non_cover_states, dtype=np.float32)[None] if blend else None
         # Once per generation: the (cond, null) pair and the latents stay on the device; a step
         # sends x_t and t, as a batch of two where guided and of one (the conditional row) elsewhere.
         # A blended cover's text2music prompt has its own length, so it cannot share that batch:
@@ -94,7 +95,7 @@ class DiT:
             return (v[0], v[1]) if guided else v[0]
 
         def mix(x, t, v):
-            self._m.set_conditions(np.asarray(non_cover_states, dtype=np.float32)[None], src[None], mask[None])
+            self._m.set_conditions(non_cover, src[None], mask[None])
             v_non_cover = self._m.step(x[None], np.full(1, t, dtype=np.float32))[0]
             return cover_strength * v + (1.0 - cover_strength) * v_non_cover
 
