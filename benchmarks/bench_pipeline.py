@@ -103,8 +103,9 @@ def run_ours(args) -> dict:
 
 
 def _lm_tokens(model, prompts, n_new, lo, hi, rng):
-    """Guided decoding as the reference runs it: cond and uncond prompts left-padded into one
-    batch, CFG on the logits, tokens drawn from ids lo..hi-1; n_new tokens (the count ours made)."""
+    """Decoding as the reference runs it: with two prompts (cond and uncond, left-padded into one
+    batch) CFG on the logits, with one plain sampling; tokens drawn from ids lo..hi-1; n_new
+    tokens (the count ours made)."""
     import torch
 
     from acestep_ggml.sampling import guided, sample
@@ -119,7 +120,7 @@ def _lm_tokens(model, prompts, n_new, lo, hi, rng):
     out = model(ids, attention_mask=mask, position_ids=pos, use_cache=True)
     for _ in range(n_new):
         logits = out.logits[:, -1, lo:hi].float().numpy()
-        tok = lo + sample(guided(logits[0], logits[1], 2.0), rng)
+        tok = lo + sample(guided(logits[0], logits[1], 2.0) if len(prompts) == 2 else logits[0], rng)
         mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=torch.long)], 1)
         pos = pos[:, -1:] + 1
         out = model(torch.full((len(prompts), 1), tok), attention_mask=mask, position_ids=pos,
@@ -133,7 +134,7 @@ def run_torch(args, ours) -> dict:
     from tokenizers import Tokenizer
     from transformers import Qwen3ForCausalLM
 
-    from acestep_ggml.lm import chat_prompt
+    from acestep_ggml.lm import codes_prompt, codes_uncond_prompt, cot_prompt
 
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.torch_dtype]
@@ -148,11 +149,11 @@ def run_torch(args, ours) -> dict:
     rng = np.random.default_rng(args.seed)
     clock.enter("LM")
     with torch.inference_mode():
-        # The same work as ours: a chain of thought of the same length, then the codes.
-        _lm_tokens(model, [enc(chat_prompt(CAPTION, LYRICS)), enc(chat_prompt(None, LYRICS))], ours["n_cot"], 0,
-                   model.config.vocab_size, rng)
+        # The same work as ours (upstream's default prompts): a chain of thought of the same
+        # length without CFG, then the codes with CFG.
+        _lm_tokens(model, [enc(cot_prompt(CAPTION, LYRICS))], ours["n_cot"], 0, model.config.vocab_size, rng)
         cot = f"<think>\nbpm: {ours['bpm']}\nduration: {args.seconds}\n</think>"
-        _lm_tokens(model, [enc(chat_prompt(CAPTION, LYRICS, cot)), enc(chat_prompt(CAPTION, LYRICS, "<think>\n</think>"))],
+        _lm_tokens(model, [enc(codes_prompt(CAPTION, LYRICS, cot)), enc(codes_uncond_prompt(CAPTION, LYRICS))],
                    len(ours["codes"]), first_code, first_code + 64000, rng)
     del model
     clock.enter("load synth")
