@@ -68,6 +68,7 @@ class Clock:
 
 def run_ours(args) -> dict:
     from acestep_ggml import Pipeline
+    from acestep_ggml.fsm import cot_text
 
     clock = Clock()
     pipe = Pipeline(args.gguf, n_threads=args.threads, lm="0.6B", quiet=True)
@@ -98,8 +99,14 @@ def run_ours(args) -> dict:
     song = pipe.generate(CAPTION, LYRICS, duration=args.seconds, seed=args.seed, progress=progress)
     clock.enter(None)
     r = song.request
+    # What PyTorch is given so that it does the same work: the LM's chain of thought (its
+    # caption and language included) and codes; the DiT prompt with that caption.
+    values = {"bpm": r.bpm, "caption": r.caption, "duration": args.seconds, "keyscale": r.keyscale,
+              "language": r.language, "timesignature": r.timesig}
+    cot = cot_text({k: None if v is None else str(v) for k, v in values.items()})
     return {"wall": time.perf_counter() - t0, "spans": clock.spans, "n_cot": tokens.get("lm-metadata", 0),
-            "codes": list(map(int, r.codes)), "bpm": r.bpm, "keyscale": r.keyscale, "timesig": r.timesig}
+            "codes": list(map(int, r.codes)), "bpm": r.bpm, "keyscale": r.keyscale, "timesig": r.timesig,
+            "caption": r.caption, "language": r.language, "cot": cot}
 
 
 def _lm_tokens(model, prompts, n_new, lo, hi, rng):
@@ -152,8 +159,7 @@ def run_torch(args, ours) -> dict:
         # The same work as ours (upstream's default prompts): a chain of thought of the same
         # length without CFG, then the codes with CFG.
         _lm_tokens(model, [enc(cot_prompt(CAPTION, LYRICS))], ours["n_cot"], 0, model.config.vocab_size, rng)
-        cot = f"<think>\nbpm: {ours['bpm']}\nduration: {args.seconds}\n</think>"
-        _lm_tokens(model, [enc(codes_prompt(CAPTION, LYRICS, cot)), enc(codes_uncond_prompt(CAPTION, LYRICS))],
+        _lm_tokens(model, [enc(codes_prompt(CAPTION, LYRICS, ours["cot"])), enc(codes_uncond_prompt(CAPTION, LYRICS))],
                    len(ours["codes"]), first_code, first_code + 64000, rng)
     del model
     clock.enter("load synth")
@@ -167,7 +173,8 @@ def run_torch(args, ours) -> dict:
         module.register_forward_hook(lambda m, a, o: clock.enter("other"))
     codes = "".join(f"<|audio_code_{c}|>" for c in ours["codes"])
     with torch.inference_mode():
-        pipe(prompt=CAPTION, lyrics=LYRICS, audio_duration=float(args.seconds), vocal_language="en",
+        pipe(prompt=ours["caption"], lyrics=LYRICS, audio_duration=float(args.seconds),
+             vocal_language=ours["language"] or "unknown",
              num_inference_steps=8, guidance_scale=1.0, shift=3.0, output_type="np", bpm=ours["bpm"],
              keyscale=ours["keyscale"], timesignature=None if ours["timesig"] is None else str(ours["timesig"]),
              audio_codes=codes, generator=torch.Generator().manual_seed(args.seed))
@@ -207,6 +214,8 @@ STAGES = ["LM", "text encoder", "condition encoder", "detokenizer", "DiT", "VAE"
 
 
 def report(seconds: int, ours: dict, ref: dict | None, dtype: str) -> None:
+    print(f"\nLM output (given to PyTorch too): {ours['n_cot']} CoT tokens, {len(ours['codes'])} codes, "
+          f"caption of {len(ours['caption'])} characters, language {ours['language']}")
     rows = STAGES + ["other"] + [s for s in ours["spans"] if s.startswith("load")] + \
         [s for s in (ref or {}).get("spans", {}) if s.startswith("load")]
     print(f"\n{seconds} s song: wall seconds (peak RSS GiB) [CPU seconds, all threads] per stage; model loads on "
