@@ -172,3 +172,24 @@ def test_invalid_arguments_say_which(offline_hub, tmp_path, args, words):
     assert r.returncode == 2, r.stderr
     assert words in r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"duration": 2}, "duration 2 s is outside 10..600 s"),
+    ({"bpm": 1000}, "bpm 1000 is outside 30..300"),
+    ({"keyscale": "H major"}, "keyscale 'H major'"),
+    ({"ref_audio": "no-such-file.wav"}, "ref_audio"),
+])
+def test_song_inputs_are_checked_before_any_model_is_fetched(monkeypatch, tmp_path, kwargs, words):
+    """From a hub repo, a bad duration or reference audio fails before a byte is downloaded,
+    not after the synth models are fetched and the LM has run."""
+    from acestep_ggml import hub, pipeline
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was fetched before the song's inputs were checked")
+
+    monkeypatch.setattr(pipeline, "resolve", forbidden)
+    monkeypatch.setattr(hub, "fetch", forbidden)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ace.InputError, match=words):
+        ace.generate("Org/acestep-gguf", CAPTION, **kwargs)

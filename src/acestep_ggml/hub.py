@@ -272,6 +272,11 @@ def fetch(repo_id: str, kinds=KINDS, device: str = "cpu", prefer: dict[str, str]
     return folder or snapshot(repo_id, allow_patterns=sorted(chosen.values()), quiet=quiet)
 
 
+def is_repo_id(source: str | os.PathLike) -> bool:
+    """A hub repo id (owner/name) that is not a local path."""
+    return not Path(source).expanduser().exists() and bool(_REPO_ID.match(str(source)))
+
+
 def resolve(source: str | os.PathLike, dtype: str = "bf16", quiet: bool = False, *, kinds=KINDS,
             device: str = "cpu", prefer: dict[str, str] | None = None) -> Path:
     """A folder of GGUFs from a GGUF folder, a checkpoint folder or a hub repo id.  From a hub

@@ -84,7 +84,7 @@ def codes_uncond_prompt(caption: str, lyrics: str, negative_prompt: Optional[str
     return chat(user_message(neg if neg is not None else caption, lyrics)) + "<think>\n\n</think>\n\n<|im_end|>\n"
 
 
-def _metas(req: Request) -> Dict[str, str]:
+def given_metadata(req: Request) -> Dict[str, str]:
     """The metadata the user gave, as CoT values, checked against the FSM's ranges.  A language
     ``unknown`` is no language: the LM chooses it."""
     if not isinstance(req.caption, str) or not req.caption.strip():
@@ -243,7 +243,7 @@ class LM:
         check_params(temperature, top_p, top_k)
         if not math.isfinite(cfg_scale):
             raise InputError(f"cfg_scale must be finite, got {cfg_scale}")
-        given = _metas(request)
+        given = given_metadata(request)
         rng = np.random.default_rng(seed)
         enc = self.tokenizer.encode
         guide = cfg_scale > 1.0  # the original guides only above 1

@@ -24,7 +24,7 @@ from . import sampler, tasks
 from ._core import GGUFFile, InputError
 from .dit import DiT
 from .exchange import MAX_DURATION, AudioInput, Request
-from .hub import SYNTH_KINDS, ModelSet, find_models, resolve
+from .hub import SYNTH_KINDS, ModelSet, find_models, is_repo_id, resolve
 from .text import AudioTokenizer, ConditionEncoder, Detokenizer, TextEncoder
 from .tokenizer import Tokenizer
 from .vae import VAE
@@ -334,10 +334,21 @@ class Pipeline:
         # when a song needs it.
         self._resolve = functools.partial(resolve, models, dtype=dtype, quiet=quiet, device=device,
                                           prefer={"acestep-lm": lm} if lm else None)
-        self.folder = self._resolve(kinds=SYNTH_KINDS)
         self.device, self.n_threads, self.keep_loaded, self.lm_choice = device, n_threads, keep_loaded, lm
-        self.synth = Synthesizer(self.folder, device=device, n_threads=n_threads, keep_loaded=keep_loaded)
         self._lm, self._lm_folder = None, None
+        # A local folder is checked (or converted) now; from a hub repo nothing is fetched before a
+        # song's inputs have passed their checks.
+        if not is_repo_id(models):
+            self.synth  # noqa: B018 (resolves the folder)
+
+    @functools.cached_property
+    def folder(self) -> Path:
+        """The synth stage's GGUF folder (fetched on first use from a hub repo)."""
+        return self._resolve(kinds=SYNTH_KINDS)
+
+    @functools.cached_property
+    def synth(self) -> Synthesizer:
+        return Synthesizer(self.folder, device=self.device, n_threads=self.n_threads, keep_loaded=self.keep_loaded)
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, **kwargs) -> "Pipeline":
@@ -363,7 +374,7 @@ class Pipeline:
         :class:`Request`; see acestep_ggml.tasks.  With source audio the LM does not run, as
         upstream skips it for cover and repaint: the source gives the audio context, a cover's
         codes come from it."""
-        from .lm import LM
+        from .lm import LM, given_metadata
 
         if seed is None:
             seed = new_seed()
@@ -373,11 +384,20 @@ class Pipeline:
                           track_name=track_name, track_classes=track_classes,
                           audio_cover_strength=audio_cover_strength)
         run_lm = use_lm and src_audio is None
-        # The synth stage's verdict on the task fields, before the LM spends its minutes.
+        # Every input is checked before anything is fetched and before the LM spends its minutes:
+        # the synth stage's verdict on the task fields, the metadata the LM is given, the
+        # reference audio (read once, here).
         tasks.check_fields(task, has_source=src_audio is not None, has_codes=run_lm,
                            repainting_start=repainting_start, repainting_end=repainting_end, track_name=track_name,
                            track_classes=track_classes, audio_cover_strength=audio_cover_strength, posterior=posterior)
         if run_lm:
+            given_metadata(request)
+            if isinstance(ref_audio, (str, os.PathLike)):
+                try:  # read again by the synth stage at the VAE's rate; a file is cheap to read twice
+                    audio_io.read_audio(ref_audio)
+                except InputError as e:
+                    raise InputError(f"ref_audio: {e}") from None
+            self.synth  # noqa: B018 (the synth models are fetched before the LM, so a failed fetch costs no LM run)
             if self._lm_folder is None:
                 self._lm_folder = self._resolve(kinds=("acestep-lm",))
             lm = self._lm or LM.from_models(self._lm_folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
