@@ -41,6 +41,10 @@ REAL_DIT = {"hidden_size": 2048, "intermediate_size": 6144, "num_attention_heads
             "head_dim": 128, "num_hidden_layers": 24, "num_lyric_encoder_hidden_layers": 8,
             "num_timbre_encoder_hidden_layers": 4, "num_attention_pooler_hidden_layers": 2, "sliding_window": 128,
             "text_hidden_dim": 1024}
+# diffusers' AutoencoderOobleck decodes a whole song at once unless tiling is enabled, which
+# AceStepPipeline does not do: untiled, a 120 s song ran out of 24 GiB in fp32.  Longer songs get
+# its tiling (512-frame tiles, 64 frames of overlap), as a user short of memory would set it.
+TORCH_UNTILED_SECONDS = 60
 REAL_QWEN3 = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
               "num_key_value_heads": 8, "head_dim": 128}
 
@@ -164,6 +168,8 @@ def run_torch(args, ours) -> dict:
     del model
     clock.enter("load synth")
     pipe = AceStepPipeline.from_pretrained(os.path.join(args.workdir, "diffusers"), torch_dtype=dtype)
+    if args.seconds > TORCH_UNTILED_SECONDS:
+        pipe.vae.enable_tiling()
     clock.enter("other")
     # Each module's forward is timed as its stage (summed over the DiT steps and VAE tiles).
     for name, module in (("text encoder", pipe.text_encoder), ("condition encoder", pipe.condition_encoder),
@@ -201,12 +207,19 @@ def make_models(workdir: str, tiny: bool) -> None:
         convert(os.path.join(workdir, src), os.path.join(workdir, "gguf"), dtype="bf16", quiet=True)
 
 
-def _child(args, phase, extra=()):
+def _child(args, phase, extra=(), required=True):
+    """The phase's result from its own process; for a phase not `required`, None when it fails
+    (PyTorch can run out of memory where ours does not: the report says so)."""
     cmd = [sys.executable, __file__, "--phase", phase, "--workdir", args.workdir, "--threads", str(args.threads),
            "--seed", str(args.seed), "--torch-dtype", args.torch_dtype, *(["--tiny"] if args.tiny else []), *extra]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
-        sys.exit(f"{phase} failed:\n{out.stderr[-4000:]}")
+        why = "killed by signal %d%s" % (-out.returncode, " (out of memory?)" if out.returncode == -9 else "") \
+            if out.returncode < 0 else f"exit status {out.returncode}"
+        if required:
+            sys.exit(f"{phase} failed ({why}):\n{out.stderr[-4000:]}")
+        print(f"{phase} failed ({why}); last lines of its log:\n{out.stderr[-1500:]}", flush=True)
+        return None
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -274,7 +287,8 @@ def main() -> None:
             print(f"made in {time.perf_counter() - t:.0f} s", flush=True)
         for seconds in (int(s) for s in args.seconds.split(",")):
             ours = _child(args, "ours", ["--seconds", str(seconds)])
-            ref = None if args.no_torch else _child(args, "torch", ["--seconds", str(seconds), "--ours", json.dumps(ours)])
+            ref = None if args.no_torch else _child(args, "torch", ["--seconds", str(seconds), "--ours", json.dumps(ours)],
+                                                    required=False)
             report(seconds, ours, ref, args.torch_dtype)
         print(cpu_summary(args.threads))
     finally:
