@@ -9,6 +9,10 @@ seconds of compute per second of music.  Each engine and song length runs in its
 
     pip install torch==2.13.0 ".[test]"        # the README's test install: the PyTorch reference
     python benchmarks/bench_pipeline.py [--seconds 30,120] [--no-torch] [--threads N] [--workdir DIR]
+                                        [--acestep-cpp DIR]
+
+--acestep-cpp names a folder holding an ace-synth built from acestep.cpp (built by you, per its
+README): its synth of the same song on the same GGUF files is timed in the same run.
 
 The random checkpoints (BF16 safetensors, ~7 GB, and our GGUFs, ~6 GB) go to a temporary folder
 that is deleted at the end, unless --workdir names one to keep for later runs.
@@ -18,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -188,6 +194,82 @@ def run_torch(args, ours) -> dict:
     return {"wall": time.perf_counter() - t0, "spans": clock.spans}
 
 
+# acestep.cpp's log lines that time a stage (milliseconds), by our stage names.
+ACESTEP_CPP_STAGES = {
+    "load text encoder": r"\[Store\] Load TextEnc: ([\d.]+) ms", "load condition encoder": r"\[Store\] Load CondEnc: ([\d.]+) ms",
+    "load detokenizer": r"\[Store\] Load FSQ-Detok: ([\d.]+) ms", "load DiT": r"\[Store\] Load DiT: ([\d.]+) ms",
+    "load VAE": r"\[Store\] Load VAE-Dec: ([\d.]+) ms", "condition encoder": r"\[Encode-Text Batch0\] .*, ([\d.]+) ms",
+    "detokenizer": r"Detokenizer: ([\d.]+) ms", "DiT": r"\[DiT-Generate\] Total: ([\d.]+) ms",
+    "VAE": r"\[VAE-Decode Batch0\] Decode: ([\d.]+) ms"}
+
+
+def _nprocs_preload(folder: str, threads: int) -> str:
+    """ace-synth has no thread option: it runs std::thread::hardware_concurrency() / 2 threads, a
+    count libstdc++ takes from glibc's get_nprocs().  A preloaded get_nprocs answering 2 * threads
+    gives it our thread count; returns that library's path."""
+    src, lib = os.path.join(folder, "nprocs.c"), os.path.join(folder, "nprocs.so")
+    with open(src, "w") as f:
+        f.write(f"int get_nprocs(void) {{ return {2 * threads}; }}\n")
+    if shutil.which("cc") is None:
+        sys.exit("--acestep-cpp needs a C compiler (cc) to set ace-synth's thread count")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src], check=True)
+    return lib
+
+
+def run_acestep_cpp(args, ours) -> dict:
+    """acestep.cpp's ace-synth on the same GGUF files and song (our LM's codes and metadata), with
+    our thread count and OpenMP wait policy.  Its log gives the stage times; the text encoder is
+    the time between its load line and the condition encoder's, less that load.  Peak RSS: the
+    highest VmHWM read while its log comes in."""
+    import acestep_ggml  # noqa: F401 (sets OpenMP's wait policy in os.environ, as ours runs)
+
+    exe = os.path.join(args.acestep_cpp, "ace-synth")
+    if not os.access(exe, os.X_OK):
+        sys.exit(f"--acestep-cpp: no ace-synth in {args.acestep_cpp}")
+    request = {"caption": ours["caption"], "lyrics": LYRICS, "duration": float(args.seconds),
+               "vocal_language": ours["language"] or "unknown",
+               "seed": args.seed, "inference_steps": 8, "guidance_scale": 1.0, "shift": 3.0,
+               "audio_codes": ",".join(map(str, ours["codes"])), "output_format": "wav16"}
+    for key, value in (("bpm", ours["bpm"]), ("keyscale", ours["keyscale"]), ("timesignature", ours["timesig"])):
+        if value is not None:
+            request[key] = value if key != "timesignature" else str(value)
+    with tempfile.TemporaryDirectory(prefix="acestep_cpp_") as tmp:
+        env = dict(os.environ, LD_PRELOAD=_nprocs_preload(tmp, args.threads))
+        song = os.path.join(tmp, "song.json")  # ace-synth writes song0.wav beside it
+        with open(song, "w") as f:
+            json.dump(request, f)
+        before, lines, peak = resource.getrusage(resource.RUSAGE_CHILDREN), [], 0
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([exe, "--models", args.gguf, "--request", song], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        for line in proc.stderr:
+            lines.append((time.perf_counter() - t0, line))
+            try:
+                with open(f"/proc/{proc.pid}/status") as st:
+                    peak = max(peak, next(int(x.split()[1]) for x in st if x.startswith("VmHWM:")))
+            except (OSError, StopIteration):  # it has exited
+                pass
+        rc = proc.wait()
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log = "".join(line for _, line in lines)
+    if rc:
+        sys.exit(f"ace-synth failed ({rc}):\n{log[-4000:]}")
+    threads = set(re.findall(r"CPU threads: (\d+)", log))
+    if threads != {str(args.threads)}:
+        sys.exit(f"ace-synth ran {', '.join(sorted(threads)) or 'an unknown number of'} threads, not {args.threads}")
+    spans, at = {}, {}
+    for name, pattern in ACESTEP_CPP_STAGES.items():
+        for t, line in lines:
+            if m := re.search(pattern, line):
+                spans[name], at[name] = float(m.group(1)) / 1000, t
+                break
+    if "load text encoder" in at and "load condition encoder" in at:
+        spans["text encoder"] = at["load condition encoder"] - at["load text encoder"] - spans["load condition encoder"]
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"wall": wall, "spans": spans, "peak": peak / 2**20, "cpu": cpu, "threads": args.threads}
+
+
 def make_models(workdir: str, tiny: bool) -> None:
     """Random real-size checkpoints (BF16, so both engines read the same values) and our GGUFs of them."""
     import torch
@@ -253,6 +335,23 @@ def report(seconds: int, ours: dict, ref: dict | None, dtype: str) -> None:
     print(msg, flush=True)
 
 
+def report_acestep_cpp(seconds: int, ours: dict, theirs: dict) -> None:
+    """The synth half (no LM) of ours against acestep.cpp's ace-synth on the same files and song."""
+    print(f"\n{seconds} s song, synth only (no LM): ours against acestep.cpp's ace-synth, same GGUF files and codes, "
+          f"{theirs['threads']} threads each; wall seconds")
+    print(f"{'stage':<24}{'ours':>10}{'acestep.cpp':>14}{'ours vs acestep.cpp':>22}")
+    synth = [s for s in ours["spans"] if s not in ("LM", "load LM")]
+    for name in STAGES[1:] + sorted(s for s in synth if s.startswith("load")):
+        o, t = ours["spans"].get(name, [None])[0], theirs["spans"].get(name)
+        ratio = f"{t / o:.2f}x" if o and t else ""
+        print(f"{name:<24}{'' if o is None else f'{o:10.2f}':>10}{'' if t is None else f'{t:14.2f}':>14}{ratio:>22}")
+    wall = ours["wall"] - sum(ours["spans"].get(s, [0.0])[0] for s in ("LM", "load LM"))
+    print(f"{'synth wall':<24}{wall:10.2f}{theirs['wall']:14.2f}{theirs['wall'] / wall:>21.2f}x")
+    peak, cpu = max(ours["spans"][s][1] for s in synth), sum(ours["spans"][s][2] for s in synth)
+    print(f"{'peak RSS GiB':<24}{peak:10.2f}{theirs['peak']:14.2f}")
+    print(f"{'CPU seconds':<24}{cpu:10.1f}{theirs['cpu']:14.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", default="30,120", help="song lengths, comma-separated")
@@ -262,6 +361,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--torch-dtype", default=torch_fastest_dtype(), choices=["fp32", "bf16"])
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny models: checks the script in a minute")
+    ap.add_argument("--acestep-cpp", metavar="DIR", help="a folder holding a built ace-synth (acestep.cpp): "
+                    "time its synth of the same song on the same files")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--ours", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -272,7 +373,10 @@ def main() -> None:
             res = {}
         else:
             args.seconds = int(args.seconds)
-            res = run_ours(args) if args.phase == "ours" else run_torch(args, json.loads(args.ours))
+            if args.phase == "ours":
+                res = run_ours(args)
+            else:
+                res = (run_torch if args.phase == "torch" else run_acestep_cpp)(args, json.loads(args.ours))
         print(json.dumps(res))
         return
 
@@ -290,6 +394,11 @@ def main() -> None:
             ref = None if args.no_torch else _child(args, "torch", ["--seconds", str(seconds), "--ours", json.dumps(ours)],
                                                     required=False)
             report(seconds, ours, ref, args.torch_dtype)
+            if args.acestep_cpp:
+                theirs = _child(args, "acestep-cpp", ["--seconds", str(seconds), "--ours", json.dumps(ours),
+                                                      "--acestep-cpp", args.acestep_cpp], required=False)
+                if theirs:
+                    report_acestep_cpp(seconds, ours, theirs)
         print(cpu_summary(args.threads))
     finally:
         if not keep:
