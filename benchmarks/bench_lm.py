@@ -1,9 +1,15 @@
 """5 Hz LM at the real 0.6B size (random weights): prefill of 200 tokens and guided decode
 (batch of two: cond + uncond, and unguided) per token, ours (BF16, Q8_0) against transformers
-(fp32, bf16) in one run, each engine in its own process for its peak memory.  Also the
+(fp32, bf16) in one run, each engine in its own process for its peak memory.  Decode is timed in
+wall and CPU milliseconds per token (CPU: all threads of the process).  Also the
 memory-bandwidth bound: weight bytes read per decode step over a numpy-measured bandwidth.
 
-    PYTHONPATH=src python benchmarks/bench_lm.py [--steps 32] [--threads N]
+    PYTHONPATH=src python benchmarks/bench_lm.py [--steps 32] [--threads N] [--no-torch]
+        [--baseline DIR] [--rounds N]
+
+--baseline DIR times another build of ours too (DIR holds its `acestep_ggml` package, e.g. a copy
+of an older commit's src/ after its build), alternating with this one for --rounds rounds: a
+before/after in one run on a shared machine.  ACESTEP_GGML_PROFILE=1 prints each run's per-op profile.
 """
 from __future__ import annotations
 
@@ -18,7 +24,11 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, HERE)
+
+from _common import cpu_summary, peak_gib  # noqa: E402 (after the path setup)
 
 PROMPT, UNCOND = 200, 150
 
@@ -31,13 +41,6 @@ def _config():
                        num_attention_heads=16, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
                        tie_word_embeddings=True, max_position_embeddings=40960,
                        rope_parameters={"rope_type": "default", "rope_theta": 1e6})
-
-
-def _peak_gib() -> float:
-    # VmHWM starts afresh at exec; ru_maxrss would carry over the parent's peak.
-    with open("/proc/self/status") as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    return kib / 2**20
 
 
 def _ours(path: str, steps: int, threads: int) -> dict:
@@ -60,10 +63,11 @@ def _ours(path: str, steps: int, threads: int) -> dict:
         if n_seq == 2:
             lm.prefill(1, rng.integers(0, 151669, UNCOND))
         lm.decode([1] * n_seq, lo, hi)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(steps):
             lm.decode([code0] * n_seq, lo, hi)
         res[key + "_ms"] = (time.perf_counter() - t) / steps * 1e3
+        res[key + "_cpu_ms"] = (time.process_time() - c) / steps * 1e3
     return res
 
 
@@ -100,14 +104,14 @@ def _torch(dtype: str, steps: int, threads: int) -> dict:
         mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
         out = model(tok, attention_mask=mask, past_key_values=past, use_cache=True)
         past = out.past_key_values
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(steps):
             mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
             past = model(tok, attention_mask=mask, past_key_values=past, use_cache=True).past_key_values
-        decode = (time.perf_counter() - t) / steps
+        decode, cpu = (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
     # transformers always computes the whole head.
     return {"load_s": load, "prefill_s": prefill, "guided_full_ms": decode * 1e3, "guided_ms": decode * 1e3,
-            "single_ms": single * 1e3}
+            "guided_cpu_ms": cpu * 1e3, "single_ms": single * 1e3}
 
 
 def _bandwidth_gbs() -> float:
@@ -121,17 +125,30 @@ def _bandwidth_gbs() -> float:
     return 2 * a.nbytes / best / 1e9  # read + write
 
 
+def _bound_ms(name: str, n_params: int, bw: float) -> float:
+    """Weight bytes one decode step reads over the bandwidth: ours reads the codes-only head."""
+    bytes_per = {"BF16": 2.0, "Q8_0": 34 / 32, "float32": 4.0, "bfloat16": 2.0}
+    dtype = name.split()[1]
+    head_rows_cut = 151669 * 1024 if name.startswith("ours") else 0  # weights the codes-only head skips
+    return (n_params - head_rows_cut) * bytes_per[dtype] / (bw * 1e9) * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--no-torch", action="store_true", help="time ours only")
+    ap.add_argument("--baseline", help="a folder holding another build's acestep_ggml package, timed alternately "
+                                       "with this one")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each of ours (alternating with --baseline)")
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.engine:
         r = _ours(args.path, args.steps, args.threads) if args.engine == "ours" else \
             _torch(args.engine, args.steps, args.threads)
-        r["peak_gib"] = _peak_gib()
+        r["peak_gib"] = peak_gib()
+        r["load_avg"] = os.getloadavg()[0]
         print(json.dumps(r))
         return
 
@@ -148,36 +165,53 @@ def main() -> None:
         files[dtype] = os.path.join(tmp, f"lm-{dtype}.gguf")
         write_lm(files[dtype], model, dtype=dtype)
     del model
-    runs = [(f"ours {d.upper()}", ["--engine", "ours", "--path", files[d]]) for d in files]
-    runs += [(f"transformers {d}", ["--engine", d]) for d in ("float32", "bfloat16")]
-    results = {}
-    for name, extra in runs:
-        cmd = [sys.executable, __file__, "--steps", str(args.steps), "--threads", str(args.threads)] + extra
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
-    shutil.rmtree(tmp, ignore_errors=True)
+    builds = ([(" (baseline)", os.path.abspath(args.baseline))] if args.baseline else []) + [("", None)]
+    runs = [(f"ours {d.upper()}{tag}", ["--engine", "ours", "--path", files[d]], pythonpath)
+            for _ in range(args.rounds) for d in files for tag, pythonpath in builds]
+    if not args.no_torch:
+        runs += [(f"transformers {d}", ["--engine", d], None) for d in ("float32", "bfloat16")]
+    results = []
+    try:
+        for name, extra, pythonpath in runs:
+            cmd = [sys.executable, __file__, "--steps", str(args.steps), "--threads", str(args.threads)] + extra
+            env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
+            # stderr passes through: ACESTEP_GGML_PROFILE's per-op table.
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
+            results.append((name, json.loads(out.strip().splitlines()[-1])))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     bw = _bandwidth_gbs()
-    print(f"Qwen3 0.6B shape, vocab 215669, {n_params / 1e6:.0f} M parameters, {args.threads} threads, "
-          f"prompt {PROMPT}, {args.steps} decode steps")
+    print(cpu_summary(args.threads))
+    print(f"Qwen3 0.6B shape, vocab 215669, {n_params / 1e6:.0f} M parameters, prompt {PROMPT}, "
+          f"{args.steps} decode steps")
     print(f"numpy copy bandwidth: {bw:.1f} GB/s; bound = weight bytes read per step / bandwidth")
     print("decode ms per token: 'guided' = cond + uncond batch (CFG) with the head cut to the 64000 audio-code "
-          "rows as the code phase runs it (transformers: whole head); 'full head' = all 215669 rows; "
-          "'single' = no guidance, codes-only head")
-    print(f"{'engine':<24}{'load s':>8}{'prefill s':>11}{'guided':>8}{'full head':>10}{'single':>8}"
-          f"{'peak GiB':>10}{'bound':>7}")
-    ref = results["transformers bfloat16"]
-    bytes_per = {"ours BF16": 2.0, "ours Q8_0": 34 / 32, "transformers float32": 4.0, "transformers bfloat16": 2.0}
-    head_rows_cut = 151669 * 1024  # weights the codes-only head skips
-    for name, r in results.items():
-        n_read = n_params - (head_rows_cut if name.startswith("ours") else 0)
-        bound = n_read * bytes_per[name] / (bw * 1e9) * 1e3
-        print(f"{name:<24}{r['load_s']:>8.2f}{r['prefill_s']:>11.3f}{r['guided_ms']:>8.1f}{r['guided_full_ms']:>10.1f}"
-              f"{r['single_ms']:>8.1f}{r['peak_gib']:>10.2f}{bound:>7.1f}")
-    for name in ("ours BF16", "ours Q8_0"):
-        r = results[name]
-        print(f"{name} speed-up over transformers bf16: guided {ref['guided_ms'] / r['guided_ms']:.2f}x "
-              f"(full head {ref['guided_full_ms'] / r['guided_full_ms']:.2f}x), "
-              f"unguided {ref['single_ms'] / r['single_ms']:.2f}x")
+          "rows as the code phase runs it (transformers: whole head), wall and CPU (all threads); 'full head' = "
+          "all 215669 rows; 'single' = no guidance, codes-only head; 'load avg' = 1-minute load average after the run")
+    print(f"{'engine':<28}{'load s':>8}{'prefill s':>11}{'guided':>8}{'CPU':>7}{'full head':>10}{'single':>8}"
+          f"{'peak GiB':>10}{'load avg':>9}{'bound':>7}")
+    for name, r in results:
+        print(f"{name:<28}{r['load_s']:>8.2f}{r['prefill_s']:>11.3f}{r['guided_ms']:>8.1f}{r['guided_cpu_ms']:>7.1f}"
+              f"{r['guided_full_ms']:>10.1f}{r['single_ms']:>8.1f}{r['peak_gib']:>10.2f}{r['load_avg']:>9.1f}"
+              f"{_bound_ms(name, n_params, bw):>7.1f}")
+
+    def best(name, key="guided_ms"):
+        return min(r[key] for n, r in results if n == name)
+
+    for d in files:
+        name = f"ours {d.upper()}"
+        line = f"{name}: guided {best(name):.1f} ms/token (best of {args.rounds}), " \
+               f"{best(name) / _bound_ms(name, n_params, bw):.2f}x the bound"
+        if args.baseline:
+            line += f"; baseline {best(name + ' (baseline)'):.1f} ms, " \
+                    f"{best(name + ' (baseline)') / best(name):.2f}x slower"
+        if not args.no_torch:
+            ref = dict(results)["transformers bfloat16"]
+            r = {k: best(name, k) for k in ("guided_ms", "guided_full_ms", "single_ms")}
+            line += f"; over transformers bf16: guided {ref['guided_ms'] / r['guided_ms']:.2f}x " \
+                    f"(full head {ref['guided_full_ms'] / r['guided_full_ms']:.2f}x), " \
+                    f"unguided {ref['single_ms'] / r['single_ms']:.2f}x"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,34 @@ def test_lm_extend_matches_the_reference_after_forced_tokens(f32_lm, device):
     assert (lm.length(0), lm.length(1)) == (36, 19)
 
 
+def test_lm_guided_decode_across_kv_buckets_matches_the_reference(f32_lm, device):
+    # The decode graph attends over the cache padded to 256 positions under a mask, kept while
+    # the longest sequence fits: here forced tokens (the FSM path, one pass) fill the cond row
+    # to exactly 256, then a decode step crosses into the next bucket, cut short at the
+    # cache's end (300).
+    seed, model, lm = f32_lm
+    rng = np.random.default_rng(seed + 8)
+    cond, uncond = rng.integers(0, VOCAB, size=252), rng.integers(0, VOCAB, size=int(rng.integers(5, 40)))
+    steps, forced = rng.integers(0, VOCAB, size=8), rng.integers(0, VOCAB, size=3)
+    lm.reset(2, 300)
+    lm.prefill(0, cond)
+    lm.prefill(1, uncond)
+    fed, checks = [], []
+    for i, t in enumerate(steps):
+        if i == 1:
+            fed += list(forced)
+            lm._lm.extend(forced, 0, -1)
+        fed.append(t)
+        checks.append((len(fed), lm.decode([t, t])))
+    with torch.no_grad():
+        rc = model(torch.from_numpy(np.r_[cond, fed])[None]).logits[0, len(cond) - 1:].numpy()
+        ru = model(torch.from_numpy(np.r_[uncond, fed])[None]).logits[0, len(uncond) - 1:].numpy()
+    for n, rows in checks:
+        _check_step(rows[0], rc[n], seed, f"cond row at position {len(cond) + n - 1}", device)
+        _check_step(rows[1], ru[n], seed, f"uncond row at position {len(uncond) + n - 1}", device)
+    assert lm.length(0) == len(cond) + len(fed)
+
+
 def test_lm_decode_computes_only_the_asked_rows(f32_lm):
     # The audio-code phase asks for the 64000 code rows only; they must be the same numbers
     # as the matching slice of the whole head (each logit is its own dot product, so the

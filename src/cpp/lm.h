@@ -37,10 +37,17 @@ class LM {
     bool tied() const { return lm_head_ == embed_tokens_; }
 
   private:
-    // Runs `ids` through the layers: sequence seqs[i] gets the i-th of len(seqs) equal runs of
-    // ids, at positions len_[seqs[i]] onwards.
-    // Returns logits (vocabulary rows [lo, hi)) of the last token of each sequence: [n, hi - lo].
-    std::vector<float> forward(const std::vector<int32_t> &ids, const std::vector<int> &seqs, int64_t lo, int64_t hi);
+    struct Step;
+    // Runs `ids` through the layers: sequences seq0 .. seq0 + ns - 1 take ids.size() / ns
+    // consecutive ids each, at positions len_[s] onwards.
+    // Returns logits (vocabulary rows [lo, hi)) of the last token of each sequence: [ns, hi - lo].
+    std::vector<float> forward(const std::vector<int32_t> &ids, int seq0, int ns, int64_t lo, int64_t hi);
+    // The graph of a forward pass of t tokens for each of ns sequences from seq0, attending over
+    // the first n_kv cache positions, with head rows [lo, hi).
+    std::unique_ptr<Step> build(int64_t t, int seq0, int ns, int64_t n_kv, int64_t lo, int64_t hi);
+    // Zeroes cache positions [zeroed_, n_kv) of every sequence: attention reads the padded
+    // length n_kv under a mask, and a masked product is only zero when the key and value are finite.
+    void zero_kv_to(int64_t n_kv);
 
     std::shared_ptr<GGUFFile> file_;
     Weights w_;
@@ -56,6 +63,10 @@ class LM {
     std::vector<ggml_tensor *> k_, v_;
     std::vector<int64_t> len_;
     int64_t n_ctx_ = 0;
+    int64_t zeroed_ = 0;  // positions [0, zeroed_) of every sequence are written or zeroed
+    // The last forward graph with its allocation, kept while calls have its shape (every decode
+    // step of a phase): a step then only uploads its token, positions and mask.
+    std::unique_ptr<Step> step_;
 };
 
 }  // namespace ace
