@@ -1,8 +1,12 @@
 """VAE decode of 30 s of audio (750 latent frames) at the real ACE-Step configuration, random weights:
 ours (F32 and BF16 files, tiled with the default options) against PyTorch fp32 and bf16.
 
-Each variant runs in its own subprocess so that its peak RSS (VmHWM) is its own.
+Each variant runs in its own subprocess so that its peak RSS (VmHWM) is its own.  A variant
+suffixed ``@base`` runs another build of the package, named by --baseline (a folder holding
+``acestep_ggml``, e.g. an older checkout's src/), with that build's default tiling: list the two
+alternately to compare before and after under the same load.
 Usage: PYTHONPATH=src python benchmarks/bench_vae.py [--frames 750] [--variants ggml-f32,ggml-bf16,torch-fp32,torch-bf16]
+       PYTHONPATH=src python benchmarks/bench_vae.py --baseline OLD --variants ggml-bf16@base,ggml-bf16,ggml-bf16@base,ggml-bf16
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, HERE)
+
+from _common import cpu_summary, peak_gib  # noqa: E402 (after the path setup)
 
 
 def run_variant(variant: str, gguf_dir: str, frames: int, chunk: int | None, overlap: int | None) -> dict:
@@ -25,7 +32,7 @@ def run_variant(variant: str, gguf_dir: str, frames: int, chunk: int | None, ove
     if variant.startswith("ggml"):
         import acestep_ggml as A
 
-        kind = variant.split("-")[1]
+        kind = variant.split("@")[0].split("-")[1]
         t0 = time.perf_counter()
         vae = A.VAE(os.path.join(gguf_dir, f"{kind}.gguf"))
         load = time.perf_counter() - t0
@@ -45,10 +52,7 @@ def run_variant(variant: str, gguf_dir: str, frames: int, chunk: int | None, ove
             audio = model.decode(torch.from_numpy(z).transpose(1, 2).to(dtype)).sample.float().numpy()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert audio.shape[-1] == frames * 1920 and np.all(np.isfinite(audio))
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent
-    with open("/proc/self/status") as f:
-        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20  # KiB -> GiB
-    return {"variant": variant, "wall_s": wall, "cpu_s": cpu, "load_s": load, "peak_gib": peak}
+    return {"variant": variant, "wall_s": wall, "cpu_s": cpu, "load_s": load, "peak_gib": peak_gib()}
 
 
 def main() -> None:
@@ -57,6 +61,7 @@ def main() -> None:
     ap.add_argument("--variants", default="ggml-f32,ggml-bf16,torch-fp32,torch-bf16")
     ap.add_argument("--chunk", type=int, default=None, help="ours: tile chunk in frames (default: the library's)")
     ap.add_argument("--overlap", type=int, default=None)
+    ap.add_argument("--baseline", default=None, help="folder with another build of acestep_ggml, for VARIANT@base")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -66,6 +71,9 @@ def main() -> None:
         return
 
     variants = args.variants.split(",")
+    if any(v.endswith("@base") for v in variants) and not args.baseline:
+        sys.exit("variants @base need --baseline")
+    print(cpu_summary(os.cpu_count()), flush=True)
     with tempfile.TemporaryDirectory() as d:
         if any(v.startswith("ggml") for v in variants):
             from _vae_gguf import FULL, make_reference, write_gguf
@@ -80,22 +88,32 @@ def main() -> None:
             for k in ("chunk", "overlap"):
                 if getattr(args, k) is not None:
                     cmd += [f"--{k}", str(getattr(args, k))]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            env = dict(os.environ)
+            if v.endswith("@base"):
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.baseline, env.get("PYTHONPATH")]))
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode:
                 sys.exit(f"{v} failed:\n{out.stderr}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             results.append(r)
-            print(f"{v:12s} {r['wall_s']:7.2f} s  CPU {r['cpu_s']:7.2f} s  peak RSS {r['peak_gib']:5.2f} GiB  "
-                  f"(load {r['load_s']:.1f} s)", flush=True)
+            print(f"{v:15s} {r['wall_s']:7.2f} s  CPU {r['cpu_s']:7.2f} s  peak RSS {r['peak_gib']:5.2f} GiB  "
+                  f"(load {r['load_s']:.1f} s; load average {os.getloadavg()[0]:.1f})", flush=True)
     # CPU seconds are printed too: on a shared machine they track the work done
     # when wall time mostly tracks the neighbours.
     print(f"\n{args.frames} frames = {args.frames * 1920 / 48000:.1f} s of audio, {os.cpu_count()} threads, "
           f"load average {os.getloadavg()[0]:.1f}")
-    base = {r["variant"]: r for r in results}
+    # Repeated variants are summed: means of wall and CPU seconds, the largest peak.
+    runs: dict[str, list[dict]] = {}
     for r in results:
-        ratios = "  ".join(f"{base[t]['wall_s'] / r['wall_s']:.2f}x wall, {base[t]['cpu_s'] / r['cpu_s']:.2f}x CPU vs {t}"
-                           for t in ("torch-fp32", "torch-bf16") if t in base)
-        print(f"{r['variant']:12s} {r['wall_s']:7.2f} s  CPU {r['cpu_s']:7.2f} s  {r['peak_gib']:5.2f} GiB  {ratios}")
+        runs.setdefault(r["variant"], []).append(r)
+    mean = {v: {k: sum(r[k] for r in rs) / len(rs) for k in ("wall_s", "cpu_s")} | {"peak_gib": max(r["peak_gib"] for r in rs)}
+            for v, rs in runs.items()}
+    for v, m in mean.items():
+        refs = [t for t in ("torch-fp32", "torch-bf16", f"{v}@base") if t in mean and t != v]
+        ratios = "  ".join(f"{mean[t]['wall_s'] / m['wall_s']:.2f}x wall, {mean[t]['cpu_s'] / m['cpu_s']:.2f}x CPU vs {t}"
+                           for t in refs)
+        print(f"{v:15s} {m['wall_s']:7.2f} s  CPU {m['cpu_s']:7.2f} s  {m['peak_gib']:5.2f} GiB  "
+              f"({len(runs[v])} run{'s' if len(runs[v]) > 1 else ''})  {ratios}")
 
 
 if __name__ == "__main__":

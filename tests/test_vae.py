@@ -31,10 +31,16 @@ def model(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def real_shape(tmp_path_factory, device):
+def real_shape_file(tmp_path_factory):
     ref = make_reference(REAL_SHAPE, SEED)
     path = tmp_path_factory.mktemp("vae_real") / "f32.gguf"
     write_gguf(ref, path, "f32")
+    return ref, path
+
+
+@pytest.fixture(scope="module")
+def real_shape(real_shape_file, device):
+    ref, path = real_shape_file
     return ref, A.VAE(path, device=device)
 
 
@@ -66,7 +72,8 @@ def test_decode_matches_reference_f32(model, device, f32_rel):
     name, ref, d = model
     rng = np.random.default_rng(SEED)
     z = latents_for(ref, 7, rng)
-    ours = A.VAE(d / "f32.gguf", device=device).decode(z, chunk=0)
+    # the last block in pieces of 3 frames, as inside the pipeline's longer tiles
+    ours = A.VAE(d / "f32.gguf", device=device).decode(z, chunk=0, sub_chunk=3)
     want = torch_decode(ref, z)
     assert ours.shape == want.shape == (2, 2, 7 * ref.hop_length)
     c, r = cos_rel(ours, want)
@@ -133,6 +140,25 @@ def test_tiled_decode_matches_untiled(real_shape):
     tiled = vae.decode(z, chunk=10, overlap=12)
     c, r = cos_rel(tiled, whole)
     assert r <= TILE_REL, f"seed {SEED}: tiled vs untiled rel L2 {r:.2e}, cosine {c:.8f}"
+
+
+# Pieces: inside a tile the last decoder block runs on pieces of sub_chunk frames, each widened
+# by the samples its receptive field reads, so again only float rounding may differ from the
+# whole tile, and a halo one sample short would show far above TILE_REL.  Pieces of one frame
+# are narrower than their halo; 7 leaves a ragged last piece.
+@pytest.mark.parametrize("ops", ["device", "stock"])
+def test_decode_in_pieces_matches_whole_tiles(real_shape_file, device, ops, monkeypatch):
+    ref, path = real_shape_file
+    if ops == "stock":  # the GPU path, on any device
+        monkeypatch.setenv("ACESTEP_GGML_VAE_OPS", "stock")
+    vae = A.VAE(path, device=device)
+    rng = np.random.default_rng(SEED + 8)
+    z = latents_for(ref, 45, rng, batch=1)
+    whole = vae.decode(z, chunk=0, sub_chunk=0)
+    for chunk, sub_chunk in ((0, 1), (0, 7), (0, 16), (20, 7)):
+        pieces = vae.decode(z, chunk=chunk, overlap=12, sub_chunk=sub_chunk)
+        c, r = cos_rel(pieces, whole)
+        assert r <= TILE_REL, f"{ops} seed {SEED}: chunk {chunk}, sub_chunk {sub_chunk}: rel L2 {r:.2e}, cosine {c:.8f}"
 
 
 def test_tiled_encode_matches_untiled(real_shape):
@@ -235,6 +261,8 @@ def test_bad_tiling_options(real_shape):
         vae.decode(z, chunk=-1)
     with pytest.raises(A.InputError, match="overlap"):
         vae.decode(z, chunk=2, overlap=-3)
+    with pytest.raises(A.InputError, match="sub_chunk"):
+        vae.decode(z, sub_chunk=-1)
 
 
 def test_wrong_model_file(tmp_path):

@@ -13,11 +13,17 @@ from ._threads import resolve_threads
 # Tiling, in latent frames (1920 samples each).  The decoder and encoder see about
 # 9 frames either side of a frame (3-tap convs and three dilated 7-tap residual units
 # at each rate), so 12 frames of overlap make tiled output equal to untiled up to
-# float rounding.  On the CPU, 128-frame chunks (5 s of audio) hold a 30 s decode at
-# 1.5 GiB peak RSS with the real model (BF16 file) while the overlap costs 19 % extra
-# compute; see benchmarks/bench_vae.py.  A GPU takes far larger tiles (VAE.default_chunk).
-DEFAULT_CHUNK = 128
+# float rounding.  Inside a tile the decoder's last three blocks, whose 256 and 128
+# channels at 12 to 48 kHz dominate its memory, run on pieces of DEFAULT_SUB_CHUNK frames
+# (each with the few samples of context its receptive field reads), which cuts the compute
+# memory per frame of tile eightfold, so that tiles can be long and their overlap a small
+# share of the work.  On the CPU, 1024-frame tiles (41 s of audio: a 30 s song is one tile,
+# where 128-frame tiles recomputed 16 % of its frames) take a 1.0 GiB compute buffer with the
+# real model (BF16 file); see benchmarks/bench_vae.py.  A GPU takes its tiles from its free
+# memory (VAE.default_chunk).
+DEFAULT_CHUNK = 1024
 DEFAULT_OVERLAP = 12
+DEFAULT_SUB_CHUNK = 32
 
 
 def _array(x, what: str) -> np.ndarray:
@@ -59,7 +65,7 @@ class VAE:
     def default_chunk(self) -> int:
         """Frames per tile when ``chunk`` is None: DEFAULT_CHUNK on the CPU; on a GPU as many
         as a quarter of its free memory holds (at most 4 GiB), measured on first use."""
-        return self._vae.default_chunk(DEFAULT_CHUNK)
+        return self._vae.default_chunk(DEFAULT_CHUNK, DEFAULT_SUB_CHUNK)
 
     def _chunk(self, chunk: Optional[int]) -> int:
         return self.default_chunk if chunk is None else int(chunk)
@@ -70,15 +76,18 @@ class VAE:
         return self._vae.compute_type
 
     def decode(self, latents, *, chunk: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
-               progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+               sub_chunk: int = DEFAULT_SUB_CHUNK, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """Latents (T, C) or (B, T, C) -> audio (audio_channels, T * hop) or (B, audio_channels, T * hop).
 
+        Inside each tile the decoder's last blocks run on pieces of ``sub_chunk`` frames
+        (0: the whole tile at once); the output is the same either way, up to float rounding.
         ``progress(done, total)`` is called after each tile; Ctrl-C stops between tiles."""
         z = _array(latents, "latents")
         if z.ndim not in (2, 3):
             raise InputError(f"latents must have shape (T, {self.latent_channels}) or (B, T, {self.latent_channels}), "
                              f"got {z.ndim} dimensions {z.shape}")
-        out = self._vae.decode(z if z.ndim == 3 else z[None], self._chunk(chunk), int(overlap), progress)
+        out = self._vae.decode(z if z.ndim == 3 else z[None], self._chunk(chunk), int(overlap), progress,
+                               int(sub_chunk))
         return out if z.ndim == 3 else out[0]
 
     def encode(self, audio, sample: bool = False, seed: int | None = None, *, chunk: Optional[int] = None,

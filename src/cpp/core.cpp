@@ -830,10 +830,6 @@ Runner::Runner(std::shared_ptr<Backend> backend, size_t max_nodes) : backend_(st
 
 size_t Runner::compute_bytes() const { return ggml_backend_sched_get_buffer_size(sched_, backend_->primary()); }
 
-Runner::~Runner() {
-    if (sched_) ggml_backend_sched_free(sched_);
-}
-
 // Ops that compute nothing: a view of an input on the CPU is part of its upload.
 static bool is_view(const ggml_tensor *t) {
     switch (t->op) {
@@ -863,7 +859,8 @@ void Runner::alloc(Graph &g) {
 
 // ACESTEP_GGML_PROFILE=1: every node is computed on its own and timed; totals per op
 // (matmuls per weight type; =2 also per shape) go to stderr at exit.  For finding where the time goes only:
-// splitting the graph costs a little time per node.
+// splitting the graph costs a little time per node.  Each runner's compute buffer is printed
+// whenever it grows, for finding where the memory goes.
 namespace {
 struct Profile {
     std::mutex mu;
@@ -912,6 +909,16 @@ struct Profile {
         p.last = t1;
         return true;
     }
+    // Prints a runner's compute buffer when it is larger than any before on that runner.
+    void buffer(const Runner *r, size_t bytes, const std::string &device, int n_nodes) {
+        std::lock_guard<std::mutex> lock(mu);
+        size_t &seen = buffers[r];
+        if (bytes <= seen) return;
+        seen = bytes;
+        std::fprintf(stderr, "acestep-ggml profile: compute buffer %.1f MiB on %s (graph of %d nodes)\n",
+                     bytes / 1048576.0, device.c_str(), n_nodes);
+    }
+    std::map<const Runner *, size_t> buffers;  // the largest compute buffer printed per live runner
     void print() {
         std::vector<std::pair<std::string, std::pair<double, long>>> v(ops.begin(), ops.end());
         std::sort(v.begin(), v.end(), [](auto &a, auto &b) { return a.second.first > b.second.first; });
@@ -925,10 +932,19 @@ struct Profile {
 };
 }  // namespace
 
+Runner::~Runner() {
+    if (sched_) ggml_backend_sched_free(sched_);
+    if (Profile::enabled()) {
+        std::lock_guard<std::mutex> lock(Profile::get().mu);
+        Profile::get().buffers.erase(this);
+    }
+}
+
 void Runner::compute(Graph &g) {
     if (Profile::enabled()) {
         ggml_backend_sched_set_eval_callback(sched_, Profile::observe, nullptr);
         Profile::get().last = Profile::now();
+        Profile::get().buffer(this, compute_bytes(), backend_->name(), ggml_graph_n_nodes(g.graph()));
     }
     std::lock_guard<std::mutex> lock(backend_->compute_mutex());
     ggml_status st = ggml_backend_sched_graph_compute(sched_, g.graph());

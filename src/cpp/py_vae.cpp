@@ -28,11 +28,13 @@ void bind_vae(py::module_ &m) {
         .def_property_readonly("latent_channels", [](const VAE &v) { return v.config().latent_channels; })
         .def_property_readonly("audio_channels", [](const VAE &v) { return v.config().audio_channels; })
         .def_property_readonly("compute_type", &VAE::compute_type)
-        .def("default_chunk", [](VAE &v, int64_t cpu_chunk) {
+        .def("default_chunk", [](VAE &v, int64_t cpu_chunk, int64_t sub_chunk) {
             py::gil_scoped_release nogil;
-            return v.default_chunk(cpu_chunk);
-        }, py::arg("cpu_chunk"), "Frames per tile when none is named: cpu_chunk on the CPU, more on a GPU.")
-        .def("decode", [](VAE &v, py::handle latents, int64_t chunk, int64_t overlap, py::object progress) {
+            return v.default_chunk(cpu_chunk, sub_chunk);
+        }, py::arg("cpu_chunk"), py::arg("sub_chunk"),
+           "Frames per tile when none is named: cpu_chunk on the CPU, more on a GPU.")
+        .def("decode", [](VAE &v, py::handle latents, int64_t chunk, int64_t overlap, py::object progress,
+                          int64_t sub_chunk) {
             auto z = as_f32(latents, "latents", 3, 3);
             const int64_t B = z.shape(0), T = z.shape(1), C = z.shape(2);
             if (C != v.config().latent_channels)
@@ -42,12 +44,12 @@ void bind_vae(py::module_ &m) {
             std::vector<float> out;
             {
                 py::gil_scoped_release nogil;
-                out = v.decode(z.data(), B, T, {chunk, overlap}, tick);
+                out = v.decode(z.data(), B, T, {chunk, overlap, sub_chunk}, tick);
             }
             const int64_t A = v.config().audio_channels;
             return to_numpy(out, {(ssize_t)B, (ssize_t)A, (ssize_t)(B ? out.size() / (B * A) : 0)});
         }, py::arg("latents"), py::arg("chunk") = 0, py::arg("overlap") = 0, py::arg("progress") = py::none(),
-           "(B, T, latent_channels) float32 -> (B, audio_channels, T * hop_length).")
+           py::arg("sub_chunk") = 0, "(B, T, latent_channels) float32 -> (B, audio_channels, T * hop_length).")
         .def("encode", [](VAE &v, py::handle audio, int64_t chunk, int64_t overlap, py::object progress) {
             auto a = as_f32(audio, "audio", 3, 3);
             const int64_t B = a.shape(0), A = a.shape(1), N = a.shape(2);

@@ -389,6 +389,41 @@ struct Encoder {
     Conv conv2;
 };
 
+// The decoder's tail, run in pieces inside a tile (Builder::decoder): its last kTailBlocks
+// blocks and the output conv.  Measured on the real model (BF16 file), compute buffer per
+// frame of tile (152 to 1036 frames, pieces of 16 or 32): 7.7 MB whole, 3.9 MB with the last
+// block in pieces, 1.9 MB with two, 0.96 MB with three, where the fourth-last block's own
+// activations set the peak.  A piece's context costs about 1% of the tail's work at 32 frames.
+constexpr size_t kTailBlocks = 3;
+// Pieces per tile at most: about 70 graph nodes each (stock ops: 220), within Graph's 16384.
+constexpr int64_t kMaxPieces = 64;
+
+size_t tail_start(const Decoder &d) { return d.block.size() - std::min(d.block.size(), kTailBlocks); }
+
+// Output samples of the tail per input sample: a transposed conv of stride s with kernel 2s and
+// padding ceil(s / 2) makes exactly s outputs per input for the even ratios read_config allows.
+int64_t tail_upsampling(const Decoder &d, size_t first) {
+    int64_t up = 1;
+    for (size_t i = first; i < d.block.size(); i++) up *= d.block[i].conv_t1.geom.stride;
+    return up;
+}
+
+// Input samples on either side of a piece that the tail's output over the piece reads,
+// walked back from the output: each conv reaches (kernel - 1) / 2 * dilation samples at its
+// own rate; output u of a transposed conv reads inputs (u + padding - kernel) / stride
+// .. (u + padding) / stride, bounded here by (reach + kernel + padding) / stride + 1.
+int64_t tail_halo(const Decoder &d, size_t first) {
+    auto reach = [](const Conv &c) { return (int64_t)(c.geom.kernel - 1) / 2 * c.geom.dilation; };
+    int64_t r = reach(d.conv2);
+    for (size_t i = d.block.size(); i-- > first;) {
+        const DecoderBlock &b = d.block[i];
+        for (const ResUnit &u : b.res) r += reach(u.conv1) + reach(u.conv2);
+        const ConvGeom &g = b.conv_t1.geom;
+        r = (r + g.kernel + g.padding) / g.stride + 1;
+    }
+    return r;
+}
+
 // Unit axes are not significant: ggml drops trailing ones ([1, C, 1] reads back as [C, 1]).
 void check(const GGUFFile &file, const std::string &name, const std::vector<int64_t> &shape) {
     auto squeeze = [](const std::vector<int64_t> &s) {
@@ -545,7 +580,7 @@ struct VAE::Model {
     bool fused = true;  // the fused CPU kernels, else stock ops (see the top of this file)
     std::unique_ptr<Weights> dec_w, enc_w;  // the encoder's are loaded on first use
     bool enc_loaded = false;
-    int64_t device_chunk = 0;  // measured on first use
+    int64_t device_chunk = 0, device_sub_chunk = 0;  // measured on first use, for that sub_chunk
     Decoder dec;
     Encoder enc;
     std::unique_ptr<Runner> runner;
@@ -633,14 +668,36 @@ class Builder {
                               GGML_N_TASKS_MAX, nullptr);
     }
 
-    // latents [latent_channels, T] -> audio [audio_channels, T * hop]
-    ggml_tensor *decoder(ggml_tensor *z, const Decoder &d) {
+    // latents [latent_channels, T] -> audio [audio_channels, T * hop].
+    // The tail (the last kTailBlocks blocks and the output conv) holds the largest activations
+    // (256 and 128 channels at 12 to 48 kHz), so it runs on pieces of sub_chunk latent frames
+    // (0: the whole tile at once), each widened by the halo its receptive field reads
+    // (tail_halo).  The pieces' intermediates then exist one piece at a time: ggml's allocator
+    // reuses them, since each piece is computed before the next one starts.
+    ggml_tensor *decoder(ggml_tensor *z, const Decoder &d, int64_t sub_chunk) {
+        const size_t first = tail_start(d);
         ggml_tensor *x = conv(to_layout(z), d.conv1);
-        for (const auto &b : d.block) {
-            x = conv_transposed(snake(x, b.snake1), b.conv_t1);
-            for (const auto &r : b.res) x = res_unit(x, r);
+        for (size_t i = 0; i < first; i++) x = block(x, d.block[i]);
+        const int64_t n = frames(x);
+        if (sub_chunk <= 0 || sub_chunk >= z->ne[1]) return tail(x, d, first);
+        // in samples of x; at most kMaxPieces pieces, so that the graph's node count stays bounded
+        const int64_t per = std::max(sub_chunk * (n / z->ne[1]), (n + kMaxPieces - 1) / kMaxPieces);
+        const int64_t halo = tail_halo(d, first), up = tail_upsampling(d, first);
+        std::vector<ggml_tensor *> pieces;
+        for (int64_t c0 = 0; c0 < n; c0 += per) {
+            const int64_t c1 = std::min(n, c0 + per), a = std::max<int64_t>(0, c0 - halo), b = std::min(n, c1 + halo);
+            ggml_tensor *y = tail(time_slice(x, a, b), d, first);  // [A, (b - a) * up]
+            pieces.push_back(ggml_view_2d(ctx_, y, y->ne[0], (c1 - c0) * up, y->nb[1], (c0 - a) * up * y->nb[1]));
         }
-        return to_layout(conv(snake(x, d.snake1), d.conv2));
+        // Joined pairwise: each sample is copied log2(pieces) times, not once per later piece.
+        while (pieces.size() > 1) {
+            std::vector<ggml_tensor *> joined;
+            for (size_t i = 0; i + 1 < pieces.size(); i += 2)
+                joined.push_back(ggml_concat(ctx_, pieces[i], pieces[i + 1], 1));
+            if (pieces.size() % 2) joined.push_back(pieces.back());
+            pieces.swap(joined);
+        }
+        return pieces[0];
     }
 
     // audio [audio_channels, N] -> [2 * latent_channels, N / hop]
@@ -654,8 +711,27 @@ class Builder {
     }
 
   private:
+    // x [C_in, T] -> [C_out, T * stride] (stock: [T, C])
+    ggml_tensor *block(ggml_tensor *x, const DecoderBlock &b) {
+        x = conv_transposed(snake(x, b.snake1), b.conv_t1);
+        for (const auto &r : b.res) x = res_unit(x, r);
+        return x;
+    }
+
+    // Blocks first.. and the output conv: x [C, n] (stock: [n, C]) -> audio [A, n * up]
+    ggml_tensor *tail(ggml_tensor *x, const Decoder &d, size_t first) {
+        for (size_t i = first; i < d.block.size(); i++) x = block(x, d.block[i]);
+        return to_layout(conv(snake(x, d.snake1), d.conv2));
+    }
+
     // Inputs and outputs are [C, T]; the stock ops work on [T, C].
     ggml_tensor *to_layout(ggml_tensor *x) { return fused_ ? x : ggml_cont(ctx_, ggml_transpose(ctx_, x)); }
+    int64_t frames(const ggml_tensor *x) const { return fused_ ? x->ne[1] : x->ne[0]; }
+    // Frames [a, b) of x: rows of [C, T] are a view; a stock [T, C] slice is strided, so copied.
+    ggml_tensor *time_slice(ggml_tensor *x, int64_t a, int64_t b) {
+        if (fused_) return ggml_view_2d(ctx_, x, x->ne[0], b - a, x->nb[1], a * x->nb[1]);
+        return ggml_cont(ctx_, ggml_view_2d(ctx_, x, b - a, x->ne[1], x->nb[1], a * x->nb[0]));
+    }
 
     ggml_tensor *im2col(ggml_tensor *x, const ConvGeom &g, int64_t T_out) {
         ggml_tensor *args[1] = {x};
@@ -756,24 +832,28 @@ VAE::VAE(const std::string &path, std::shared_ptr<Backend> backend) : m_(new Mod
 
 VAE::~VAE() = default;
 
-int64_t VAE::default_chunk(int64_t cpu_chunk) {
+int64_t VAE::default_chunk(int64_t cpu_chunk, int64_t sub_chunk) {
     if (m_->fused) return cpu_chunk;
-    if (!m_->device_chunk) {
+    if (!m_->device_chunk || m_->device_sub_chunk != sub_chunk) {
         // A device tile holds as many frames as a quarter of the device's free memory, at
-        // most 4 GiB (memory stays bounded, other models keep their room): the compute
-        // memory grows linearly with the frames, so two small graphs measure its slope.
+        // most 4 GiB (memory stays bounded, other models keep their room).  The compute
+        // memory is a part that grows linearly with the frames plus the tail's pieces, whose
+        // size does not grow with the tile: two graphs of several pieces measure both.
         auto bytes = [&](int64_t T) {
             Graph g;
             ggml_tensor *z = g.input("latents", GGML_TYPE_F32, {T, (int64_t)cfg_.latent_channels});
-            g.output(Builder(g, m_->compute, m_->fused).decoder(z, m_->dec));
+            g.output(Builder(g, m_->compute, m_->fused).decoder(z, m_->dec, sub_chunk));
             m_->runner->alloc(g);
             return (double)m_->runner->compute_bytes();
         };
-        const double per_frame = std::max(1.0, (bytes(16) - bytes(8)) / 8);
+        const int64_t t1 = 2 * std::max<int64_t>(sub_chunk, 8), t2 = 2 * t1;
+        const double b1 = bytes(t1), per_frame = std::max(1.0, (bytes(t2) - b1) / (t2 - t1));
+        const double fixed = std::max(0.0, b1 - per_frame * t1);
         size_t free_bytes = 0, total_bytes = 0;
         ggml_backend_dev_memory(ggml_backend_get_device(m_->backend->primary()), &free_bytes, &total_bytes);
         const double budget = std::min(free_bytes / 4.0, 4.0 * (1 << 30));
-        m_->device_chunk = std::clamp<int64_t>((int64_t)(budget / per_frame), cpu_chunk, kMaxDeviceChunk);
+        m_->device_chunk = std::clamp<int64_t>((int64_t)((budget - fixed) / per_frame), cpu_chunk, kMaxDeviceChunk);
+        m_->device_sub_chunk = sub_chunk;
     }
     return m_->device_chunk;
 }
@@ -804,6 +884,8 @@ static std::vector<Window> windows(int64_t n, Tiling t) {
 static void check_tiling(Tiling t) {
     if (t.chunk < 0) throw InputError(fmt("chunk must be >= 0 (0 = no tiling), got %lld", (long long)t.chunk));
     if (t.overlap < 0) throw InputError(fmt("overlap must be >= 0, got %lld", (long long)t.overlap));
+    if (t.sub_chunk < 0)
+        throw InputError(fmt("sub_chunk must be >= 0 (0 = whole tiles), got %lld", (long long)t.sub_chunk));
 }
 
 std::vector<float> VAE::decode(const float *latents, int64_t B, int64_t T, Tiling tiling,
@@ -822,7 +904,7 @@ std::vector<float> VAE::decode(const float *latents, int64_t B, int64_t T, Tilin
             Graph g;
             ggml_tensor *z = g.input("latents", GGML_TYPE_F32, {Tw, C});
             Builder build(g, m_->compute, m_->fused);
-            ggml_tensor *y = build.decoder(z, m_->dec);  // [A, Tw*hop]
+            ggml_tensor *y = build.decoder(z, m_->dec, tiling.sub_chunk);  // [A, Tw*hop]
             g.output(y);
             m_->runner->alloc(g);
             set_input(z, latents + (b * T + w.win0) * C, (size_t)(Tw * C));

@@ -27,9 +27,12 @@ struct VAEConfig {
 
 // Tiling along time: windows of `chunk` frames plus `overlap` frames of context on
 // each side, whose centres are stitched together.  chunk <= 0 decodes in one pass.
+// Decoding only: inside a tile, the decoder's last blocks and output conv, whose activations
+// are the largest, run on pieces of `sub_chunk` frames (0: the whole tile at once).
 struct Tiling {
     int64_t chunk = 0;
     int64_t overlap = 0;
+    int64_t sub_chunk = 0;
 };
 
 class VAE {
@@ -43,8 +46,8 @@ class VAE {
 
     // Frames per tile when the caller names none: cpu_chunk where the fused CPU kernels
     // run; on other devices as many as a quarter of the device's free memory holds
-    // (at most 4 GiB, between cpu_chunk and kMaxDeviceChunk frames).
-    int64_t default_chunk(int64_t cpu_chunk);
+    // (at most 4 GiB, between cpu_chunk and kMaxDeviceChunk frames), decoding with sub_chunk.
+    int64_t default_chunk(int64_t cpu_chunk, int64_t sub_chunk);
     static constexpr int64_t kMaxDeviceChunk = 4096;
 
     // Called after each tile with (tiles done, tiles in all, over the whole batch); it may
