@@ -5,6 +5,7 @@ import pytest
 import torch
 from _lm_gguf import VOCAB, tiny_lm, write_lm
 from _text_gguf import parity
+from conftest import DEVICE_F32_REL
 
 import acestep_ggml
 from acestep_ggml.exchange import Request
@@ -56,19 +57,29 @@ def test_lm_prefill_and_decode_match_qwen3(f32_lm, device):
         _check_step(o, ref[i], seed, f"position {len(prompt) - 1 + i}", device)
 
 
-def test_lm_greedy_decoding_matches_qwen3(f32_lm):
+def test_lm_greedy_decoding_matches_qwen3(f32_lm, device):
     seed, model, lm = f32_lm
     rng = np.random.default_rng(seed + 1)
     prompt = rng.integers(0, VOCAB, size=24)
-    lm.reset(1, len(prompt) + 64)
-    logits, ours = lm.prefill(0, prompt), []
-    for _ in range(64):
-        ours.append(int(np.argmax(logits)))
-        logits = lm.decode([ours[-1]])[0]
     with torch.no_grad():
         ref = model.generate(torch.from_numpy(prompt)[None], max_new_tokens=64, min_new_tokens=64, do_sample=False,
                              pad_token_id=0, eos_token_id=None)[0, len(prompt):].tolist()
-    assert ours == ref, f"seed {seed}: first difference at {next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)}"
+        # The logits each reference token was chosen from.
+        ref_logits = model(torch.from_numpy(np.r_[prompt, ref[:-1]])[None]).logits[0, len(prompt) - 1:].numpy()
+    # Teacher-forced: every step sees the reference's history, so one near-tie cannot derail the rest.
+    # On the CPU (F32 operands) every choice must be the reference's.  Off it, operands rounded to
+    # F16 (conftest.DEVICE_F32_REL) may flip a near-tie of random weights (seen on lavapipe at
+    # token 36 of 64): a different choice is allowed only where the reference's best two logits are
+    # closer than that relative error of the logits' spread.
+    tie = 0.0 if device == "cpu" else DEVICE_F32_REL * float(np.ptp(ref_logits))
+    lm.reset(1, len(prompt) + 64)
+    logits = lm.prefill(0, prompt)
+    for i, token in enumerate(ref):
+        ours = int(np.argmax(logits))
+        if ours != token:
+            margin = float(ref_logits[i, token] - ref_logits[i, ours])
+            assert margin < tie, f"seed {seed}: token {i}: ours {ours}, reference {token} (ahead by {margin:.3g})"
+        logits = lm.decode([token])[0]
 
 
 def test_lm_guided_batch_matches_two_reference_rows(f32_lm, device):
