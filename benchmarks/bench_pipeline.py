@@ -241,7 +241,7 @@ def run_acestep_cpp(args, ours) -> dict:
         before, lines, peak = resource.getrusage(resource.RUSAGE_CHILDREN), [], 0
         t0 = time.perf_counter()
         proc = subprocess.Popen([exe, "--models", args.gguf, "--request", song], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, env=env)
+                                stderr=subprocess.PIPE, text=True, errors="replace", env=env)
         for line in proc.stderr:
             lines.append((time.perf_counter() - t0, line))
             try:
