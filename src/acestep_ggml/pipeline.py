@@ -386,7 +386,7 @@ class Pipeline:
         run_lm = use_lm and src_audio is None
         # Every input is checked before anything is fetched and before the LM spends its minutes:
         # the synth stage's verdict on the task fields, the metadata the LM is given, the
-        # reference audio (read once, here).
+        # reference audio file (readable).
         tasks.check_fields(task, has_source=src_audio is not None, has_codes=run_lm,
                            repainting_start=repainting_start, repainting_end=repainting_end, track_name=track_name,
                            track_classes=track_classes, audio_cover_strength=audio_cover_strength, posterior=posterior)
