@@ -65,3 +65,10 @@ def write_gguf(model: AutoencoderOobleck, path, dtype: str = "f32") -> None:
     w.write_tensors_to_file()
     w.close()
 
+
+def f32_file(tmp_path_factory, config: dict, seed: int, folder: str):
+    """A reference VAE of `config` and its F32 GGUF in a fresh temporary folder: (model, path)."""
+    ref = make_reference(config, seed)
+    path = tmp_path_factory.mktemp(folder) / "f32.gguf"
+    write_gguf(ref, path, "f32")
+    return ref, path

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _vae_gguf import TINY, make_reference, write_gguf
+from _vae_gguf import TINY, f32_file
 
 import acestep_ggml as A
 from acestep_ggml import _core
@@ -52,10 +52,7 @@ def test_every_model_command_takes_a_device(command):
 
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory):
-    ref = make_reference(TINY, SEED)
-    path = tmp_path_factory.mktemp("vae") / "f32.gguf"
-    write_gguf(ref, path, "f32")
-    return ref, path
+    return f32_file(tmp_path_factory, TINY, SEED, "vae")
 
 
 @pytest.mark.parametrize("ops", ["fused", "stock"])

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from _vae_gguf import REAL_SHAPE, TINY, make_reference, write_gguf
+from _vae_gguf import REAL_SHAPE, TINY, f32_file, make_reference, write_gguf
 
 import acestep_ggml as A
 
@@ -32,10 +32,7 @@ def model(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_shape_file(tmp_path_factory):
-    ref = make_reference(REAL_SHAPE, SEED)
-    path = tmp_path_factory.mktemp("vae_real") / "f32.gguf"
-    write_gguf(ref, path, "f32")
-    return ref, path
+    return f32_file(tmp_path_factory, REAL_SHAPE, SEED, "vae_real")
 
 
 @pytest.fixture(scope="module")
