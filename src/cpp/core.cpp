@@ -200,6 +200,20 @@ bool Backend::supports(const ggml_tensor *node) const {
     return ggml_backend_supports_op(primary_, node);
 }
 
+int Backend::row_pieces(ggml_type type, int64_t cols, int64_t rows, bool w_first, ggml_type other) const {
+    if (is_cpu()) return 1;
+    ggml_init_params p = {ggml_tensor_overhead() * 3, nullptr, /*no_alloc=*/true};
+    for (int n = 1; n <= 64 && n <= rows; n *= 2) {
+        ggml_context *ctx = ggml_init(p);
+        ggml_tensor *piece = ggml_new_tensor_2d(ctx, type, cols, (rows + n - 1) / n);
+        ggml_tensor *x = ggml_new_tensor_2d(ctx, other, cols, 8);
+        const bool ok = supports(piece) && supports(w_first ? ggml_mul_mat(ctx, piece, x) : ggml_mul_mat(ctx, x, piece));
+        ggml_free(ctx);
+        if (ok) return n;
+    }
+    return 1;
+}
+
 bool Backend::multiplies(ggml_type type) const {
     ggml_init_params p = {ggml_tensor_overhead() * 4, nullptr, /*no_alloc=*/true};
     ggml_context *ctx = ggml_init(p);
@@ -840,8 +854,41 @@ static bool is_view(const ggml_tensor *t) {
     }
 }
 
+// The tensor whose memory t is (a view's source), if that memory is the device's, not the host's.
+static const ggml_tensor *held(const ggml_tensor *t) {
+    const ggml_tensor *base = t->view_src ? t->view_src : t;
+    return base->buffer && !ggml_backend_buffer_is_host(base->buffer) ? base : nullptr;
+}
+
 void Runner::alloc(Graph &g) {
     ggml_backend_sched_reset(sched_);
+    if (!backend_->is_cpu()) {
+        for (int i = 0; i < ggml_graph_n_nodes(g.graph()); i++) {
+            ggml_tensor *node = ggml_graph_node(g.graph(), i);
+            // ggml's scheduler aborts the process on a tensor in the device's memory that the
+            // device cannot use (one too large to bind, say), or on an op it cannot run that
+            // reads such a tensor (it cannot be moved to the CPU): named here first, as errors.
+            const ggml_tensor *operand = nullptr;
+            for (int k = 0; k < GGML_MAX_SRC && node->src[k]; k++) {
+                const ggml_tensor *w = held(node->src[k]);
+                if (w && !backend_->supports(w))
+                    throw DeviceError(fmt("%s cannot use the tensor '%s' (%s, %.1f MiB) held in its memory: it may be "
+                                          "larger than the device binds at once", backend_->name().c_str(),
+                                          ggml_get_name(w), ggml_type_name(w->type), ggml_nbytes(w) / 1048576.0));
+                if (w) operand = w;
+            }
+            if (is_view(node) || backend_->supports(node)) continue;
+            if (strict_device())
+                throw DeviceError(fmt("ACESTEP_GGML_STRICT_DEVICE: op %s (node '%s') runs on %s, not on the device %s, "
+                                      "which does not support it", ggml_op_desc(node), ggml_get_name(node),
+                                      backend_->cpu() ? ggml_backend_name(backend_->cpu()) : "no backend",
+                                      backend_->name().c_str()));
+            if (operand)
+                throw DeviceError(fmt("op %s (node '%s') cannot run on %s, which holds its operand '%s' (%.1f MiB)",
+                                      ggml_op_desc(node), ggml_get_name(node), backend_->name().c_str(),
+                                      ggml_get_name(operand), ggml_nbytes(operand) / 1048576.0));
+        }
+    }
     if (!ggml_backend_sched_alloc_graph(sched_, g.graph()))
         throw std::runtime_error(fmt("could not allocate compute memory on %s: %s", backend_->name().c_str(),
                                      last_ggml_error().c_str()));

@@ -85,6 +85,13 @@ class Backend {
 
     // Whether the device itself runs this node (ggml_backend_supports_op).
     bool supports(const ggml_tensor *node) const;
+    // Into how many row pieces (1, 2, 4, ...) a matmul weight of `rows` rows of `cols` values of
+    // `type` must be cut for the device to hold and multiply each piece as a tensor of its own:
+    // some devices bind at most so many bytes of one tensor (Vulkan's maxStorageBufferRange:
+    // 128 MiB on lavapipe, 1 GiB on some Intel GPUs).  `w_first`: the weight is the matmul's
+    // first operand, else its second; `other` is the other operand's type.  1 on the CPU, and
+    // where no cut of up to 64 pieces helps (Runner::alloc then names the tensor).
+    int row_pieces(ggml_type type, int64_t cols, int64_t rows, bool w_first, ggml_type other) const;
     // The type a matmul weight stored as `file_type` is loaded as: the file's type where
     // the device multiplies it, else F16 (else F32).  On a CPU without native BF16 dot
     // products (no AVX512-BF16) ggml multiplies BF16 about 35% slower than F16, so BF16

@@ -355,6 +355,9 @@ struct Conv {
     ggml_tensor *w = nullptr, *b = nullptr;  // w: [K*C_in, C_out] (conv) or [C_in, K*C_out] (transposed)
     int c_in = 0, c_out = 0;
     ConvGeom geom{};
+    // Stock ops on a device that cannot hold all of w as one tensor: w's rows as separate
+    // tensors (Backend::row_pieces), multiplied one by one; w is then the first of them.
+    std::vector<ggml_tensor *> parts;
 };
 
 struct ResUnit {
@@ -486,11 +489,12 @@ class Loader {
     }
 
     Conv conv(const std::string &p, int c_in, int c_out, ConvGeom g, bool bias = true) {
-        Conv c{nullptr, nullptr, c_in, c_out, g};
+        Conv c{nullptr, nullptr, c_in, c_out, g, {}};
         const int K = g.kernel;
         if (!fused_) {  // PyTorch's (c, k) order is ggml_im2col's
-            c.w = w_.derived(p + ".weight", compute_, {c_out, (int64_t)c_in * K},
-                             [f = file_, p, c_in, c_out, K] { return folded(*f, p, {c_out, c_in, K}, c_out); });
+            c.parts = rows_in_parts(p + ".weight", c_out, (int64_t)c_in * K, /*w_first=*/false, compute_,
+                                    [f = file_, p, c_in, c_out, K] { return folded(*f, p, {c_out, c_in, K}, c_out); });
+            c.w = c.parts[0];
             if (bias) c.b = w_.get(p + ".bias", per_channel(c_out), Store::F32);
             return c;
         }
@@ -509,9 +513,9 @@ class Loader {
 
     // Columns [K*C_out, T_in] of the matmul: k-major for our col2im, (o, k) order for ggml_col2im_1d.
     Conv conv_transposed(const std::string &p, int c_in, int c_out, ConvGeom g) {
-        Conv c{nullptr, nullptr, c_in, c_out, g};
+        Conv c{nullptr, nullptr, c_in, c_out, g, {}};
         const int K = g.kernel;
-        c.w = w_.derived(p + ".weight", compute_, {(int64_t)K * c_out, c_in}, [f = file_, p, c_in, c_out, K, fused = fused_] {
+        auto weight = [f = file_, p, c_in, c_out, K, fused = fused_] {
             auto w = folded(*f, p, {c_in, c_out, K}, c_in);
             std::vector<float> out(w.size());
             for (int i = 0; i < c_in; i++)
@@ -521,9 +525,31 @@ class Loader {
                         out[row * c_in + i] = w[((size_t)i * c_out + o) * K + k];
                     }
             return out;
-        });
+        };
+        if (fused_)
+            c.w = w_.derived(p + ".weight", compute_, {(int64_t)K * c_out, c_in}, weight);
+        else
+            c.w = (c.parts = rows_in_parts(p + ".weight", (int64_t)K * c_out, c_in, /*w_first=*/true, GGML_TYPE_F32, weight))[0];
         c.b = w_.get(p + ".bias", per_channel(c_out), Store::F32);
         return c;
+    }
+
+    // A matmul weight [rows, cols] (PyTorch order) as one tensor, or cut into row ranges of
+    // their own where the device cannot hold it whole (Backend::row_pieces).
+    std::vector<ggml_tensor *> rows_in_parts(const std::string &name, int64_t rows, int64_t cols, bool w_first,
+                                             ggml_type other, std::function<std::vector<float>()> weight) {
+        const int n = w_.backend()->row_pieces(compute_, cols, rows, w_first, other);
+        if (n == 1) return {w_.derived(name, compute_, {rows, cols}, std::move(weight))};
+        std::vector<ggml_tensor *> parts;
+        const int64_t step = (rows + n - 1) / n;
+        for (int64_t r = 0; r < rows; r += step) {
+            const int64_t m = std::min(step, rows - r);
+            parts.push_back(w_.derived(name + "." + std::to_string(parts.size()), compute_, {m, cols}, [weight, r, m, cols] {
+                const std::vector<float> all = weight();
+                return std::vector<float>(all.begin() + r * cols, all.begin() + (r + m) * cols);
+            }));
+        }
+        return parts;
     }
 
     // U_a = sum_k G[a, k] w[:, :, k], from the folded kernel.
@@ -549,7 +575,7 @@ class Loader {
         const ConvGeom g1{7, 1, dilation, 3 * dilation};
         if (fused_) {
             // conv1 runs as Winograd: only its bias and geometry are kept besides U
-            r.conv1 = Conv{nullptr, w_.get(p + ".conv1.bias", {C}, Store::F32), C, C, g1};
+            r.conv1 = Conv{nullptr, w_.get(p + ".conv1.bias", {C}, Store::F32), C, C, g1, {}};
             r.wino = winograd_kernel(p + ".conv1", C);
         } else {
             r.conv1 = conv(p + ".conv1", C, C, g1);
@@ -593,7 +619,8 @@ namespace {
 
 class Builder {
   public:
-    Builder(Graph &g, ggml_type compute, bool fused) : ctx_(g.ctx()), compute_(compute), fused_(fused) {}
+    Builder(Graph &g, const Backend &device, ggml_type compute, bool fused)
+        : ctx_(g.ctx()), device_(device), compute_(compute), fused_(fused) {}
 
     // Fused: x [C, T] F32 -> snake(x (+ bias)) in the compute type.  Stock: x [T, C] F32 -> F32.
     ggml_tensor *snake(ggml_tensor *x, const Snake &s, ggml_tensor *bias = nullptr) {
@@ -611,9 +638,21 @@ class Builder {
     ggml_tensor *conv_nobias(ggml_tensor *x, const Conv &c) {
         const ConvGeom &g = c.geom;
         if (!fused_) {
-            ggml_tensor *shape = ggml_reshape_3d(ctx_, c.w, g.kernel, c.c_in, c.c_out);  // im2col reads K, C_in
+            // im2col reads only the kernel's shape (K, C_in): one output channel's view of w
+            ggml_tensor *shape = ggml_view_2d(ctx_, c.w, g.kernel, c.c_in, g.kernel * ggml_element_size(c.w), 0);
             ggml_tensor *cols = ggml_im2col(ctx_, shape, x, g.stride, 0, g.padding, 0, g.dilation, 0, false, compute_);
-            return ggml_mul_mat(ctx_, cols, c.w);  // [C_in*K, T_out] x [C_in*K, C_out] -> [T_out, C_out]
+            // [C_in*K, T_out] x [C_in*K, C_out] -> [T_out, C_out]; columns too large for the
+            // device to bind at once are multiplied in time slices, joined along time
+            const int64_t T_out = cols->ne[1];
+            const int n = device_.row_pieces(cols->type, cols->ne[0], T_out, /*w_first=*/true, c.w->type);
+            if (n == 1) return mul_mat_pieces(c, cols, /*w_first=*/false);
+            ggml_tensor *out = nullptr;
+            for (int64_t t = 0, step = (T_out + n - 1) / n; t < T_out; t += step) {
+                ggml_tensor *part = ggml_view_2d(ctx_, cols, cols->ne[0], std::min(step, T_out - t), cols->nb[1], t * cols->nb[1]);
+                ggml_tensor *y = mul_mat_pieces(c, part, /*w_first=*/false);
+                out = out ? ggml_concat(ctx_, out, y, 0) : y;
+            }
+            return out;
         }
         ggml_tensor *cols = x;
         if (g.kernel != 1 || g.stride != 1 || g.padding != 0 || x->type != compute_) {
@@ -621,6 +660,17 @@ class Builder {
             cols = im2col(x, g, T_out);
         }
         return ggml_mul_mat(ctx_, c.w, cols);
+    }
+
+    // Stock ops: w times x (w_first) or x times w, part by part where w is cut into row ranges
+    // (Conv::parts), their outputs joined in row order.
+    ggml_tensor *mul_mat_pieces(const Conv &c, ggml_tensor *x, bool w_first) {
+        ggml_tensor *out = nullptr;
+        for (ggml_tensor *w : c.parts) {
+            ggml_tensor *y = w_first ? ggml_mul_mat(ctx_, w, x) : ggml_mul_mat(ctx_, x, w);
+            out = out ? ggml_concat(ctx_, out, y, w_first ? 0 : 1) : y;
+        }
+        return out;
     }
 
     ggml_tensor *conv(ggml_tensor *x, const Conv &c) {
@@ -633,7 +683,7 @@ class Builder {
     ggml_tensor *conv_transposed(ggml_tensor *x, const Conv &c) {
         const ConvGeom &g = c.geom;
         if (!fused_) {
-            ggml_tensor *cols = ggml_mul_mat(ctx_, c.w, ggml_cont(ctx_, ggml_transpose(ctx_, x)));  // [C_out*K, T_in]
+            ggml_tensor *cols = mul_mat_pieces(c, ggml_cont(ctx_, ggml_transpose(ctx_, x)), /*w_first=*/true);  // [C_out*K, T_in]
             return ggml_add(ctx_, ggml_col2im_1d(ctx_, cols, g.stride, c.c_out, g.padding), c.b);
         }
         ggml_tensor *cols = ggml_mul_mat(ctx_, c.w, x);  // [K*C_out, T_in]
@@ -745,6 +795,7 @@ class Builder {
     }
 
     ggml_context *ctx_;
+    const Backend &device_;
     ggml_type compute_;
     bool fused_;
     // The custom ops point into these until the graph has run: a deque never moves them.
@@ -842,7 +893,7 @@ int64_t VAE::default_chunk(int64_t cpu_chunk, int64_t sub_chunk) {
         auto bytes = [&](int64_t T) {
             Graph g;
             ggml_tensor *z = g.input("latents", GGML_TYPE_F32, {T, (int64_t)cfg_.latent_channels});
-            g.output(Builder(g, m_->compute, m_->fused).decoder(z, m_->dec, sub_chunk));
+            g.output(Builder(g, *m_->backend, m_->compute, m_->fused).decoder(z, m_->dec, sub_chunk));
             m_->runner->alloc(g);
             return (double)m_->runner->compute_bytes();
         };
@@ -903,7 +954,7 @@ std::vector<float> VAE::decode(const float *latents, int64_t B, int64_t T, Tilin
             const int64_t Tw = w.win1 - w.win0;
             Graph g;
             ggml_tensor *z = g.input("latents", GGML_TYPE_F32, {Tw, C});
-            Builder build(g, m_->compute, m_->fused);
+            Builder build(g, *m_->backend, m_->compute, m_->fused);
             ggml_tensor *y = build.decoder(z, m_->dec, tiling.sub_chunk);  // [A, Tw*hop]
             g.output(y);
             m_->runner->alloc(g);
@@ -950,7 +1001,7 @@ void VAE::encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::v
             const int64_t s0 = w.win0 * hop, s1 = w.win1 == T ? N : w.win1 * hop, Ns = s1 - s0;
             Graph g;
             ggml_tensor *a = g.input("audio", GGML_TYPE_F32, {Ns, A});
-            Builder build(g, m_->compute, m_->fused);
+            Builder build(g, *m_->backend, m_->compute, m_->fused);
             ggml_tensor *h = build.encoder(a, m_->enc);  // [2L, Tw]
             g.output(h);
             m_->runner->alloc(g);
