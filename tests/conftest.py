@@ -41,12 +41,33 @@ def device(request) -> str:
 # the CPU stays near 1e-5, and batch 1 against batch 2 of the DiT at 4.8e-4 (other kernels).
 # So F32 relative-error bars widen to DEVICE_F32_REL off the CPU; cosine bars stay as they are.
 DEVICE_F32_REL = 5e-3
+# A BF16 file's model is held to PyTorch's own bf16 error on the same weights.  On the CPU ours
+# computes in F16 with F32 accumulation and stays under that bar; off the CPU the kernels also
+# round their F32 operands to F16 (above), measured on lavapipe at 1.12x PyTorch's bf16 error
+# for the real-shape VAE encoder (6.66e-2 against 5.96e-2).  Off the CPU the bar is 1.25x.
+DEVICE_BF16_SLACK = 1.25
+
+
+
+def fresh_seed() -> int:
+    """A fresh seed for random weights and inputs, printed (pytest shows it beside a failure);
+    ACESTEP_TEST_SEED=N replays a run with N everywhere."""
+    env = os.environ.get("ACESTEP_TEST_SEED")
+    seed = int(env) if env else int.from_bytes(os.urandom(4), "little") % 2**31
+    print(f"seed {seed} (replay: ACESTEP_TEST_SEED={seed})")
+    return seed
 
 
 @pytest.fixture(scope="session")
 def f32_rel(device):
     """The relative-L2 bar of an F32 comparison on --device, from the test's bar on the CPU."""
     return lambda cpu_bar: cpu_bar if device == "cpu" else max(cpu_bar, DEVICE_F32_REL)
+
+
+@pytest.fixture(scope="session")
+def bf16_bar(device):
+    """The relative-L2 bar of a BF16 comparison on --device, from PyTorch's own bf16 error."""
+    return lambda torch_err: torch_err if device == "cpu" else DEVICE_BF16_SLACK * torch_err
 
 
 @pytest.fixture
@@ -58,7 +79,7 @@ def strict_device(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_models() -> fixtures.TinyModels:
     """torch reference modules (eval, float32) with fresh random weights each session."""
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = fresh_seed()
     print(f"\ntiny model seed: {seed}")
     return fixtures.build_models(seed)
 
@@ -96,7 +117,7 @@ def synth_models(lm_tokenizer_dir, tmp_path_factory):
 
     from acestep_ggml.convert import convert
 
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = fresh_seed()
     print(f"\nsynth model seed: {seed}")
     models = fixtures.build_models(seed, vae=SYNTH_VAE)
     # The generic random init makes the VAE chaotic: bf16 rounding of its weights alone moves

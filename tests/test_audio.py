@@ -3,19 +3,19 @@ output path checked before any work."""
 from __future__ import annotations
 
 import os
-import random
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from conftest import fresh_seed
 
 import acestep_ggml as A
 from acestep_ggml import audio as audio_mod
 from acestep_ggml import cli, pipeline
 
 # Fresh inputs every run; ACESTEP_TEST_SEED replays one.  The seed is in every assertion message.
-SEED = int(os.environ.get("ACESTEP_TEST_SEED", random.randrange(2**31)))
+SEED = fresh_seed()
 print(f"\naudio test seed: {SEED}")
 
 

@@ -2,7 +2,6 @@
 VAE's stock-op path, and the strict-device switch."""
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 
@@ -10,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 from _vae_gguf import TINY, f32_file
+from conftest import fresh_seed
 
 import acestep_ggml as A
 from acestep_ggml import _core
 from acestep_ggml.cli import build_parser
 
-SEED = random.randrange(2**31)
+SEED = fresh_seed()
 
 
 def test_one_backend_per_device_with_changeable_threads():

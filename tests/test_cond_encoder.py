@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from _text_gguf import dit_side_models, parity, randomize, write_dit, write_text_encoder
+from conftest import fresh_seed
 from transformers import Qwen3Config, Qwen3Model
 
 import acestep_ggml
@@ -26,7 +27,7 @@ def _files(tmp_path, seed, bf16):
 
 @pytest.mark.parametrize("bf16,padded,reference", [(False, False, False), (False, True, True), (True, True, False)])
 def test_condition_encoder_matches_reference(tmp_path, bf16, padded, reference, device, f32_rel):
-    seed = int(np.random.SeedSequence().entropy % 2**31)
+    seed = fresh_seed()
     cond, text = _files(tmp_path, seed, bf16)
     rng = np.random.default_rng(seed)
     tt, tl = int(rng.integers(5, 30)), int(rng.integers(20, 60))

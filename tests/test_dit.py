@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _dit_gguf import TINY, bf16_round, tiny_dit, write_dit_gguf
+from conftest import fresh_seed
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 from diffusers.pipelines.ace_step.pipeline_ace_step import AceStepPipeline
@@ -13,7 +14,7 @@ from diffusers.pipelines.ace_step.pipeline_ace_step import AceStepPipeline
 import acestep_ggml
 from acestep_ggml import InputError, ModelFileError, sampler
 
-SEED = int(np.random.SeedSequence().entropy % 2**31)
+SEED = fresh_seed()
 
 
 def _metrics(ours, ref):

@@ -5,6 +5,7 @@ import functools
 import numpy as np
 import pytest
 from _lm_gguf import QWEN3_VOCAB, VOCAB, tiny_lm, tokenizer_json, write_lm
+from conftest import fresh_seed
 from tokenizers import Tokenizer as HFTokenizer
 
 import acestep_ggml
@@ -64,7 +65,7 @@ def _run_fsm(f, rng, newline_bias=0.0):
 
 @pytest.mark.parametrize("trial", range(4))
 def test_cot_fsm_with_random_logits_respects_constraints(trial):
-    seed = int(np.random.SeedSequence().entropy % 2**31)
+    seed = fresh_seed()
     rng = np.random.default_rng(seed)
     given = {}
     for k, v in [("bpm", "128"), ("duration", "45"), ("keyscale", "F# minor"), ("language", "ja"),
@@ -186,7 +187,7 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("trial", range(3))
 def test_generate_end_to_end_respects_constraints(tiny, trial):
-    seed = int(np.random.SeedSequence().entropy % 2**31)
+    seed = fresh_seed()
     rng = np.random.default_rng(seed)
     duration = int(rng.integers(10, 14))
     req = Request(caption="lo-fi hip hop: mellow", lyrics="[verse]\nhello", duration=duration,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from _lm_gguf import VOCAB, tiny_lm, write_lm
 from _text_gguf import parity
-from conftest import DEVICE_F32_REL
+from conftest import DEVICE_F32_REL, fresh_seed
 
 import acestep_ggml
 from acestep_ggml.exchange import Request
@@ -18,7 +18,7 @@ COS_BF16 = 0.999
 
 
 def _seed():
-    return int(np.random.SeedSequence().entropy % 2**31)
+    return fresh_seed()
 
 
 # One thread: the tiny graphs are too small to share, and spinning threads stall on a busy machine.

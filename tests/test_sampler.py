@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import fresh_seed
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer as RefMomentumBuffer
 from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
@@ -60,7 +61,7 @@ def test_noise_is_numpy_pcg64_and_reproducible():
 
 
 def test_euler_loop_matches_reference_scheduler():
-    seed = int(np.random.SeedSequence().entropy % 2**31)
+    seed = fresh_seed()
     rng = np.random.default_rng(seed)
     x0 = rng.standard_normal((2, 41, 64), dtype=np.float32)
     w = rng.standard_normal((64, 64), dtype=np.float32) / 8
@@ -78,7 +79,7 @@ def test_euler_loop_matches_reference_scheduler():
 
 
 def test_apg_matches_reference_over_steps():
-    seed = int(np.random.SeedSequence().entropy % 2**31)
+    seed = fresh_seed()
     rng = np.random.default_rng(seed)
     ours_buf, ref_buf = sampler.MomentumBuffer(), RefMomentumBuffer(momentum=-0.75)
     for step in range(4):
@@ -94,7 +95,7 @@ def test_apg_matches_reference_over_steps():
 
 
 def test_guided_loop_applies_apg_inside_cfg_interval():
-    seed = int(np.random.SeedSequence().entropy % 2**31)
+    seed = fresh_seed()
     rng = np.random.default_rng(seed)
     x0 = rng.standard_normal((1, 20, 64), dtype=np.float32)
     wc, wu = (rng.standard_normal((64, 64), dtype=np.float32) / 8 for _ in range(2))

@@ -7,7 +7,6 @@ Random inputs come from ACESTEP_TEST_SEED when set (to replay a failure), else a
 is printed."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from _synth_reference import CAPTION, LYRICS, STAGES, cosine, reference_run
+from conftest import fresh_seed
 from diffusers import AceStepPipeline
 
 from acestep_ggml import InputError
@@ -29,7 +29,7 @@ RATE, HOP = 200, 8  # the synth fixtures' tiny VAE: 25 latents per second as the
 
 @pytest.fixture
 def rng():
-    seed = int(os.environ.get("ACESTEP_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+    seed = fresh_seed()
     print(f"\ninput seed: {seed} (ACESTEP_TEST_SEED={seed} replays it)")
     return np.random.default_rng(seed)
 

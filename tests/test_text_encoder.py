@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from _text_gguf import parity, randomize, write_text_encoder
+from conftest import fresh_seed
 from transformers import Qwen3Config, Qwen3Model
 
 import acestep_ggml
@@ -23,7 +24,7 @@ def _model(seed):
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_text_encoder_matches_qwen3model(tmp_path, bf16, device, f32_rel):
-    seed = int(np.random.SeedSequence().entropy % 2**31)
+    seed = fresh_seed()
     model = _model(seed)
     path = tmp_path / "text.gguf"
     write_text_encoder(path, model, bf16=bf16)
