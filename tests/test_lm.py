@@ -34,13 +34,18 @@ def f32_lm(request, tmp_path_factory, device):
 def _check_step(ours, ref, seed, what, device, cmin=COS_F32):
     cos, rel = parity(ours, ref)
     assert cos >= cmin, f"seed {seed}: {what}: cos {cos:.7f} rel {rel:.2e}"
-    top_ours, top_ref = np.argsort(-ours)[:5], np.argsort(-ref)[:5]
-    if device != "cpu":
-        # Off the CPU, operands rounded to F16 (conftest.DEVICE_F32_REL) reorder near-tied logits
-        # of random weights below the top (measured on lavapipe: ranks 2-3 and 5-6 swapped): the
-        # cosine above and the best token must agree.
-        top_ours, top_ref = top_ours[:1], top_ref[:1]
-    assert list(top_ours) == list(top_ref), f"seed {seed}: {what}: top-5 {top_ours} != {top_ref}"
+    if device == "cpu":
+        top_ours, top_ref = np.argsort(-ours)[:5], np.argsort(-ref)[:5]
+        assert list(top_ours) == list(top_ref), f"seed {seed}: {what}: top-5 {top_ours} != {top_ref}"
+        return
+    # Off the CPU, operands rounded to F16 (conftest.DEVICE_F32_REL) reorder near-tied logits of
+    # random weights (measured on lavapipe: ranks 2-3 and 5-6 swapped, and once the best two, seed
+    # 429176942 at position 54): the cosine above must hold, and our best token must be the
+    # reference's unless the reference has it within that relative error of the logits' spread.
+    best, mine = int(np.argmax(ref)), int(np.argmax(ours))
+    margin = float(ref[best] - ref[mine])
+    assert margin <= DEVICE_F32_REL * float(np.ptp(ref)), (
+        f"seed {seed}: {what}: best token {mine}, reference {best} (ahead by {margin:.3g})")
 
 
 def test_lm_prefill_and_decode_match_qwen3(f32_lm, device):
