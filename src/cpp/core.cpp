@@ -869,8 +869,8 @@ void Runner::alloc(Graph &g) {
             // device cannot use (one too large to bind, say), or on an op it cannot run that
             // reads such a tensor (it cannot be moved to the CPU): named here first, as errors.
             const ggml_tensor *operand = nullptr;
-            for (int k = 0; k < GGML_MAX_SRC && node->src[k]; k++) {
-                const ggml_tensor *w = held(node->src[k]);
+            for (int k = 0; k < GGML_MAX_SRC; k++) {  // an optional operand may be absent before a later one
+                const ggml_tensor *w = node->src[k] ? held(node->src[k]) : nullptr;
                 if (w && !backend_->supports(w))
                     throw DeviceError(fmt("%s cannot use the tensor '%s' (%s, %.1f MiB) held in its memory: it may be "
                                           "larger than the device binds at once", backend_->name().c_str(),
