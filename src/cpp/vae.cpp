@@ -540,14 +540,21 @@ class Loader {
                                              ggml_type other, std::function<std::vector<float>()> weight) {
         const int n = w_.backend()->row_pieces(compute_, cols, rows, w_first, other);
         if (n == 1) return {w_.derived(name, compute_, {rows, cols}, std::move(weight))};
+        // The whole weight is computed once, by the first part Weights::load() fills, and
+        // released after the last one has taken its rows.
+        auto all = std::make_shared<std::vector<float>>();
         std::vector<ggml_tensor *> parts;
         const int64_t step = (rows + n - 1) / n;
         for (int64_t r = 0; r < rows; r += step) {
             const int64_t m = std::min(step, rows - r);
-            parts.push_back(w_.derived(name + "." + std::to_string(parts.size()), compute_, {m, cols}, [weight, r, m, cols] {
-                const std::vector<float> all = weight();
-                return std::vector<float>(all.begin() + r * cols, all.begin() + (r + m) * cols);
-            }));
+            const bool last = r + m == rows;
+            parts.push_back(w_.derived(name + "." + std::to_string(parts.size()), compute_, {m, cols},
+                                       [weight, all, r, m, cols, last] {
+                                           if (all->empty()) *all = weight();
+                                           std::vector<float> part(all->begin() + r * cols, all->begin() + (r + m) * cols);
+                                           if (last) std::vector<float>().swap(*all);
+                                           return part;
+                                       }));
         }
         return parts;
     }
@@ -646,13 +653,12 @@ class Builder {
             const int64_t T_out = cols->ne[1];
             const int n = device_.row_pieces(cols->type, cols->ne[0], T_out, /*w_first=*/true, c.w->type);
             if (n == 1) return mul_mat_pieces(c, cols, /*w_first=*/false);
-            ggml_tensor *out = nullptr;
+            std::vector<ggml_tensor *> ys;
             for (int64_t t = 0, step = (T_out + n - 1) / n; t < T_out; t += step) {
                 ggml_tensor *part = ggml_view_2d(ctx_, cols, cols->ne[0], std::min(step, T_out - t), cols->nb[1], t * cols->nb[1]);
-                ggml_tensor *y = mul_mat_pieces(c, part, /*w_first=*/false);
-                out = out ? ggml_concat(ctx_, out, y, 0) : y;
+                ys.push_back(mul_mat_pieces(c, part, /*w_first=*/false));
             }
-            return out;
+            return join(std::move(ys), 0);
         }
         ggml_tensor *cols = x;
         if (g.kernel != 1 || g.stride != 1 || g.padding != 0 || x->type != compute_) {
@@ -665,12 +671,21 @@ class Builder {
     // Stock ops: w times x (w_first) or x times w, part by part where w is cut into row ranges
     // (Conv::parts), their outputs joined in row order.
     ggml_tensor *mul_mat_pieces(const Conv &c, ggml_tensor *x, bool w_first) {
-        ggml_tensor *out = nullptr;
-        for (ggml_tensor *w : c.parts) {
-            ggml_tensor *y = w_first ? ggml_mul_mat(ctx_, w, x) : ggml_mul_mat(ctx_, x, w);
-            out = out ? ggml_concat(ctx_, out, y, w_first ? 0 : 1) : y;
+        std::vector<ggml_tensor *> ys;
+        for (ggml_tensor *w : c.parts) ys.push_back(w_first ? ggml_mul_mat(ctx_, w, x) : ggml_mul_mat(ctx_, x, w));
+        return join(std::move(ys), w_first ? 0 : 1);
+    }
+
+    // Tensors concatenated in order along dim, pairwise: each value is copied log2(n) times,
+    // not once per later tensor.
+    ggml_tensor *join(std::vector<ggml_tensor *> xs, int dim) {
+        while (xs.size() > 1) {
+            std::vector<ggml_tensor *> joined;
+            for (size_t i = 0; i + 1 < xs.size(); i += 2) joined.push_back(ggml_concat(ctx_, xs[i], xs[i + 1], dim));
+            if (xs.size() % 2) joined.push_back(xs.back());
+            xs.swap(joined);
         }
-        return out;
+        return xs[0];
     }
 
     ggml_tensor *conv(ggml_tensor *x, const Conv &c) {
@@ -739,15 +754,7 @@ class Builder {
             ggml_tensor *y = tail(time_slice(x, a, b), d, first);  // [A, (b - a) * up]
             pieces.push_back(ggml_view_2d(ctx_, y, y->ne[0], (c1 - c0) * up, y->nb[1], (c0 - a) * up * y->nb[1]));
         }
-        // Joined pairwise: each sample is copied log2(pieces) times, not once per later piece.
-        while (pieces.size() > 1) {
-            std::vector<ggml_tensor *> joined;
-            for (size_t i = 0; i + 1 < pieces.size(); i += 2)
-                joined.push_back(ggml_concat(ctx_, pieces[i], pieces[i + 1], 1));
-            if (pieces.size() % 2) joined.push_back(pieces.back());
-            pieces.swap(joined);
-        }
-        return pieces[0];
+        return join(std::move(pieces), 1);
     }
 
     // audio [audio_channels, N] -> [2 * latent_channels, N / hop]
