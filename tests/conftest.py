@@ -48,13 +48,12 @@ DEVICE_F32_REL = 5e-3
 DEVICE_BF16_SLACK = 1.25
 
 
-
-def fresh_seed() -> int:
-    """A fresh seed for random weights and inputs, printed (pytest shows it beside a failure);
+def fresh_seed(what: str = "random inputs") -> int:
+    """A fresh seed for `what`, printed (pytest shows it beside a failure);
     ACESTEP_TEST_SEED=N replays a run with N everywhere."""
     env = os.environ.get("ACESTEP_TEST_SEED")
     seed = int(env) if env else int.from_bytes(os.urandom(4), "little") % 2**31
-    print(f"seed {seed} (replay: ACESTEP_TEST_SEED={seed})")
+    print(f"\n{what} seed: {seed} (replay: ACESTEP_TEST_SEED={seed})")
     return seed
 
 
@@ -79,8 +78,7 @@ def strict_device(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_models() -> fixtures.TinyModels:
     """torch reference modules (eval, float32) with fresh random weights each session."""
-    seed = fresh_seed()
-    print(f"\ntiny model seed: {seed}")
+    seed = fresh_seed("tiny model")
     return fixtures.build_models(seed)
 
 
@@ -117,8 +115,7 @@ def synth_models(lm_tokenizer_dir, tmp_path_factory):
 
     from acestep_ggml.convert import convert
 
-    seed = fresh_seed()
-    print(f"\nsynth model seed: {seed}")
+    seed = fresh_seed("synth model")
     models = fixtures.build_models(seed, vae=SYNTH_VAE)
     # The generic random init makes the VAE chaotic: bf16 rounding of its weights alone moves
     # PyTorch's own output to cosine 0.4-0.99.  A variance-preserving init behaves like a

@@ -15,8 +15,7 @@ from acestep_ggml import audio as audio_mod
 from acestep_ggml import cli, pipeline
 
 # Fresh inputs every run; ACESTEP_TEST_SEED replays one.  The seed is in every assertion message.
-SEED = fresh_seed()
-print(f"\naudio test seed: {SEED}")
+SEED = fresh_seed("audio test")
 
 
 def tones(rng: np.random.Generator, n: int, rate: int = 48000, channels: int = 2) -> np.ndarray:

@@ -29,8 +29,7 @@ RATE, HOP = 200, 8  # the synth fixtures' tiny VAE: 25 latents per second as the
 
 @pytest.fixture
 def rng():
-    seed = fresh_seed()
-    print(f"\ninput seed: {seed} (ACESTEP_TEST_SEED={seed} replays it)")
+    seed = fresh_seed("input")
     return np.random.default_rng(seed)
 
 
