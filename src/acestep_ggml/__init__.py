@@ -25,7 +25,16 @@ if sys.platform == "win32" and (Path(__file__).parent / "lib").is_dir():
 
 # Importing the extension loads, from lib/, the CPU backend variant that suits this CPU.
 from . import _core  # noqa: E402
-from ._core import DeviceError, GGUFFile, InputError, ModelFileError  # noqa: E402
+from ._core import GGUFFile  # noqa: E402
+from .errors import (  # noqa: E402
+    AcestepError,
+    ConstraintError,
+    DeviceError,
+    ExchangeError,
+    InputError,
+    ModelFileError,
+    ModelsNotFound,
+)
 
 try:
     __version__ = _version("acestep-ggml")
@@ -76,7 +85,8 @@ from .tokenizer import Tokenizer  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ = [
-    "DeviceError", "GGUFFile", "InputError", "ModelFileError", "backends", "__version__", "AudioTokenizer", "ConditionEncoder",
-    "Detokenizer", "DiT", "LM", "Pipeline", "Request", "SynthResult", "Synthesizer", "TextEncoder", "Tokenizer",
-    "VAE", "check_output_path", "generate", "load_audio", "read_audio", "write_audio",
+    "AcestepError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError", "ModelsNotFound",
+    "GGUFFile", "backends", "__version__", "AudioTokenizer", "ConditionEncoder", "Detokenizer", "DiT", "LM", "Pipeline",
+    "Request", "SynthResult", "Synthesizer", "TextEncoder", "Tokenizer", "VAE", "check_output_path", "generate",
+    "load_audio", "read_audio", "write_audio",
 ]

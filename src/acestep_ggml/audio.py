@@ -7,7 +7,7 @@ import secrets
 
 import numpy as np
 
-from ._core import InputError
+from .errors import InputError
 
 # The reference pipeline's output level: peak at -1 dBFS.
 TARGET_PEAK = 10.0 ** (-1.0 / 20.0)

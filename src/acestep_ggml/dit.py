@@ -7,8 +7,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import _core, sampler
-from ._core import InputError
 from ._threads import resolve_threads
+from .errors import InputError
 
 
 class DiT:

@@ -39,6 +39,7 @@ from typing import Union
 
 import numpy as np
 
+from .errors import ExchangeError
 from .tasks import TASKS
 
 FIELDS = ("caption", "lyrics", "codes", "bpm", "duration", "keyscale", "timesig", "language")
@@ -50,10 +51,6 @@ DEFAULT_DURATION = 120
 MAX_CODE = 63999
 CODES_PER_SECOND = 5
 MAX_DURATION = 600  # seconds; the LM's constrained decoding allows 10..600
-
-
-class ExchangeError(ValueError):
-    """A malformed exchange directory: names the file and what is wrong with it."""
 
 
 @dataclass

@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import GGUFFile, ModelFileError
+from . import GGUFFile
+from .errors import ModelFileError, ModelsNotFound
 
 # The published GGUFs (acestep.cpp's files) and the original checkpoints.
 GGUF_REPO = "Serveurperso/ACE-Step-1.5-GGUF"
@@ -37,10 +38,6 @@ DIT_VARIANTS = ("turbo", "sft", "base")
 # (Backend::bf16_as_f16), at F16's speed.  F32 last: twice the memory of the 16-bit types.  Types
 # not listed come after all of these.  (Measured on CPUs; GPUs not yet.)
 WEIGHT_TYPES = ("BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "F32")
-
-
-class ModelsNotFound(FileNotFoundError):
-    """No usable model files where we looked; the message says how to get them."""
 
 
 def cache_dir() -> Path:

@@ -11,8 +11,8 @@ import numpy as np
 
 from . import _core
 from . import fsm as _fsm
-from ._core import InputError, ModelFileError
 from ._threads import resolve_threads
+from .errors import InputError, ModelFileError
 from .exchange import Request
 from .sampling import check_params, guided, sample
 from .tokenizer import N_AUDIO_CODES, Tokenizer

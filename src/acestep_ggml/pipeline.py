@@ -21,8 +21,9 @@ import numpy as np
 
 from . import audio as audio_io
 from . import sampler, tasks
-from ._core import GGUFFile, InputError
+from ._core import GGUFFile
 from .dit import DiT
+from .errors import InputError
 from .exchange import MAX_DURATION, AudioInput, Request
 from .hub import SYNTH_KINDS, ModelSet, find_models, is_repo_id, resolve
 from .text import AudioTokenizer, ConditionEncoder, Detokenizer, TextEncoder

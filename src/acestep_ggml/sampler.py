@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ._core import InputError
+from .errors import InputError
 
 #: APG settings of the base/SFT checkpoints (the reference pipeline's fixed values).
 APG_MOMENTUM = -0.75

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._core import InputError
+from .errors import InputError
 
 TASKS = ("text2music", "cover", "repaint", "extract", "lego", "complete")
 SOURCE_TASKS = ("cover", "repaint", "extract", "lego", "complete")  # cover may use codes instead

@@ -7,8 +7,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core
-from ._core import InputError
 from ._threads import resolve_threads
+from .errors import InputError
 
 
 def _int_array(values, what: str) -> np.ndarray:

@@ -8,7 +8,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as _HFTokenizer
 
 from . import _core
-from ._core import ModelFileError
+from .errors import ModelFileError
 
 # Qwen2/Qwen3 pre-tokenizer split: contractions, letter runs with one leading non-letter,
 # single digits, punctuation runs, newlines, whitespace.

@@ -7,8 +7,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _core
-from ._core import InputError
 from ._threads import resolve_threads
+from .errors import InputError
 
 # Tiling, in latent frames (1920 samples each).  The decoder and encoder see about
 # 9 frames either side of a frame (3-tap convs and three dilated 7-tap residual units

@@ -79,9 +79,30 @@ void bind_core(py::module_ &m) {
     install_log_handler();
     load_package_backends();
 
-    py::register_exception<FileError>(m, "ModelFileError", PyExc_ValueError);
-    py::register_exception<InputError>(m, "InputError", PyExc_ValueError);
-    py::register_exception<DeviceError>(m, "DeviceError", PyExc_RuntimeError);
+    // The core's errors become the classes of the package's one family (acestep_ggml.errors, pure
+    // Python, imported here so that both sides raise the very same classes).
+    py::module_ errors = py::module_::import("acestep_ggml.errors");
+    m.attr("AcestepError") = errors.attr("AcestepError");
+    m.attr("ModelFileError") = errors.attr("ModelFileError");
+    m.attr("InputError") = errors.attr("InputError");
+    m.attr("DeviceError") = errors.attr("DeviceError");
+    py::register_exception_translator([](std::exception_ptr p) {
+        auto raise = [](const char *cls, const std::exception &e) {
+            py::object type = py::module_::import("acestep_ggml.errors").attr(cls);
+            PyErr_SetString(type.ptr(), e.what());
+        };
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const FileError &e) {
+            raise("ModelFileError", e);
+        } catch (const InputError &e) {
+            raise("InputError", e);
+        } catch (const DeviceError &e) {
+            raise("DeviceError", e);
+        } catch (const Error &e) {
+            raise("AcestepError", e);
+        }
+    });
 
     m.def("backends", []() {
         py::list out;

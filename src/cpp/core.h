@@ -20,13 +20,18 @@
 
 namespace ace {
 
-// A model file is missing, corrupt, of the wrong kind, or lacks/misshapes a tensor.
-struct FileError : std::runtime_error {
+// The base of every error the core throws on purpose; the bindings turn each kind into its
+// class of the Python family (acestep_ggml.errors), and a bare Error into AcestepError.
+struct Error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+// A model file is missing, corrupt, of the wrong kind, or lacks/misshapes a tensor.
+struct FileError : Error {
+    using Error::Error;
+};
 // A caller passed something the models cannot take (shape, range, value).
-struct InputError : std::runtime_error {
-    using std::runtime_error::runtime_error;
+struct InputError : Error {
+    using Error::Error;
 };
 
 // printf-style formatting for error messages.
@@ -57,8 +62,8 @@ std::vector<DeviceInfo> list_devices();
 
 // The graph of a model asked for a node on a backend other than its device while the
 // strict-device switch is on (ACESTEP_GGML_STRICT_DEVICE=1).
-struct DeviceError : std::runtime_error {
-    using std::runtime_error::runtime_error;
+struct DeviceError : Error {
+    using Error::Error;
 };
 
 // One compute device plus, for non-CPU devices, the CPU for what the device cannot

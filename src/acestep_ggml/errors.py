@@ -1,0 +1,39 @@
+"""One family of errors: every error this package raises on purpose is an ``AcestepError``.
+
+Each class also keeps the builtin base it had before the family existed, so an ``except
+ValueError`` written against an older version still catches a bad model file or a bad input.
+The native core raises these same classes (its C++ errors are translated in the bindings).
+"""
+from __future__ import annotations
+
+
+class AcestepError(Exception):
+    """Base of every error acestep-ggml raises on purpose; catch it to catch them all."""
+
+
+class ModelFileError(AcestepError, ValueError):
+    """A model file (GGUF, checkpoint, adapter) is missing a part, corrupt, or inconsistent."""
+
+
+class InputError(AcestepError, ValueError):
+    """A caller passed something the models cannot take: a shape, a range, a value."""
+
+
+class DeviceError(AcestepError, RuntimeError):
+    """A device cannot run or hold what was asked of it (or is not there)."""
+
+
+class ExchangeError(AcestepError, ValueError):
+    """An exchange directory is malformed, or a field in it is."""
+
+
+class ModelsNotFound(AcestepError, FileNotFoundError):
+    """No model files of a needed kind were found locally or on the hub."""
+
+
+class ConstraintError(AcestepError, ValueError):
+    """Constrained decoding was asked to accept a token its grammar does not allow here."""
+
+
+__all__ = ["AcestepError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError",
+           "ModelsNotFound"]
