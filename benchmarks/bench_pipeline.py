@@ -125,7 +125,7 @@ def _lm_tokens(model, prompts, n_new, lo, hi, rng):
     tokens (the count ours made)."""
     import torch
 
-    from acestep_ggml.sampling import guided, sample
+    from acestep_ggml.token_sampling import guided, sample
 
     n = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), n, dtype=torch.long)

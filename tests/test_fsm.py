@@ -11,7 +11,7 @@ from tokenizers import Tokenizer as HFTokenizer
 import acestep_ggml
 from acestep_ggml import fsm
 from acestep_ggml.exchange import Request
-from acestep_ggml.sampling import sample
+from acestep_ggml.token_sampling import sample
 from acestep_ggml.tokenizer import Tokenizer
 
 EOS = 151645

@@ -9,7 +9,7 @@ from conftest import DEVICE_F32_REL, fresh_seed
 
 import acestep_ggml
 from acestep_ggml.exchange import Request
-from acestep_ggml.sampling import guided
+from acestep_ggml.token_sampling import guided
 
 # F32 weights and F32 KV cache: only summation order differs from PyTorch.
 COS_F32 = 0.99999

@@ -6,7 +6,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from . import _core, sampler
+from . import _core, flow
 from ._threads import resolve_threads
 from .errors import InputError
 
@@ -58,7 +58,7 @@ class DiT:
         Turbo checkpoints: leave ``guidance_scale`` at 1.  Base/SFT: ``guidance_scale > 1`` with
         ``null_encoder_states`` (the condition encoder's null embedding broadcast to the encoder
         length) runs the conditional and null passes as one batch of two and combines them with APG.
-        ``noise`` defaults to :func:`acestep_ggml.sampler.initial_noise` of ``seed``.
+        ``noise`` defaults to :func:`acestep_ggml.flow.initial_noise` of ``seed``.
         A cover with ``cover_strength < 1`` moves by ``strength · v + (1 − strength) · v_non_cover``,
         ``v_non_cover`` the unguided velocity under ``non_cover_states`` (the text2music prompt).
         """
@@ -66,7 +66,7 @@ class DiT:
         if src.ndim != 2:
             raise InputError("src_latents must be (T, 64) for sample()")
         if noise is None:
-            noise = sampler.initial_noise(src.shape[0], seed, src.shape[1])
+            noise = flow.initial_noise(src.shape[0], seed, src.shape[1])
         noise = np.asarray(noise, dtype=np.float32)
         if noise.shape != src.shape:
             raise InputError(f"noise has shape {noise.shape}, src_latents {src.shape}")
@@ -99,7 +99,7 @@ class DiT:
             v_non_cover = self._m.step(x[None], np.full(1, t, dtype=np.float32))[0]
             return cover_strength * v + (1.0 - cover_strength) * v_non_cover
 
-        return sampler.sample(velocity, noise, num_steps=num_steps, shift=shift, timesteps=timesteps,
+        return flow.sample(velocity, noise, num_steps=num_steps, shift=shift, timesteps=timesteps,
                               guidance_scale=guidance_scale, cfg_interval=cfg_interval, callback=callback,
                               mix=mix if blend else None)
 

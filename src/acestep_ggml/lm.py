@@ -14,7 +14,7 @@ from . import fsm as _fsm
 from ._threads import resolve_threads
 from .errors import InputError, ModelFileError
 from .exchange import Request
-from .sampling import check_params, guided, sample
+from .token_sampling import check_params, guided, sample
 from .tokenizer import N_AUDIO_CODES, Tokenizer
 
 INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"

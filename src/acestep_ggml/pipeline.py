@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import audio as audio_io
-from . import sampler, tasks
+from . import flow, tasks
 from ._core import GGUFFile
 from .dit import DiT
 from .errors import InputError
@@ -265,7 +265,7 @@ class Synthesizer:
                 src = np.where(chunk_mask > 0.5, tasks.tile_to(silence, src.shape[0]), src)
         keep("context", np.concatenate([src, chunk_mask], axis=-1))
 
-        noise = sampler.initial_noise(src.shape[0], seed, src.shape[1]) if init_noise is None else init_noise
+        noise = flow.initial_noise(src.shape[0], seed, src.shape[1]) if init_noise is None else init_noise
         noise = np.asarray(noise, dtype=np.float32)
         if noise.shape != src.shape:
             raise InputError(f"init noise has shape {noise.shape}; this request needs {src.shape}")
