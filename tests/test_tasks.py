@@ -20,9 +20,9 @@ from diffusers import AceStepPipeline
 
 from acestep_ggml import InputError
 from acestep_ggml.exchange import ExchangeError, Request, read_request, write_request
+from acestep_ggml.models import AudioTokenizer
 from acestep_ggml.pipeline import Synthesizer
 from acestep_ggml.tasks import TASKS, instruction
-from acestep_ggml.text import AudioTokenizer
 
 RATE, HOP = 200, 8  # the synth fixtures' tiny VAE: 25 latents per second as the real one
 

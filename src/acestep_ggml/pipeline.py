@@ -22,13 +22,11 @@ import numpy as np
 from . import audio as audio_io
 from . import flow, tasks
 from ._core import GGUFFile
-from .dit import DiT
 from .errors import InputError
 from .exchange import MAX_DURATION, AudioInput, Request
 from .hub import SYNTH_KINDS, ModelSet, find_models, is_repo_id, resolve
-from .text import AudioTokenizer, ConditionEncoder, Detokenizer, TextEncoder
+from .models import VAE, AudioTokenizer, ConditionEncoder, Detokenizer, DiT, TextEncoder
 from .tokenizer import Tokenizer
-from .vae import VAE
 
 TURBO_STEPS = 8
 
@@ -92,8 +90,8 @@ class Synthesizer:
             make = {
                 "text": lambda: TextEncoder(str(p["text"]), **kw),
                 "condition": lambda: ConditionEncoder(str(p["dit"]), str(p["text"]), **kw),
-                "codes": lambda: Detokenizer(str(p["dit"]), **kw),
-                "tokenizer": lambda: AudioTokenizer(str(p["dit"]), **kw),
+                "detokenizer": lambda: Detokenizer(str(p["dit"]), **kw),
+                "audio_tokenizer": lambda: AudioTokenizer(str(p["dit"]), **kw),
                 "dit": lambda: DiT(p["dit"], **kw),
                 "vae": lambda: VAE(str(p["vae"]), **kw),
             }[name]
@@ -242,14 +240,14 @@ class Synthesizer:
         codes = request.codes
         if task == "cover" and src_latents is not None:
             report("tokenize", 0, 1)
-            codes = self._model("tokenizer").tokenize(src_latents)
-            self._done("tokenizer")
+            codes = self._model("audio_tokenizer").tokenize(src_latents)
+            self._done("audio_tokenizer")
             keep("codes", codes)
             report("tokenize", 1, 1)
         if codes is not None and len(codes):
             report("codes", 0, 1)
-            src = self._model("codes").decode(codes)
-            self._done("codes")
+            src = self._model("detokenizer").decode(codes)
+            self._done("detokenizer")
             report("codes", 1, 1)
             if src_latents is not None:  # the source's length, not the codes' whole windows
                 src = src[:src_latents.shape[0]]
