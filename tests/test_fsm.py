@@ -9,7 +9,7 @@ from conftest import fresh_seed
 from tokenizers import Tokenizer as HFTokenizer
 
 import acestep_ggml
-from acestep_ggml import fsm
+from acestep_ggml import constants, fsm
 from acestep_ggml.exchange import Request
 from acestep_ggml.token_sampling import sample
 from acestep_ggml.tokenizer import Tokenizer
@@ -38,7 +38,7 @@ def _check_cot(text, values, given, seed, caption=True):
     parsed = {k: int(v) if v.isdigit() else v for k, v in parsed.items()}
     assert 30 <= parsed["bpm"] <= 300 and 10 <= parsed["duration"] <= 600, f"seed {seed}: {parsed}"
     assert str(parsed["timesignature"]) in ("2", "3", "4", "6"), f"seed {seed}: {parsed}"
-    assert parsed["keyscale"] in fsm.KEYSCALES and parsed["language"] in fsm.LANGUAGES, f"seed {seed}: {parsed}"
+    assert parsed["keyscale"] in constants.KEYSCALES and parsed["language"] in constants.LANGUAGES, f"seed {seed}: {parsed}"
     for k, v in given.items():
         assert str(parsed[k]) == v, f"seed {seed}: given {k}={v!r} came out as {parsed[k]!r}"
 
@@ -143,7 +143,7 @@ def test_caption_is_bounded_to_512_tokens_then_ends():
     f = _caption_fsm()
     _to_caption(f)
     word = _tok().encode(" la")[0]
-    for _ in range(fsm.MAX_CAPTION_TOKENS):
+    for _ in range(constants.MAX_CAPTION_TOKENS):
         f.advance(word)
     assert f.allowed().tolist() == _tok().encode("\n")
     f.advance(f.allowed()[0])
@@ -196,7 +196,7 @@ def test_generate_end_to_end_respects_constraints(tiny, trial):
     assert len(out.codes) == 5 * duration, f"seed {seed}: {len(out.codes)} codes"
     assert all(0 <= c < 64000 for c in out.codes), f"seed {seed}"
     assert out.duration == duration and out.caption == req.caption and out.lyrics == req.lyrics
-    assert 30 <= out.bpm <= 300 and out.keyscale in fsm.KEYSCALES and out.timesig in (2, 3, 4, 6), f"seed {seed}: {out}"
+    assert 30 <= out.bpm <= 300 and out.keyscale in constants.KEYSCALES and out.timesig in (2, 3, 4, 6), f"seed {seed}: {out}"
     if req.bpm is not None:
         assert (out.bpm, out.keyscale) == (req.bpm, req.keyscale), f"seed {seed}: {out}"
     again = tiny.generate(req, seed=seed, cfg_scale=[2.0, 1.0, 3.0][trial], rewrite_caption=False)
@@ -222,7 +222,7 @@ def test_generate_lets_the_lm_choose_language_and_caption(tiny):
     for seed in range(4):
         # top_p off: the random LM's flat logits make every token a full sort otherwise.
         out = tiny.generate(Request(caption="calm piano", duration=10), seed=seed, temperature=1.0, top_p=None)
-        assert out.language in fsm.LANGUAGES and len(out.codes) == 50
+        assert out.language in constants.LANGUAGES and len(out.codes) == 50
         langs.add(out.language)
         captions.add(out.caption)
     assert langs != {"en"}, langs
@@ -257,6 +257,6 @@ def test_cli_lm_writes_the_lms_caption_and_language(tiny, tmp_path):
     req = read_request(out)
     again = tiny.generate(Request(caption="calm piano", duration=10), seed=5, top_p=1.0)
     assert (req.caption, req.language, req.codes) == (again.caption, again.language, again.codes)
-    assert req.language in fsm.LANGUAGES
+    assert req.language in constants.LANGUAGES
     assert main(args + ["--no-rewrite-caption"]) == 0
     assert read_request(out).caption == "calm piano"

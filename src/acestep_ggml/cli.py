@@ -6,6 +6,21 @@ import signal
 import sys
 import threading
 
+from .constants import (
+    BASE_STEPS,
+    DURATION_RANGE,
+    LM_CFG_SCALE,
+    LM_NEGATIVE_PROMPT,
+    LM_TEMPERATURE,
+    LM_TOP_P,
+    SHIFT,
+    TIMESIGNATURES,
+    TURBO_STEPS,
+)
+
+_STEPS_HELP = f"sampler steps (default {TURBO_STEPS} turbo, {BASE_STEPS} base/SFT)"
+_TIMESIGNATURE_HELP = f"beats per bar: {', '.join(TIMESIGNATURES[:-1])} or {TIMESIGNATURES[-1]}"
+
 # Set by the CLI's SIGINT handler.  The first Ctrl-C raises KeyboardInterrupt as usual; if some
 # library on the way swallows it, the next progress event (every LM token, DiT step and VAE
 # tile) raises it again, so a job never runs on after Ctrl-C.
@@ -170,7 +185,7 @@ def _add_lm_prompt_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-rewrite-caption", action="store_true",
                    help="keep the caption as given (default: the LM writes its own into the CoT and the DiT's prompt)")
     s.add_argument("--negative-prompt", default=None,
-                   help="the LM's unconditional prompt for CFG (default: NO USER INPUT)")
+                   help=f"the LM's unconditional prompt for CFG (default: {LM_NEGATIVE_PROMPT})")
     s.add_argument("--legacy-cfg-prompt", action="store_true",
                    help="the ace-step15-fork package's LM prompts (closed assistant turn, caption and lyrics in "
                         "the unconditional prompt, CFG in the chain of thought)")
@@ -197,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
     s.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 32 base/SFT)")
-    s.add_argument("--shift", type=float, default=3.0, help="timestep shift (default 3.0)")
+    s.add_argument("--steps", type=int, default=None, help=_STEPS_HELP)
+    s.add_argument("--shift", type=float, default=SHIFT, help=f"timestep shift (default {SHIFT})")
     s.add_argument("--guidance", type=float, default=None, help="guidance scale (default 1 turbo, 7 base/SFT)")
     s.add_argument("--init-noise", default=None, help="initial noise as a (T, 64) float32 .npy file")
     s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
@@ -213,13 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--caption", required=True)
     s.add_argument("--lyrics", default="")
     s.add_argument("--bpm", type=int)
-    s.add_argument("--duration", type=int, help="seconds, 10..600 (default: the LM chooses)")
+    s.add_argument("--duration", type=int, help=f"seconds, {DURATION_RANGE[0]}..{DURATION_RANGE[1]} (default: the LM chooses)")
     s.add_argument("--keyscale", help="e.g. 'F# minor'")
-    s.add_argument("--timesignature", type=int, help="2, 3, 4 or 6")
+    s.add_argument("--timesignature", type=int, help=_TIMESIGNATURE_HELP)
     s.add_argument("--language", default=None, help="vocal language code (default: the LM chooses)")
-    s.add_argument("--cfg-scale", type=float, default=2.0)
-    s.add_argument("--temperature", type=float, default=0.85)
-    s.add_argument("--top-p", type=float, default=0.9)
+    s.add_argument("--cfg-scale", type=float, default=LM_CFG_SCALE)
+    s.add_argument("--temperature", type=float, default=LM_TEMPERATURE)
+    s.add_argument("--top-p", type=float, default=LM_TOP_P)
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--fsm", action=argparse.BooleanOptionalAction, default=True,
                    help="constrained decoding (default on)")
@@ -239,13 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=int, default=None, help="seconds (default: the LM chooses; 120 with --no-lm)")
     s.add_argument("--bpm", type=int, default=None)
     s.add_argument("--keyscale", default=None, help="e.g. 'F# minor'")
-    s.add_argument("--timesignature", type=int, default=None, help="2, 3, 4 or 6")
+    s.add_argument("--timesignature", type=int, default=None, help=_TIMESIGNATURE_HELP)
     s.add_argument("--language", default=None,
                    help="vocal language code (default: the LM chooses; 'unknown' with --no-lm)")
     s.add_argument("--seed", type=int, default=None, help="seed of the LM sampling and the noise (default random)")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 32 base/SFT)")
+    s.add_argument("--steps", type=int, default=None, help=_STEPS_HELP)
     s.add_argument("--guidance", type=float, default=None, help="DiT guidance (default 1 turbo, 7 base/SFT)")
-    s.add_argument("--shift", type=float, default=3.0)
+    s.add_argument("--shift", type=float, default=SHIFT)
     s.add_argument("--no-lm", action="store_true", help="skip the LM: synthesise from noise, no audio codes")
     s.add_argument("--lm", default=None, help="LM size in the file name (0.6B, 1.7B, 4B) or a GGUF file")
     s.add_argument("--models", default=None,

@@ -39,6 +39,7 @@ from typing import Union
 
 import numpy as np
 
+from .constants import CODES_PER_SECOND, DEFAULT_DURATION, MAX_CODE, MAX_DURATION, MIN_SYNTH_DURATION
 from .errors import ExchangeError
 from .tasks import TASKS
 
@@ -47,10 +48,6 @@ TASK_FIELDS = ("task", "src_audio", "ref_audio", "repainting_start", "repainting
                "audio_cover_strength")
 # An audio input: a file path, or (2, N) / (N,) samples at the model's rate (48 kHz).
 AudioInput = Union[str, os.PathLike, np.ndarray]
-DEFAULT_DURATION = 120
-MAX_CODE = 63999
-CODES_PER_SECOND = 5
-MAX_DURATION = 600  # seconds; the LM's constrained decoding allows 10..600
 
 
 @dataclass
@@ -166,7 +163,7 @@ def read_request(folder: str | os.PathLike) -> Request:
         lyrics=(_read(folder, "lyrics") or "").strip("\n"),
         codes=codes,
         bpm=_int(folder, "bpm", 1, 1000),
-        duration=_int(folder, "duration", 1, MAX_DURATION),
+        duration=_int(folder, "duration", MIN_SYNTH_DURATION, MAX_DURATION),
         keyscale=_optional(_read(folder, "keyscale")),
         timesig=_int(folder, "timesig", 1, 32),
         language=_optional(_read(folder, "language")),

@@ -17,19 +17,18 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import yaml
 
-FIELDS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
-BPM_RANGE = (30, 300)
-DURATION_RANGE = (10, 600)
-TIMESIGNATURES = ("2", "3", "4", "6")
-LANGUAGES = (
-    "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "he", "hi", "hr",
-    "ht", "hu", "id", "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no", "pa", "pl", "pt", "ro",
-    "ru", "sa", "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "yue", "zh", "unknown",
+from .constants import (
+    BPM_RANGE,
+    DURATION_RANGE,
+    END_THINK,
+    KEYSCALES,
+    LANGUAGES,
+    MAX_CAPTION_TOKENS,
+    THINK,
+    TIMESIGNATURES,
 )
-# The reference accepts Unicode sharps and flats next to ASCII ones.
-KEYSCALES = tuple(f"{n}{a} {m}" for n in "ABCDEFG" for a in ("", "#", "b", "\u266f", "\u266d")
-                  for m in ("major", "minor"))
-CODES_PER_SECOND = 5
+
+FIELDS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
 
 
 def choices(field: str) -> List[str]:
@@ -77,7 +76,7 @@ def join_caption(text: str) -> str:
 def parse_cot(text: str) -> Dict[str, str]:
     """The fields of a chain of thought as the original's ``parse_lm_output`` reads them: a line
     that starts without whitespace and holds ``:`` opens a field, indented lines continue it."""
-    body = text.split("<think>", 1)[-1].split("</think>", 1)[0].strip()
+    body = text.split(THINK, 1)[-1].split(END_THINK, 1)[0].strip()
     out: Dict[str, str] = {}
     key, lines = None, []
 
@@ -125,11 +124,6 @@ class _Trie:
         return self.ids
 
 
-# The original's caption bound (constrained_logits_processor.py: caption_token_count >= 512
-# forces a newline).
-MAX_CAPTION_TOKENS = 512
-
-
 class CotConstraints:
     """The per-tokenizer part of phase 1: one trie of ``key: value\\n`` lines per field, and the
     token sets of the free-text caption."""
@@ -137,7 +131,7 @@ class CotConstraints:
     def __init__(self, tokenizer):
         self.encode, self.decode = tokenizer.encode, tokenizer.decode
         tok = tokenizer.tokenizer
-        self.think, self.end_think = tok.token_to_id("<think>"), tok.token_to_id("</think>")
+        self.think, self.end_think = tok.token_to_id(THINK), tok.token_to_id(END_THINK)
         self.newline_ids = tokenizer.encode("\n")
         self.caption_prefix = tokenizer.encode("caption:")
         self._vocab = tok.get_vocab(with_added_tokens=False)

@@ -9,7 +9,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, flow
-from ._threads import resolve_threads
+from .constants import SHIFT, TURBO_STEPS, resolve_threads
 from .errors import InputError
 
 # The VAE's tiling, in latent frames (1920 samples each).  The decoder and encoder see about
@@ -186,7 +186,7 @@ class DiT:
     __call__ = forward
 
     def sample(self, encoder_states, src_latents, chunk_mask=None, *, seed: int = 0,
-               noise: Optional[np.ndarray] = None, num_steps: int = 8, shift: float = 3.0,
+               noise: Optional[np.ndarray] = None, num_steps: int = TURBO_STEPS, shift: float = SHIFT,
                timesteps: Optional[Sequence[float]] = None, guidance_scale: float = 1.0,
                null_encoder_states=None, cfg_interval: tuple[float, float] = (0.0, 1.0),
                callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None,

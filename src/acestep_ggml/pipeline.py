@@ -22,13 +22,23 @@ import numpy as np
 from . import audio as audio_io
 from . import flow, tasks
 from ._core import GGUFFile
+from .constants import (
+    BASE_GUIDANCE,
+    BASE_STEPS,
+    LATENTS_PER_CODE,
+    MAX_DURATION,
+    MIN_SYNTH_DURATION,
+    SAMPLE_RATE,
+    SHIFT,
+    TASK_INSTRUCTIONS,
+    TURBO_STEPS,
+    VAE_DOWNSAMPLING_RATIOS,
+)
 from .errors import InputError
-from .exchange import MAX_DURATION, AudioInput, Request
+from .exchange import AudioInput, Request
 from .hub import SYNTH_KINDS, ModelSet, find_models, is_repo_id, resolve
 from .models import VAE, AudioTokenizer, ConditionEncoder, Detokenizer, DiT, TextEncoder
 from .tokenizer import Tokenizer
-
-TURBO_STEPS = 8
 
 # progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
 # thought; total 0 as its length is not known ahead), "lm-codes" (audio codes written), "encode"
@@ -120,8 +130,8 @@ class Synthesizer:
         """The audio sample rate, and that over the VAE's hop (25 latents per second for ACE-Step 1.5),
         read from the VAE file's config."""
         cfg = json.loads(GGUFFile(str(self.paths["vae"])).get("acestep.config_json"))
-        rate = int(cfg.get("sampling_rate", 48000))
-        return rate, rate / math.prod(cfg.get("downsampling_ratios", [2, 4, 4, 6, 10]))
+        rate = int(cfg.get("sampling_rate", SAMPLE_RATE))
+        return rate, rate / math.prod(cfg.get("downsampling_ratios", VAE_DOWNSAMPLING_RATIOS))
 
     def _load_audio(self, source, what: str) -> Optional[np.ndarray]:
         if source is None:
@@ -139,7 +149,7 @@ class Synthesizer:
 
     # -- the job ------------------------------------------------------------------------
     def __call__(self, request: Request, *, seed: Optional[int] = None, steps: Optional[int] = None,
-                 shift: float = 3.0, guidance: Optional[float] = None, timesteps=None,
+                 shift: float = SHIFT, guidance: Optional[float] = None, timesteps=None,
                  cfg_interval: tuple[float, float] = (0.0, 1.0), init_noise: Optional[np.ndarray] = None,
                  posterior: str = "sample", progress: Optional[Progress] = None,
                  keep_stages: bool = False) -> SynthResult:
@@ -150,8 +160,8 @@ class Synthesizer:
         has_codes = bool(request.codes)
         has_source = request.src_audio is not None
         if not has_codes and not has_source and request.duration is not None \
-                and not 1 <= request.duration <= MAX_DURATION:
-            raise InputError(f"duration must be 1..{MAX_DURATION} seconds, got {request.duration}")
+                and not MIN_SYNTH_DURATION <= request.duration <= MAX_DURATION:
+            raise InputError(f"duration must be {MIN_SYNTH_DURATION}..{MAX_DURATION} seconds, got {request.duration}")
         if steps is not None and steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
         if not (math.isfinite(shift) and shift > 0):
@@ -163,10 +173,8 @@ class Synthesizer:
         # Codes without a task are the LM's: a cover of them, as diffusers switches its task.
         task = "cover" if has_codes else request.task
         turbo = self.is_turbo
-        # Upstream's defaults (acestep/gradio_ui/events/generation_handlers.py,
-        # get_model_type_ui_settings): turbo 8 steps without guidance, base/SFT 32 steps at 7.0.
-        steps = steps if steps is not None else (TURBO_STEPS if turbo else 32)
-        guidance = guidance if guidance is not None else (1.0 if turbo else 7.0)
+        steps = steps if steps is not None else (TURBO_STEPS if turbo else BASE_STEPS)
+        guidance = guidance if guidance is not None else (1.0 if turbo else BASE_GUIDANCE)
         if turbo and steps > TURBO_STEPS:
             warnings.warn(f"a turbo DiT is distilled for {TURBO_STEPS} steps; {steps} steps may sound worse",
                           stacklevel=2)
@@ -199,8 +207,8 @@ class Synthesizer:
             keep("ref_latents", ref_latents)
         self._done("vae")
 
-        if has_codes:  # with codes the latent length is 5 frames per code
-            duration = len(request.codes) * 5 / lps
+        if has_codes:
+            duration = len(request.codes) * LATENTS_PER_CODE / lps
         elif src_wave is not None:
             duration = src_wave.shape[1] / rate
         else:
@@ -211,7 +219,7 @@ class Synthesizer:
         blend = task == "cover" and request.audio_cover_strength < 1.0
         instructions = [tasks.instruction(task, request.track_name, request.track_classes)]
         if blend:
-            instructions.append(tasks.INSTRUCTIONS["text2music"])
+            instructions.append(TASK_INSTRUCTIONS["text2music"])
         tok = self.tokenizer
         timesig = None if request.timesig is None else str(request.timesig)
         text_ids = [tok.text_ids(request.caption, instruction=i, bpm=request.bpm, timesignature=timesig,
@@ -357,7 +365,7 @@ class Pipeline:
                  keyscale: Optional[str] = None, timesignature: Optional[int] = None,
                  language: Optional[str] = None, seed: Optional[int] = None, steps: Optional[int] = None,
                  guidance: Optional[float] = None,
-                 shift: float = 3.0, use_lm: bool = True, task: str = "text2music",
+                 shift: float = SHIFT, use_lm: bool = True, task: str = "text2music",
                  src_audio: Optional[AudioInput] = None, ref_audio: Optional[AudioInput] = None,
                  repainting_start: Optional[float] = None, repainting_end: Optional[float] = None,
                  track_name: Optional[str] = None, track_classes: Optional[list[str]] = None,

@@ -6,6 +6,8 @@ from typing import Optional
 
 import numpy as np
 
+from .constants import LM_TEMPERATURE, LM_TOP_P
+
 _TOP_P_SHORTLIST = 1024
 
 
@@ -25,8 +27,8 @@ def check_params(temperature: float, top_p: Optional[float], top_k: Optional[int
         raise ValueError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
 
 
-def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 0.85,
-           top_p: Optional[float] = 0.9, top_k: Optional[int] = None) -> int:
+def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = LM_TEMPERATURE,
+           top_p: Optional[float] = LM_TOP_P, top_k: Optional[int] = None) -> int:
     """One token id from 1-D logits (entries of -inf are never drawn)."""
     x = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
