@@ -12,9 +12,9 @@ from conftest import fresh_seed
 
 from acestep_ggml import hub
 from acestep_ggml.convert import convert
-from acestep_ggml.exchange import Request
 from acestep_ggml.lm import LM
 from acestep_ggml.pipeline import Pipeline, Synthesizer
+from acestep_ggml.request import Request
 
 
 @pytest.fixture(scope="module")

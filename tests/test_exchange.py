@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+import acestep_ggml
 from acestep_ggml.exchange import ExchangeError, Request, parse_codes, read_request, write_request
 
 
@@ -10,6 +11,10 @@ def _dir(tmp_path, **files):
     for k, v in files.items():
         (tmp_path / k).write_text(v, encoding="utf-8")
     return tmp_path
+
+
+def test_request_is_one_class_under_three_names():
+    assert Request is acestep_ggml.Request is acestep_ggml.request.Request
 
 
 def test_missing_optional_files_take_the_spec_defaults(tmp_path):

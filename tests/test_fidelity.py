@@ -233,7 +233,7 @@ def test_published_style_lm_gives_the_same_codes(tmp_path, tie):
     from _lm_gguf import tiny_lm, write_lm
 
     import acestep_ggml
-    from acestep_ggml.exchange import Request
+    from acestep_ggml.request import Request
 
     seed = fresh_seed()
     model = tiny_lm(seed % 1000, tie=tie)

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 import acestep_ggml
 from acestep_ggml import constants, fsm
-from acestep_ggml.exchange import Request
+from acestep_ggml.request import Request
 from acestep_ggml.token_sampling import sample
 from acestep_ggml.tokenizer import Tokenizer
 

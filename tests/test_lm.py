@@ -8,7 +8,7 @@ from _text_gguf import parity
 from conftest import DEVICE_F32_REL, fresh_seed
 
 import acestep_ggml
-from acestep_ggml.exchange import Request
+from acestep_ggml.request import Request
 from acestep_ggml.token_sampling import guided
 
 # F32 weights and F32 KV cache: only summation order differs from PyTorch.

@@ -162,8 +162,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_lm(args: argparse.Namespace) -> int:
-    from .exchange import Request, write_request
+    from .exchange import write_request
     from .lm import LM
+    from .request import Request
 
     req = Request(caption=args.caption, lyrics=args.lyrics, bpm=args.bpm, duration=args.duration,
                   keyscale=args.keyscale, timesig=args.timesignature, language=args.language)

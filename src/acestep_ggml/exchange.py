@@ -33,51 +33,16 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
-import numpy as np
-
-from .constants import CODES_PER_SECOND, DEFAULT_DURATION, MAX_CODE, MAX_DURATION, MIN_SYNTH_DURATION
+from .constants import DEFAULT_DURATION, MAX_CODE, MAX_DURATION, MIN_SYNTH_DURATION
 from .errors import ExchangeError
+from .request import Request
 from .tasks import TASKS
 
 FIELDS = ("caption", "lyrics", "codes", "bpm", "duration", "keyscale", "timesig", "language")
 TASK_FIELDS = ("task", "src_audio", "ref_audio", "repainting_start", "repainting_end", "track_name", "track_classes",
                "audio_cover_strength")
-# An audio input: a file path, or (2, N) / (N,) samples at the model's rate (48 kHz).
-AudioInput = Union[str, os.PathLike, np.ndarray]
-
-
-@dataclass
-class Request:
-    """What one song is made from: the prompt, the metadata, and optionally the audio codes."""
-
-    caption: str
-    lyrics: str = ""
-    codes: list[int] | None = None
-    bpm: int | None = None
-    duration: int | None = None
-    keyscale: str | None = None
-    timesig: int | None = None
-    language: str | None = None  # None: the LM chooses; the DiT reads "unknown"
-    # The task (see acestep_ggml.tasks) and its inputs.
-    task: str = "text2music"
-    src_audio: AudioInput | None = None
-    ref_audio: AudioInput | None = None
-    repainting_start: float | None = None
-    repainting_end: float | None = None
-    track_name: str | None = None
-    track_classes: list[str] | None = None
-    audio_cover_strength: float = 1.0
-
-    def resolved_duration(self) -> float:
-        """Seconds of audio to make: from the codes when there are any, else `duration` (default 120)."""
-        if self.codes:
-            return len(self.codes) / CODES_PER_SECOND
-        return float(self.duration if self.duration is not None else DEFAULT_DURATION)
-
 
 def _read(folder: Path, name: str) -> str | None:
     p = folder / name

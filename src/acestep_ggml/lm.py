@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -13,13 +13,10 @@ from . import _core
 from . import fsm as _fsm
 from .constants import (
     AUDIO_CODE_TOKEN,
-    BPM_RANGE,
     CODES_PER_SECOND,
-    DURATION_RANGE,
     END_THINK,
     IM_END,
     KEYSCALES,
-    LANGUAGES,
     LM_CFG_SCALE,
     LM_INSTRUCTION,
     LM_NEGATIVE_PROMPT,
@@ -29,11 +26,10 @@ from .constants import (
     MAX_COT_TOKENS,
     N_AUDIO_CODES,
     THINK,
-    TIMESIGNATURES,
     resolve_threads,
 )
 from .errors import InputError, ModelFileError
-from .exchange import Request
+from .request import Request, given_metadata
 from .token_sampling import check_params, guided, sample
 from .tokenizer import Tokenizer
 
@@ -94,38 +90,6 @@ def codes_uncond_prompt(caption: str, lyrics: str, negative_prompt: Optional[str
     if not legacy:
         return chat(neg if neg is not None else LM_NEGATIVE_PROMPT) + "<think>\n\n</think>\n\n"
     return chat(user_message(neg if neg is not None else caption, lyrics)) + "<think>\n\n</think>\n\n<|im_end|>\n"
-
-
-def given_metadata(req: Request) -> Dict[str, str]:
-    """The metadata the user gave, as CoT values, checked against the FSM's ranges.  A language
-    ``unknown`` is no language: the LM chooses it."""
-    if not isinstance(req.caption, str) or not req.caption.strip():
-        raise InputError("caption is empty: the LM needs a caption")
-    out: Dict[str, str] = {}
-    lo, hi = BPM_RANGE
-    if req.bpm is not None:
-        if not lo <= int(req.bpm) <= hi:
-            raise InputError(f"bpm {req.bpm} is outside {lo}..{hi}")
-        out["bpm"] = str(int(req.bpm))
-    lo, hi = DURATION_RANGE
-    if req.duration is not None:
-        if not lo <= int(req.duration) <= hi:
-            raise InputError(f"duration {req.duration} s is outside {lo}..{hi} s")
-        out["duration"] = str(int(req.duration))
-    if req.keyscale is not None:
-        if req.keyscale not in KEYSCALES:
-            raise InputError(f"keyscale {req.keyscale!r} is not a note A-G with optional #/b and major/minor")
-        out["keyscale"] = req.keyscale
-    if req.timesig is not None:
-        if str(req.timesig) not in TIMESIGNATURES:
-            raise InputError(f"timesignature {req.timesig} is not one of {', '.join(TIMESIGNATURES)}")
-        out["timesignature"] = str(req.timesig)
-    if req.language and req.language != "unknown":
-        if req.language not in LANGUAGES:
-            raise InputError(f"language {req.language!r} is not one of the LM's languages "
-                             f"({' '.join(LANGUAGES)})")
-        out["language"] = req.language
-    return out
 
 
 class LM:

@@ -27,7 +27,6 @@ from .constants import (
     BASE_STEPS,
     LATENTS_PER_CODE,
     MAX_DURATION,
-    MIN_SYNTH_DURATION,
     SAMPLE_RATE,
     SHIFT,
     TASK_INSTRUCTIONS,
@@ -35,9 +34,9 @@ from .constants import (
     VAE_DOWNSAMPLING_RATIOS,
 )
 from .errors import InputError
-from .exchange import AudioInput, Request
 from .hub import SYNTH_KINDS, ModelSet, find_models, is_repo_id, resolve
 from .models import VAE, AudioTokenizer, ConditionEncoder, Detokenizer, DiT, TextEncoder
+from .request import AudioInput, Request, check_for_synth, check_task, given_metadata
 from .tokenizer import Tokenizer
 
 # progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
@@ -157,19 +156,12 @@ class Synthesizer:
 
         Source and reference audio are encoded as a draw from the VAE posterior seeded from
         ``seed``, as the original does, or at its mean with ``posterior="mean"``."""
-        has_codes = bool(request.codes)
-        has_source = request.src_audio is not None
-        if not has_codes and not has_source and request.duration is not None \
-                and not MIN_SYNTH_DURATION <= request.duration <= MAX_DURATION:
-            raise InputError(f"duration must be {MIN_SYNTH_DURATION}..{MAX_DURATION} seconds, got {request.duration}")
+        check_for_synth(request, posterior)
         if steps is not None and steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
         if not (math.isfinite(shift) and shift > 0):
             raise InputError(f"shift must be a positive number, got {shift}")
-        tasks.check_fields(request.task, has_source=has_source, has_codes=has_codes,
-                           repainting_start=request.repainting_start, repainting_end=request.repainting_end,
-                           track_name=request.track_name, track_classes=request.track_classes,
-                           audio_cover_strength=request.audio_cover_strength, posterior=posterior)
+        has_codes = bool(request.codes)
         # Codes without a task are the LM's: a cover of them, as diffusers switches its task.
         task = "cover" if has_codes else request.task
         turbo = self.is_turbo
@@ -381,7 +373,7 @@ class Pipeline:
         :class:`Request`; see acestep_ggml.tasks.  With source audio the LM does not run, as
         upstream skips it for cover and repaint: the source gives the audio context, a cover's
         codes come from it."""
-        from .lm import LM, given_metadata
+        from .lm import LM
 
         if seed is None:
             seed = new_seed()
@@ -394,9 +386,7 @@ class Pipeline:
         # Every input is checked before anything is fetched and before the LM spends its minutes:
         # the synth stage's verdict on the task fields, the metadata the LM is given, the
         # reference audio file (readable).
-        tasks.check_fields(task, has_source=src_audio is not None, has_codes=run_lm,
-                           repainting_start=repainting_start, repainting_end=repainting_end, track_name=track_name,
-                           track_classes=track_classes, audio_cover_strength=audio_cover_strength, posterior=posterior)
+        check_task(request, has_codes=run_lm, posterior=posterior)
         if run_lm:
             given_metadata(request)
             if isinstance(ref_audio, (str, os.PathLike)):
