@@ -196,7 +196,8 @@ def test_generate_end_to_end_respects_constraints(tiny, trial):
     assert len(out.codes) == 5 * duration, f"seed {seed}: {len(out.codes)} codes"
     assert all(0 <= c < 64000 for c in out.codes), f"seed {seed}"
     assert out.duration == duration and out.caption == req.caption and out.lyrics == req.lyrics
-    assert 30 <= out.bpm <= 300 and out.keyscale in constants.KEYSCALES and out.timesig in (2, 3, 4, 6), f"seed {seed}: {out}"
+    assert 30 <= out.bpm <= 300 and out.keyscale in constants.KEYSCALES, f"seed {seed}: {out}"
+    assert out.timesignature in (2, 3, 4, 6), f"seed {seed}: {out}"
     if req.bpm is not None:
         assert (out.bpm, out.keyscale) == (req.bpm, req.keyscale), f"seed {seed}: {out}"
     again = tiny.generate(req, seed=seed, cfg_scale=[2.0, 1.0, 3.0][trial], rewrite_caption=False)
@@ -207,9 +208,9 @@ def test_generate_with_all_metadata_skips_phase_one(tiny, monkeypatch):
     prompts = []
     run = tiny._run
     monkeypatch.setattr(tiny, "_run", lambda p, *a, **k: prompts.append(p) or run(p, *a, **k))
-    req = Request(caption="ambient", duration=10, bpm=60, keyscale="C minor", timesig=4, language="en")
+    req = Request(caption="ambient", duration=10, bpm=60, keyscale="C minor", timesignature=4, language="en")
     out = tiny.generate(req, seed=1, temperature=0.0)
-    assert len(out.codes) == 50 and (out.bpm, out.keyscale, out.timesig) == (60, "C minor", 4)
+    assert len(out.codes) == 50 and (out.bpm, out.keyscale, out.timesignature) == (60, "C minor", 4)
     assert len(prompts) == 1  # no chain of thought: only the codes phase ran
     text = _tok().decode(prompts[0][0])
     assert "<think>\nbpm: 60\nduration: 10\nkeyscale: C minor\ntimesignature: 4\n</think>\n\n" in text
@@ -239,7 +240,7 @@ def test_cli_lm_writes_the_exchange_directory(tiny, tmp_path):
                "--output-dir", str(out)])
     assert rc == 0
     req = read_request(out)
-    assert len(req.codes) == 50 and (req.bpm, req.keyscale, req.timesig, req.duration) == (70, "D minor", 3, 10)
+    assert len(req.codes) == 50 and (req.bpm, req.keyscale, req.timesignature, req.duration) == (70, "D minor", 3, 10)
     assert main(["lm", "--models", str(tmp_path), "--lm", tiny.path, "--caption", "x", "--duration", "5",
                  "--output-dir", str(out)]) == 2
 

@@ -212,10 +212,10 @@ def test_lm_rejects_bad_input(f32_lm):
         lm.reset(1, 8, "q4")
     with pytest.raises(acestep_ggml.InputError, match="n_ctx"):
         lm.reset(1, 0)
-    req = Request(caption="calm piano", duration=10, bpm=100, keyscale="C major", timesig=4)
+    req = Request(caption="calm piano", duration=10, bpm=100, keyscale="C major", timesignature=4)
     for change, msg in [({"caption": " "}, "caption is empty"), ({"duration": 5}, "duration 5"),
                         ({"duration": 601}, "duration 601"), ({"bpm": 500}, "bpm 500"),
-                        ({"keyscale": "H major"}, "keyscale"), ({"timesig": 5}, "timesignature 5"),
+                        ({"keyscale": "H major"}, "keyscale"), ({"timesignature": 5}, "timesignature 5"),
                         ({"language": "xx"}, "language 'xx'")]:
         bad = Request(**{**req.__dict__, **change})
         with pytest.raises(acestep_ggml.InputError, match=msg):

@@ -167,7 +167,7 @@ def _cmd_lm(args: argparse.Namespace) -> int:
     from .request import Request
 
     req = Request(caption=args.caption, lyrics=args.lyrics, bpm=args.bpm, duration=args.duration,
-                  keyscale=args.keyscale, timesig=args.timesignature, language=args.language)
+                  keyscale=args.keyscale, timesignature=args.timesignature, language=args.language)
     out = LM.from_models(args.models, args.lm, device=args.device, n_threads=args.threads).generate(
         req, cfg_scale=args.cfg_scale, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, fsm=args.fsm, progress=_progress(args.quiet), **_lm_prompt_args(args))

@@ -26,6 +26,7 @@ track_classes     comma-separated names      none
 audio_cover_strength  number in 0..1         1
 =========  ================================  =========
 
+The files are named as the original pair names them: ``timesig`` holds Request.timesignature.
 See acestep_ggml.tasks for what each task does with these.
 """
 from __future__ import annotations
@@ -130,7 +131,7 @@ def read_request(folder: str | os.PathLike) -> Request:
         bpm=_int(folder, "bpm", 1, 1000),
         duration=_int(folder, "duration", MIN_SYNTH_DURATION, MAX_DURATION),
         keyscale=_optional(_read(folder, "keyscale")),
-        timesig=_int(folder, "timesig", 1, 32),
+        timesignature=_int(folder, "timesig", 1, 32),
         language=_optional(_read(folder, "language")),
         **_read_task(folder),
     )
@@ -172,7 +173,7 @@ def write_request(folder: str | os.PathLike, req: Request) -> None:
         "bpm": na(req.bpm),
         "duration": str(req.duration if req.duration is not None else DEFAULT_DURATION),
         "keyscale": na(req.keyscale),
-        "timesig": na(req.timesig),
+        "timesig": na(req.timesignature),
         "language": na(req.language),
     }
     if req.codes is not None:

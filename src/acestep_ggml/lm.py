@@ -265,7 +265,7 @@ class LM:
             request, codes=codes, caption=values.get("caption") or request.caption,
             duration=_int_or(values.get("duration"), None), bpm=_int_or(values.get("bpm"), None),
             keyscale=keyscale if keyscale in KEYSCALES else None,
-            timesig=_int_or(values.get("timesignature"), None),
+            timesignature=_int_or(values.get("timesignature"), None),
             language=values.get("language") or request.language)
 
 

@@ -213,8 +213,8 @@ class Synthesizer:
         if blend:
             instructions.append(TASK_INSTRUCTIONS["text2music"])
         tok = self.tokenizer
-        timesig = None if request.timesig is None else str(request.timesig)
-        text_ids = [tok.text_ids(request.caption, instruction=i, bpm=request.bpm, timesignature=timesig,
+        timesignature = None if request.timesignature is None else str(request.timesignature)
+        text_ids = [tok.text_ids(request.caption, instruction=i, bpm=request.bpm, timesignature=timesignature,
                                  keyscale=request.keyscale, duration=duration) for i in instructions]
         lyric_ids = tok.lyric_ids(request.lyrics, request.language or "unknown")
         report("text", 0, 1)
@@ -378,7 +378,7 @@ class Pipeline:
         if seed is None:
             seed = new_seed()
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
-                          timesig=timesignature, language=language, task=task, src_audio=src_audio,
+                          timesignature=timesignature, language=language, task=task, src_audio=src_audio,
                           ref_audio=ref_audio, repainting_start=repainting_start, repainting_end=repainting_end,
                           track_name=track_name, track_classes=track_classes,
                           audio_cover_strength=audio_cover_strength)

@@ -37,7 +37,7 @@ class Request:
     bpm: int | None = None
     duration: int | None = None
     keyscale: str | None = None
-    timesig: int | None = None
+    timesignature: int | None = None  # beats per bar (the exchange file is named timesig)
     language: str | None = None  # None: the LM chooses; the DiT reads "unknown"
     # The task (see acestep_ggml.tasks) and its inputs.
     task: str = "text2music"
@@ -95,10 +95,10 @@ def given_metadata(req: Request) -> Dict[str, str]:
         if req.keyscale not in KEYSCALES:
             raise InputError(f"keyscale {req.keyscale!r} is not a note A-G with optional #/b and major/minor")
         out["keyscale"] = req.keyscale
-    if req.timesig is not None:
-        if str(req.timesig) not in TIMESIGNATURES:
-            raise InputError(f"timesignature {req.timesig} is not one of {', '.join(TIMESIGNATURES)}")
-        out["timesignature"] = str(req.timesig)
+    if req.timesignature is not None:
+        if str(req.timesignature) not in TIMESIGNATURES:
+            raise InputError(f"timesignature {req.timesignature} is not one of {', '.join(TIMESIGNATURES)}")
+        out["timesignature"] = str(req.timesignature)
     if req.language and req.language != "unknown":
         if req.language not in LANGUAGES:
             raise InputError(f"language {req.language!r} is not one of the LM's languages "
