@@ -86,7 +86,7 @@ def test_cot_fsm_with_random_logits_respects_constraints(trial):
 
 def test_cot_fsm_rejects_tokens_outside_the_structure():
     f = fsm.CotFSM(_constraints(), {})
-    with pytest.raises(ValueError, match="not allowed"):
+    with pytest.raises(acestep_ggml.ConstraintError, match="not allowed"):
         f.advance(EOS)
 
 
@@ -98,7 +98,7 @@ def test_codes_fsm_blocks_eos_until_the_duration_and_forces_it_then():
         assert EOS not in ids and len(ids) == 64000
         f.advance(int(rng.choice(ids)))
     assert list(f.allowed()) == [EOS]
-    with pytest.raises(ValueError):
+    with pytest.raises(acestep_ggml.ConstraintError, match="not allowed after 50 codes"):
         f.advance(QWEN3_VOCAB)
     f.advance(EOS)
     assert f.done and f.count == 50
@@ -135,7 +135,7 @@ def test_caption_forbids_backticks_audio_codes_and_special_tokens():
                 assert i not in ids, t
     assert not any(i >= 151643 for i in ids)  # no added tokens: no audio codes, no </think>
     assert _tok().encode(" calm")[0] in ids
-    with pytest.raises(ValueError, match="caption"):
+    with pytest.raises(acestep_ggml.ConstraintError, match="caption"):
         f.advance(QWEN3_VOCAB + 5)
 
 

@@ -220,9 +220,9 @@ def test_lm_rejects_bad_input(f32_lm):
         bad = Request(**{**req.__dict__, **change})
         with pytest.raises(acestep_ggml.InputError, match=msg):
             lm.generate(bad)
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(acestep_ggml.InputError, match="temperature"):
         lm.generate(req, temperature=-1)
-    with pytest.raises(ValueError, match="top_p"):
+    with pytest.raises(acestep_ggml.InputError, match="top_p"):
         lm.generate(req, top_p=1.5)
     with pytest.raises(acestep_ggml.ModelFileError):
         acestep_ggml.LM("/nonexistent/lm.gguf")

@@ -123,9 +123,11 @@ def write_audio(path: str | os.PathLike, audio, sample_rate: int, *, subtype: st
 
         sf.write(tmp, np.ascontiguousarray(a.T), int(sample_rate), **encoding)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, RuntimeError):  # soundfile's LibsndfileError: this libsndfile cannot write the format
+            raise InputError(f"cannot write '{path}': {e}") from None
         raise
 
 

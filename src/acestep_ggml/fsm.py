@@ -27,6 +27,7 @@ from .constants import (
     THINK,
     TIMESIGNATURES,
 )
+from .errors import ConstraintError, InputError
 
 FIELDS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
 
@@ -43,7 +44,7 @@ def choices(field: str) -> List[str]:
         return list(LANGUAGES)
     if field == "timesignature":
         return list(TIMESIGNATURES)
-    raise KeyError(field)
+    raise InputError(f"{field!r} is not a metadata field with a set of values")
 
 
 def cot_yaml(values: Dict[str, Optional[str]]) -> str:
@@ -115,7 +116,7 @@ class _Trie:
                 break
             node = node.children.setdefault(int(t), _Trie())
         if node.children or node.value is not None:
-            raise ValueError(f"constrained decoding: the tokens of {value!r} are a prefix of another value's")
+            raise ConstraintError(f"constrained decoding: the tokens of {value!r} are a prefix of another value's")
         node.value = value
 
     def allowed(self) -> np.ndarray:
@@ -235,12 +236,12 @@ class CotFSM:
 
     def advance(self, token: int) -> None:
         if self.done:
-            raise ValueError("the chain of thought is already complete")
+            raise ConstraintError("the chain of thought is already complete")
         token = int(token)
         kind, data = self._steps[self._step]
         if kind == "forced":
             if token != data[self._pos]:
-                raise ValueError(f"token {token} is not allowed here (expected {data[self._pos]})")
+                raise ConstraintError(f"token {token} is not allowed here (expected {data[self._pos]})")
             self._pos += 1
             if self._pos == len(data):
                 self._step += 1
@@ -255,13 +256,13 @@ class CotFSM:
                 self.advance(token)
                 return
             if token not in self.allowed():
-                raise ValueError(f"token {token} is not allowed in the caption")
+                raise ConstraintError(f"token {token} is not allowed in the caption")
             self._caption.append(token)
             self._after_newline = bool(self.c.caption_sets()[2][token])
             return
         nxt = self._node.children.get(token)
         if nxt is None:
-            raise ValueError(f"token {token} is not allowed in the {kind} line")
+            raise ConstraintError(f"token {token} is not allowed in the {kind} line")
         self._node = nxt
         if nxt.value is not None:
             self.values[kind] = nxt.value
@@ -291,11 +292,11 @@ class CodesFSM:
 
     def advance(self, token: int) -> None:
         if self.done:
-            raise ValueError("the audio codes are already complete")
+            raise ConstraintError("the audio codes are already complete")
         if token == self.eos and self.count >= self.min_codes:
             self.done = True
         elif self.count < self.max_codes and self._codes[0] <= token <= self._codes[-1]:
             self.count += 1
         else:
-            raise ValueError(f"token {token} is not allowed after {self.count} codes "
+            raise ConstraintError(f"token {token} is not allowed after {self.count} codes "
                              f"({self.min_codes}..{self.max_codes})")

@@ -33,7 +33,7 @@ from .constants import (
     TURBO_STEPS,
     VAE_DOWNSAMPLING_RATIOS,
 )
-from .errors import InputError
+from .errors import InputError, ModelFileError
 from .hub import SYNTH_KINDS, ModelSet, find_models, is_repo_id, resolve
 from .models import VAE, AudioTokenizer, ConditionEncoder, Detokenizer, DiT, TextEncoder
 from .request import AudioInput, Request, check_for_synth, check_task, given_metadata
@@ -128,9 +128,14 @@ class Synthesizer:
     def _read_vae_rates(self) -> tuple[int, float]:
         """The audio sample rate, and that over the VAE's hop (25 latents per second for ACE-Step 1.5),
         read from the VAE file's config."""
-        cfg = json.loads(GGUFFile(str(self.paths["vae"])).get("acestep.config_json"))
-        rate = int(cfg.get("sampling_rate", SAMPLE_RATE))
-        return rate, rate / math.prod(cfg.get("downsampling_ratios", VAE_DOWNSAMPLING_RATIOS))
+        f = GGUFFile(str(self.paths["vae"]))
+        try:
+            cfg = json.loads(f.get("acestep.config_json"))
+            rate = int(cfg.get("sampling_rate", SAMPLE_RATE))
+            return rate, rate / math.prod(cfg.get("downsampling_ratios", VAE_DOWNSAMPLING_RATIOS))
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise ModelFileError(f"{self.paths['vae']}: acestep.config_json is missing or not a VAE config "
+                                 f"({e.__class__.__name__}: {e})") from None
 
     def _load_audio(self, source, what: str) -> Optional[np.ndarray]:
         if source is None:
