@@ -162,8 +162,16 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """ExchangeError unless ``folder`` is a directory or can become one."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ExchangeError(f"{folder}: exists and is not a directory; the exchange directory must be one")
+
+
 def write_request(folder: str | os.PathLike, req: Request) -> None:
     """Write every field (defaults as ``N/A`` where the reference does); each file replaced atomically."""
+    check_writable(folder)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     na = lambda v: "N/A" if v is None else str(v)  # noqa: E731
