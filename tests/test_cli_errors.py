@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from acestep_ggml.gguf_writer import GGUFWriter
+from acestep_ggml.convert.gguf_writer import GGUFWriter
 
 CAPTION = "warm analog pads, slow"
 # A device that cannot hold the weights, from the first model each command loads: the classes

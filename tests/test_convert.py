@@ -16,8 +16,8 @@ from tokenizers import Tokenizer
 from transformers import Qwen3ForCausalLM
 
 import acestep_ggml
-from acestep_ggml import convert as convert_mod
 from acestep_ggml.convert import convert, original_dit_name
+from acestep_ggml.convert import converter as convert_mod
 
 KINDS = {"acestep-v15-turbo": "acestep-dit", "vae": "acestep-vae", "Qwen3-Embedding-0.6B": "acestep-text-enc",
          "acestep-5Hz-lm-0.6B": "acestep-lm"}

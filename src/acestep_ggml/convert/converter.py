@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import InputError, ModelFileError, ModelsNotFound
 from .checkpoint import FLOAT_SOURCE_DTYPES, SafetensorsFile, as_f32, f32_to_bf16_bits, load_torch_tensor
-from .errors import InputError, ModelFileError, ModelsNotFound
 from .gguf_writer import GGUFWriter, iter_rows
 
 DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32", "q8_0": "Q8_0"}
@@ -379,7 +379,7 @@ def _encode(values: np.ndarray, type_name: str) -> bytes:
         return f.astype("<f2").tobytes()
     if type_name == "F32":
         return f.tobytes()
-    from . import _core
+    from .. import _core
     return _core.quantize(f, "q8_0").tobytes()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 # safetensors dtype -> numpy dtype of the raw storage (BF16 kept as its 16 bits).
 _ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8")}

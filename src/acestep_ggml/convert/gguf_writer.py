@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .errors import InputError, ModelFileError
+from ..errors import InputError, ModelFileError
 
 ALIGNMENT = 32
 
