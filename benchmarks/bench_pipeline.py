@@ -112,10 +112,10 @@ def run_ours(args) -> dict:
     # What PyTorch is given so that it does the same work: the LM's chain of thought (its
     # caption and language included) and codes; the DiT prompt with that caption.
     values = {"bpm": r.bpm, "caption": r.caption, "duration": args.seconds, "keyscale": r.keyscale,
-              "language": r.language, "timesignature": r.timesig}
+              "language": r.language, "timesignature": r.timesignature}
     cot = cot_text({k: None if v is None else str(v) for k, v in values.items()})
     return {"wall": time.perf_counter() - t0, "spans": clock.spans, "n_cot": tokens.get("lm-metadata", 0),
-            "codes": list(map(int, r.codes)), "bpm": r.bpm, "keyscale": r.keyscale, "timesig": r.timesig,
+            "codes": list(map(int, r.codes)), "bpm": r.bpm, "keyscale": r.keyscale, "timesignature": r.timesignature,
             "caption": r.caption, "language": r.language, "cot": cot}
 
 
@@ -125,7 +125,7 @@ def _lm_tokens(model, prompts, n_new, lo, hi, rng):
     tokens (the count ours made)."""
     import torch
 
-    from acestep_ggml.sampling import guided, sample
+    from acestep_ggml.token_sampling import guided, sample
 
     n = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), n, dtype=torch.long)
@@ -188,7 +188,7 @@ def run_torch(args, ours) -> dict:
         pipe(prompt=ours["caption"], lyrics=LYRICS, audio_duration=float(args.seconds),
              vocal_language=ours["language"] or "unknown",
              num_inference_steps=8, guidance_scale=1.0, shift=3.0, output_type="np", bpm=ours["bpm"],
-             keyscale=ours["keyscale"], timesignature=None if ours["timesig"] is None else str(ours["timesig"]),
+             keyscale=ours["keyscale"], timesignature=None if ours["timesignature"] is None else str(ours["timesignature"]),
              audio_codes=codes, generator=torch.Generator().manual_seed(args.seed))
     clock.enter(None)
     return {"wall": time.perf_counter() - t0, "spans": clock.spans}
@@ -230,7 +230,7 @@ def run_acestep_cpp(args, ours) -> dict:
                "vocal_language": ours["language"] or "unknown",
                "seed": args.seed, "inference_steps": 8, "guidance_scale": 1.0, "shift": 3.0,
                "audio_codes": ",".join(map(str, ours["codes"])), "output_format": "wav16"}
-    for key, value in (("bpm", ours["bpm"]), ("keyscale", ours["keyscale"]), ("timesignature", ours["timesig"])):
+    for key, value in (("bpm", ours["bpm"]), ("keyscale", ours["keyscale"]), ("timesignature", ours["timesignature"])):
         if value is not None:
             request[key] = value if key != "timesignature" else str(value)
     with tempfile.TemporaryDirectory(prefix="acestep_cpp_") as tmp:

@@ -12,9 +12,9 @@ from conftest import fresh_seed
 
 from acestep_ggml import hub
 from acestep_ggml.convert import convert
-from acestep_ggml.exchange import Request
 from acestep_ggml.lm import LM
 from acestep_ggml.pipeline import Pipeline, Synthesizer
+from acestep_ggml.request import Request
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_synth_and_generate_give_the_same_audio(both):
     seed = fresh_seed()
     rng = np.random.default_rng(seed)
     req = Request(caption="calm piano", lyrics="la la", codes=rng.integers(0, 64000, 40).tolist(), bpm=90,
-                  keyscale="C major", timesig=4, language="en")
+                  keyscale="C major", timesignature=4, language="en")
     a = Synthesizer(ours, n_threads=1)(req, seed=seed)
     b = Synthesizer(theirs, n_threads=1)(req, seed=seed)
     assert a.audio.shape == b.audio.shape

@@ -58,12 +58,13 @@ def test_lossless_round_trip_is_exact_to_the_format_step(tmp_path, name, subtype
 
 # Lossy codecs keep the waveform, not the samples: compared by correlation and by SNR once the
 # level is matched (LAME lowers it by 0.45 dB at 128 kbit/s).  Measured on these tones, seeds
-# 0-19: MP3 at 320 kbit/s 59-70 dB, at 128 kbit/s 42-50 dB, Vorbis at libsndfile's default
-# quality 29-36 dB; correlation 0.9994 or more.  The bars leave room for other encoder builds.
-@pytest.mark.parametrize("name, bitrate, min_snr", [
-    ("a.mp3", None, 45.0), ("a.mp3", 128, 32.0), ("a.ogg", None, 22.0),
+# 0-19: MP3 at 320 kbit/s 59-70 dB, at 128 kbit/s 42-50 dB, correlation 0.9994 or more; Vorbis at
+# libsndfile's default quality, seeds 0-299: 24.9-36 dB, correlation 0.99838 or more (7 of the
+# 300 under 0.999).  The bars leave room for other encoder builds.
+@pytest.mark.parametrize("name, bitrate, min_snr, min_corr", [
+    ("a.mp3", None, 45.0, 0.999), ("a.mp3", 128, 32.0, 0.999), ("a.ogg", None, 22.0, 0.997),
 ])
-def test_lossy_round_trip_keeps_the_waveform(tmp_path, name, bitrate, min_snr):
+def test_lossy_round_trip_keeps_the_waveform(tmp_path, name, bitrate, min_snr, min_corr):
     x = tones(np.random.default_rng(SEED), 2 * 48000)
     A.write_audio(tmp_path / name, x, 48000, bitrate=bitrate, normalize=False)
     y, sr = A.read_audio(tmp_path / name)
@@ -73,7 +74,7 @@ def test_lossy_round_trip_keeps_the_waveform(tmp_path, name, bitrate, min_snr):
     s, c = snr_db(gain * y, x), corr(y, x)
     print(f"{name} bitrate {bitrate}: SNR {s:.1f} dB after {20 * np.log10(gain):+.2f} dB, correlation {c:.6f}")
     assert abs(20 * np.log10(gain)) < 1.0, f"seed {SEED}: level off by {20 * np.log10(gain):.2f} dB"
-    assert s >= min_snr and c >= 0.999, f"seed {SEED}: SNR {s:.1f} dB, correlation {c:.6f}"
+    assert s >= min_snr and c >= min_corr, f"seed {SEED}: SNR {s:.1f} dB, correlation {c:.6f}"
     assert os.listdir(tmp_path) == [name]
 
 

@@ -90,6 +90,6 @@ def test_device_tiles_are_larger_than_cpu_tiles(tiny_vae, device):
     _, path = tiny_vae
     vae = A.VAE(path, device=device, n_threads=2)
     if _core.Backend(device).name == "CPU":
-        assert vae.default_chunk == A.vae.DEFAULT_CHUNK
+        assert vae.default_chunk == A.models.DEFAULT_CHUNK
     else:
-        assert A.vae.DEFAULT_CHUNK < vae.default_chunk <= 4096
+        assert A.models.DEFAULT_CHUNK < vae.default_chunk <= 4096

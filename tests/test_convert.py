@@ -16,8 +16,8 @@ from tokenizers import Tokenizer
 from transformers import Qwen3ForCausalLM
 
 import acestep_ggml
-from acestep_ggml import convert as convert_mod
 from acestep_ggml.convert import convert, original_dit_name
+from acestep_ggml.convert import converter as convert_mod
 
 KINDS = {"acestep-v15-turbo": "acestep-dit", "vae": "acestep-vae", "Qwen3-Embedding-0.6B": "acestep-text-enc",
          "acestep-5Hz-lm-0.6B": "acestep-lm"}
@@ -193,7 +193,7 @@ def test_component_folders_convert_alone(converted, tiny_original_dir, tiny_diff
 
 
 def test_diffusers_dit_part_alone_is_refused_with_a_hint(tiny_diffusers_dir, tmp_path):
-    with pytest.raises(ValueError, match="pass the pipeline directory") as e:
+    with pytest.raises(acestep_ggml.InputError, match="pass the pipeline directory") as e:
         convert(tiny_diffusers_dir / "transformer", tmp_path, quiet=True)
     assert str(tiny_diffusers_dir) in str(e.value)
 

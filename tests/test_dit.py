@@ -12,7 +12,7 @@ from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normal
 from diffusers.pipelines.ace_step.pipeline_ace_step import AceStepPipeline
 
 import acestep_ggml
-from acestep_ggml import InputError, ModelFileError, sampler
+from acestep_ggml import InputError, ModelFileError, flow
 
 SEED = fresh_seed()
 
@@ -125,7 +125,7 @@ def test_turbo_sample_matches_reference_loop(model, dit_f32):
     T, S = 25, 6
     enc = rng.standard_normal((S, TINY["hidden_size"]), dtype=np.float32)
     src = rng.standard_normal((T, 64), dtype=np.float32)
-    noise = sampler.initial_noise(T, SEED)
+    noise = flow.initial_noise(T, SEED)
     ours = dit_f32.sample(enc, src, noise=noise, num_steps=8, shift=3.0)
 
     sched = _ref_scheduler(8, 3.0)
@@ -153,7 +153,7 @@ def test_guided_sample_matches_reference_apg(model, dit_f32):
 
     sched = _ref_scheduler(steps, 3.0)
     buf = MomentumBuffer(momentum=-0.75)
-    x = torch.from_numpy(sampler.initial_noise(T, SEED))[None]
+    x = torch.from_numpy(flow.initial_noise(T, SEED))[None]
     ctx = torch.cat([torch.from_numpy(src), torch.ones(T, 64)], dim=-1)[None]
     encs = torch.from_numpy(np.stack([enc, null]))
     with torch.no_grad():

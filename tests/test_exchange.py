@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+import acestep_ggml
 from acestep_ggml.exchange import ExchangeError, Request, parse_codes, read_request, write_request
 
 
@@ -12,19 +13,23 @@ def _dir(tmp_path, **files):
     return tmp_path
 
 
+def test_request_is_one_class_under_three_names():
+    assert Request is acestep_ggml.Request is acestep_ggml.request.Request
+
+
 def test_missing_optional_files_take_the_spec_defaults(tmp_path):
     req = read_request(_dir(tmp_path, caption="lofi piano, rainy night\nwarm tape"))
     assert req.caption == "lofi piano, rainy night\nwarm tape"
     assert req.lyrics == ""
     assert req.codes is None
-    assert req.bpm is None and req.keyscale is None and req.timesig is None
+    assert req.bpm is None and req.keyscale is None and req.timesignature is None
     assert req.duration is None and req.resolved_duration() == 120.0
     assert req.language is None  # the LM chooses; the DiT reads "unknown"
 
 
 def test_na_and_empty_files_mean_default(tmp_path):
     req = read_request(_dir(tmp_path, caption="x", bpm="N/A\n", keyscale="", timesig=" n/a ", language=""))
-    assert req.bpm is None and req.keyscale is None and req.timesig is None and req.language is None
+    assert req.bpm is None and req.keyscale is None and req.timesignature is None and req.language is None
 
 
 def test_all_fields_read(tmp_path):
@@ -32,13 +37,13 @@ def test_all_fields_read(tmp_path):
                             bpm="120", duration="30", keyscale="F# minor", timesig="3", language="ja"))
     assert req.lyrics == "[Verse]\nhello 世界 🎸"
     assert req.codes == [1, 2, 63999]
-    assert (req.bpm, req.duration, req.keyscale, req.timesig, req.language) == (120, 30, "F# minor", 3, "ja")
+    assert (req.bpm, req.duration, req.keyscale, req.timesignature, req.language) == (120, 30, "F# minor", 3, "ja")
     assert req.resolved_duration() == pytest.approx(3 / 5)  # codes decide the length: 5 per second
 
 
 def test_write_then_read_round_trips(tmp_path):
     req = Request(caption="c\nd", lyrics="la la", codes=[0, 5, 63999], bpm=90, duration=12, keyscale="C major",
-                  timesig=4, language="fr")
+                  timesignature=4, language="fr")
     write_request(tmp_path, req)
     assert read_request(tmp_path) == req
     write_request(tmp_path, Request(caption="again"))

@@ -34,7 +34,7 @@ from conftest import fresh_seed
 from tokenizers import Tokenizer as HFTokenizer
 from transformers import AutoTokenizer
 
-from acestep_ggml import fsm, lm
+from acestep_ggml import constants, fsm, lm
 from acestep_ggml.tokenizer import Tokenizer
 
 CAPTIONS = [
@@ -146,7 +146,7 @@ def test_phase_two_prompts_are_newest_upstreams(original, ours):
     docstring), rendered through the same chat template the package uses."""
     h = original[0]
     tok = h.llm_tokenizer
-    system = {"role": "system", "content": f"# Instruction\n{lm.INSTRUCTION}\n\n"}
+    system = {"role": "system", "content": f"# Instruction\n{constants.LM_INSTRUCTION}\n\n"}
 
     def upstream(user, cot):
         return tok.apply_chat_template([system, {"role": "user", "content": user}], tokenize=False,
@@ -221,7 +221,7 @@ def test_defaults_are_upstreams():
     assert sig["temperature"].default == p.lm_temperature
     assert sig["cfg_scale"].default == p.lm_cfg_scale
     assert sig["top_p"].default == p.lm_top_p and sig["top_k"].default is None and p.lm_top_k == 0
-    assert lm.NEGATIVE_PROMPT == p.lm_negative_prompt
+    assert constants.LM_NEGATIVE_PROMPT == p.lm_negative_prompt
     assert p.vocal_language == "unknown" and p.use_cot_caption and p.use_cot_language
 
 
@@ -233,7 +233,7 @@ def test_published_style_lm_gives_the_same_codes(tmp_path, tie):
     from _lm_gguf import tiny_lm, write_lm
 
     import acestep_ggml
-    from acestep_ggml.exchange import Request
+    from acestep_ggml.request import Request
 
     seed = fresh_seed()
     model = tiny_lm(seed % 1000, tie=tie)
@@ -296,14 +296,15 @@ def _write_raw_string(path, key: str, value: bytes) -> None:
         f.write(struct.pack("<Q", len(value)) + value)
 
 
-def test_fsm_value_sets_and_instructions_are_the_originals():
+def test_value_sets_and_instructions_are_the_originals():
     _import_original()
     from acestep import constants as c
 
-    from acestep_ggml.tokenizer import DEFAULT_INSTRUCTION
-
-    assert list(fsm.LANGUAGES) == c.VALID_LANGUAGES
-    assert set(fsm.KEYSCALES) == c.VALID_KEYSCALES
-    assert fsm.BPM_RANGE == (c.BPM_MIN, c.BPM_MAX) and fsm.DURATION_RANGE == (c.DURATION_MIN, c.DURATION_MAX)
-    assert [int(t) for t in fsm.TIMESIGNATURES] == c.VALID_TIME_SIGNATURES
-    assert lm.INSTRUCTION == c.DEFAULT_LM_INSTRUCTION and DEFAULT_INSTRUCTION == c.DEFAULT_DIT_INSTRUCTION
+    assert list(constants.LANGUAGES) == c.VALID_LANGUAGES
+    assert set(constants.KEYSCALES) == c.VALID_KEYSCALES
+    assert constants.BPM_RANGE == (c.BPM_MIN, c.BPM_MAX)
+    assert constants.DURATION_RANGE == (c.DURATION_MIN, c.DURATION_MAX)
+    assert [int(t) for t in constants.TIMESIGNATURES] == c.VALID_TIME_SIGNATURES
+    assert constants.LM_INSTRUCTION == c.DEFAULT_LM_INSTRUCTION
+    assert constants.DIT_INSTRUCTION == c.DEFAULT_DIT_INSTRUCTION
+    assert constants.TASK_INSTRUCTIONS == c.TASK_INSTRUCTIONS

@@ -9,9 +9,9 @@ from conftest import fresh_seed
 from tokenizers import Tokenizer as HFTokenizer
 
 import acestep_ggml
-from acestep_ggml import fsm
-from acestep_ggml.exchange import Request
-from acestep_ggml.sampling import sample
+from acestep_ggml import constants, fsm
+from acestep_ggml.request import Request
+from acestep_ggml.token_sampling import sample
 from acestep_ggml.tokenizer import Tokenizer
 
 EOS = 151645
@@ -38,7 +38,7 @@ def _check_cot(text, values, given, seed, caption=True):
     parsed = {k: int(v) if v.isdigit() else v for k, v in parsed.items()}
     assert 30 <= parsed["bpm"] <= 300 and 10 <= parsed["duration"] <= 600, f"seed {seed}: {parsed}"
     assert str(parsed["timesignature"]) in ("2", "3", "4", "6"), f"seed {seed}: {parsed}"
-    assert parsed["keyscale"] in fsm.KEYSCALES and parsed["language"] in fsm.LANGUAGES, f"seed {seed}: {parsed}"
+    assert parsed["keyscale"] in constants.KEYSCALES and parsed["language"] in constants.LANGUAGES, f"seed {seed}: {parsed}"
     for k, v in given.items():
         assert str(parsed[k]) == v, f"seed {seed}: given {k}={v!r} came out as {parsed[k]!r}"
 
@@ -86,7 +86,7 @@ def test_cot_fsm_with_random_logits_respects_constraints(trial):
 
 def test_cot_fsm_rejects_tokens_outside_the_structure():
     f = fsm.CotFSM(_constraints(), {})
-    with pytest.raises(ValueError, match="not allowed"):
+    with pytest.raises(acestep_ggml.ConstraintError, match="not allowed"):
         f.advance(EOS)
 
 
@@ -98,7 +98,7 @@ def test_codes_fsm_blocks_eos_until_the_duration_and_forces_it_then():
         assert EOS not in ids and len(ids) == 64000
         f.advance(int(rng.choice(ids)))
     assert list(f.allowed()) == [EOS]
-    with pytest.raises(ValueError):
+    with pytest.raises(acestep_ggml.ConstraintError, match="not allowed after 50 codes"):
         f.advance(QWEN3_VOCAB)
     f.advance(EOS)
     assert f.done and f.count == 50
@@ -135,7 +135,7 @@ def test_caption_forbids_backticks_audio_codes_and_special_tokens():
                 assert i not in ids, t
     assert not any(i >= 151643 for i in ids)  # no added tokens: no audio codes, no </think>
     assert _tok().encode(" calm")[0] in ids
-    with pytest.raises(ValueError, match="caption"):
+    with pytest.raises(acestep_ggml.ConstraintError, match="caption"):
         f.advance(QWEN3_VOCAB + 5)
 
 
@@ -143,7 +143,7 @@ def test_caption_is_bounded_to_512_tokens_then_ends():
     f = _caption_fsm()
     _to_caption(f)
     word = _tok().encode(" la")[0]
-    for _ in range(fsm.MAX_CAPTION_TOKENS):
+    for _ in range(constants.MAX_CAPTION_TOKENS):
         f.advance(word)
     assert f.allowed().tolist() == _tok().encode("\n")
     f.advance(f.allowed()[0])
@@ -196,7 +196,8 @@ def test_generate_end_to_end_respects_constraints(tiny, trial):
     assert len(out.codes) == 5 * duration, f"seed {seed}: {len(out.codes)} codes"
     assert all(0 <= c < 64000 for c in out.codes), f"seed {seed}"
     assert out.duration == duration and out.caption == req.caption and out.lyrics == req.lyrics
-    assert 30 <= out.bpm <= 300 and out.keyscale in fsm.KEYSCALES and out.timesig in (2, 3, 4, 6), f"seed {seed}: {out}"
+    assert 30 <= out.bpm <= 300 and out.keyscale in constants.KEYSCALES, f"seed {seed}: {out}"
+    assert out.timesignature in (2, 3, 4, 6), f"seed {seed}: {out}"
     if req.bpm is not None:
         assert (out.bpm, out.keyscale) == (req.bpm, req.keyscale), f"seed {seed}: {out}"
     again = tiny.generate(req, seed=seed, cfg_scale=[2.0, 1.0, 3.0][trial], rewrite_caption=False)
@@ -207,9 +208,9 @@ def test_generate_with_all_metadata_skips_phase_one(tiny, monkeypatch):
     prompts = []
     run = tiny._run
     monkeypatch.setattr(tiny, "_run", lambda p, *a, **k: prompts.append(p) or run(p, *a, **k))
-    req = Request(caption="ambient", duration=10, bpm=60, keyscale="C minor", timesig=4, language="en")
+    req = Request(caption="ambient", duration=10, bpm=60, keyscale="C minor", timesignature=4, language="en")
     out = tiny.generate(req, seed=1, temperature=0.0)
-    assert len(out.codes) == 50 and (out.bpm, out.keyscale, out.timesig) == (60, "C minor", 4)
+    assert len(out.codes) == 50 and (out.bpm, out.keyscale, out.timesignature) == (60, "C minor", 4)
     assert len(prompts) == 1  # no chain of thought: only the codes phase ran
     text = _tok().decode(prompts[0][0])
     assert "<think>\nbpm: 60\nduration: 10\nkeyscale: C minor\ntimesignature: 4\n</think>\n\n" in text
@@ -222,7 +223,7 @@ def test_generate_lets_the_lm_choose_language_and_caption(tiny):
     for seed in range(4):
         # top_p off: the random LM's flat logits make every token a full sort otherwise.
         out = tiny.generate(Request(caption="calm piano", duration=10), seed=seed, temperature=1.0, top_p=None)
-        assert out.language in fsm.LANGUAGES and len(out.codes) == 50
+        assert out.language in constants.LANGUAGES and len(out.codes) == 50
         langs.add(out.language)
         captions.add(out.caption)
     assert langs != {"en"}, langs
@@ -239,7 +240,7 @@ def test_cli_lm_writes_the_exchange_directory(tiny, tmp_path):
                "--output-dir", str(out)])
     assert rc == 0
     req = read_request(out)
-    assert len(req.codes) == 50 and (req.bpm, req.keyscale, req.timesig, req.duration) == (70, "D minor", 3, 10)
+    assert len(req.codes) == 50 and (req.bpm, req.keyscale, req.timesignature, req.duration) == (70, "D minor", 3, 10)
     assert main(["lm", "--models", str(tmp_path), "--lm", tiny.path, "--caption", "x", "--duration", "5",
                  "--output-dir", str(out)]) == 2
 
@@ -257,6 +258,6 @@ def test_cli_lm_writes_the_lms_caption_and_language(tiny, tmp_path):
     req = read_request(out)
     again = tiny.generate(Request(caption="calm piano", duration=10), seed=5, top_p=1.0)
     assert (req.caption, req.language, req.codes) == (again.caption, again.language, again.codes)
-    assert req.language in fsm.LANGUAGES
+    assert req.language in constants.LANGUAGES
     assert main(args + ["--no-rewrite-caption"]) == 0
     assert read_request(out).caption == "calm piano"

@@ -8,8 +8,8 @@ from _text_gguf import parity
 from conftest import DEVICE_F32_REL, fresh_seed
 
 import acestep_ggml
-from acestep_ggml.exchange import Request
-from acestep_ggml.sampling import guided
+from acestep_ggml.request import Request
+from acestep_ggml.token_sampling import guided
 
 # F32 weights and F32 KV cache: only summation order differs from PyTorch.
 COS_F32 = 0.99999
@@ -212,17 +212,17 @@ def test_lm_rejects_bad_input(f32_lm):
         lm.reset(1, 8, "q4")
     with pytest.raises(acestep_ggml.InputError, match="n_ctx"):
         lm.reset(1, 0)
-    req = Request(caption="calm piano", duration=10, bpm=100, keyscale="C major", timesig=4)
+    req = Request(caption="calm piano", duration=10, bpm=100, keyscale="C major", timesignature=4)
     for change, msg in [({"caption": " "}, "caption is empty"), ({"duration": 5}, "duration 5"),
                         ({"duration": 601}, "duration 601"), ({"bpm": 500}, "bpm 500"),
-                        ({"keyscale": "H major"}, "keyscale"), ({"timesig": 5}, "timesignature 5"),
+                        ({"keyscale": "H major"}, "keyscale"), ({"timesignature": 5}, "timesignature 5"),
                         ({"language": "xx"}, "language 'xx'")]:
         bad = Request(**{**req.__dict__, **change})
         with pytest.raises(acestep_ggml.InputError, match=msg):
             lm.generate(bad)
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(acestep_ggml.InputError, match="temperature"):
         lm.generate(req, temperature=-1)
-    with pytest.raises(ValueError, match="top_p"):
+    with pytest.raises(acestep_ggml.InputError, match="top_p"):
         lm.generate(req, top_p=1.5)
     with pytest.raises(acestep_ggml.ModelFileError):
         acestep_ggml.LM("/nonexistent/lm.gguf")

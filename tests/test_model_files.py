@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import acestep_ggml
-from acestep_ggml import ModelFileError, _core
+from acestep_ggml import ModelFileError, ModelsNotFound, _core
 from acestep_ggml.convert import convert
 
 
@@ -111,6 +111,6 @@ def test_convert_folder_without_weights(tmp_path):
     folder = tmp_path / "vae"
     folder.mkdir()
     (folder / "config.json").write_text('{"_class_name": "AutoencoderOobleck"}')
-    with pytest.raises(FileNotFoundError, match="no model.safetensors") as e:
+    with pytest.raises(ModelsNotFound, match="no model.safetensors") as e:
         convert(folder, tmp_path / "out", quiet=True)
     assert str(folder) in str(e.value)

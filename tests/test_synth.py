@@ -18,7 +18,7 @@ from acestep_ggml.pipeline import Synthesizer
 def run_both(synth_models, dtype: str, device: str, codes=None, guidance=1.0):
     models, _, folders, seed = synth_models
     duration = 2.0 if codes is None else len(codes) / 5
-    req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesig=4, language="en",
+    req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesignature=4, language="en",
                   duration=None if codes else int(duration), codes=codes)
     length = int(duration * 25)
     noise = np.random.default_rng(seed).standard_normal((length, 64), dtype=np.float32)

@@ -20,9 +20,9 @@ from diffusers import AceStepPipeline
 
 from acestep_ggml import InputError
 from acestep_ggml.exchange import ExchangeError, Request, read_request, write_request
+from acestep_ggml.models import AudioTokenizer
 from acestep_ggml.pipeline import Synthesizer
 from acestep_ggml.tasks import TASKS, instruction
-from acestep_ggml.text import AudioTokenizer
 
 RATE, HOP = 200, 8  # the synth fixtures' tiny VAE: 25 latents per second as the real one
 
@@ -87,7 +87,7 @@ def test_task_matches_diffusers_pipeline_f32(synth_models, rng, case, guidance):
     length = (their_src.shape[1] if their_src is not None else 2 * RATE) // HOP
     noise = rng.standard_normal((length, 64), dtype=np.float32)
 
-    req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesig=4, language="en",
+    req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesignature=4, language="en",
                   **ours_fields)
     ours = Synthesizer(folders["f32"])(req, init_noise=noise, keep_stages=True, seed=0, posterior="mean",
                                        guidance=guidance).stages

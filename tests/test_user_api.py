@@ -72,7 +72,7 @@ def test_progress_follows_lm_tokens_dit_steps_and_vae_tiles(offline_hub):
     codes = [(done, total) for stage, done, total in events if stage == "lm-codes"]
     assert codes[0] == (0, 150) and codes[-1] == (150, 150) and len(song.request.codes) == 150
     assert [d for s, d, _ in events if s == "dit"] == [0, 1, 2, 3, 4]
-    chunk = ace.vae.DEFAULT_CHUNK
+    chunk = ace.models.DEFAULT_CHUNK
     tiles = [(d, t) for s, d, t in events if s == "vae"]
     assert tiles == [(i, -(-750 // chunk)) for i in range(1, -(-750 // chunk) + 1)]
 

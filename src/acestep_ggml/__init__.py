@@ -76,13 +76,11 @@ def backends() -> list[dict]:
 
 # The models (each a native graph), then the stages built from them.
 from .audio import check_output_path, load_audio, read_audio, write_audio  # noqa: E402
-from .dit import DiT  # noqa: E402
-from .exchange import Request  # noqa: E402
 from .lm import LM  # noqa: E402
+from .models import VAE, AudioTokenizer, ConditionEncoder, Detokenizer, DiT, TextEncoder  # noqa: E402
 from .pipeline import Pipeline, Synthesizer, SynthResult, generate  # noqa: E402
-from .text import AudioTokenizer, ConditionEncoder, Detokenizer, TextEncoder  # noqa: E402
+from .request import Request  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
-from .vae import VAE  # noqa: E402
 
 __all__ = [
     "AcestepError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError", "ModelsNotFound",

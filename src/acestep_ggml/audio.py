@@ -7,6 +7,7 @@ import secrets
 
 import numpy as np
 
+from .constants import SAMPLE_RATE
 from .errors import InputError
 
 # The reference pipeline's output level: peak at -1 dBFS.
@@ -122,9 +123,11 @@ def write_audio(path: str | os.PathLike, audio, sample_rate: int, *, subtype: st
 
         sf.write(tmp, np.ascontiguousarray(a.T), int(sample_rate), **encoding)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, RuntimeError):  # soundfile's LibsndfileError: this libsndfile cannot write the format
+            raise InputError(f"cannot write '{path}': {e}") from None
         raise
 
 
@@ -161,7 +164,7 @@ def _as_stereo(a: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def load_audio(source, sample_rate: int = 48000, *, source_rate: int | None = None) -> np.ndarray:
+def load_audio(source, sample_rate: int = SAMPLE_RATE, *, source_rate: int | None = None) -> np.ndarray:
     """Audio (2, N) float32 at `sample_rate`, from a file (any soundfile reads: WAV, FLAC, OGG,
     MP3, ...; any rate) or an array, (N,) mono or (channels, N), at `source_rate` (default:
     `sample_rate`).  Mono becomes stereo; other rates are resampled with soxr."""

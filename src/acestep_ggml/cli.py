@@ -6,6 +6,23 @@ import signal
 import sys
 import threading
 
+from .constants import (
+    BASE_GUIDANCE,
+    BASE_STEPS,
+    DURATION_RANGE,
+    LM_CFG_SCALE,
+    LM_NEGATIVE_PROMPT,
+    LM_TEMPERATURE,
+    LM_TOP_P,
+    SHIFT,
+    TIMESIGNATURES,
+    TURBO_STEPS,
+)
+
+_STEPS_HELP = f"sampler steps (default {TURBO_STEPS} turbo, {BASE_STEPS} base/SFT)"
+_GUIDANCE_HELP = f"DiT guidance scale (default 1 turbo, {BASE_GUIDANCE:g} base/SFT)"
+_TIMESIGNATURE_HELP = f"beats per bar: {', '.join(TIMESIGNATURES[:-1])} or {TIMESIGNATURES[-1]}"
+
 # Set by the CLI's SIGINT handler.  The first Ctrl-C raises KeyboardInterrupt as usual; if some
 # library on the way swallows it, the next progress event (every LM token, DiT step and VAE
 # tile) raises it again, so a job never runs on after Ctrl-C.
@@ -43,9 +60,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# The progress bars open now, closed before an error or an interrupt is reported.
+_BARS: dict = {}
+
+
+def _close_bars() -> None:
+    for bar in _BARS.values():
+        bar.close()
+    _BARS.clear()
+
+
 def _progress(quiet: bool):
     """The callback of the Python API: a tqdm bar per stage unless quiet, and a check for Ctrl-C."""
-    bars: dict = {}
+    bars = _BARS
     if not quiet:
         from tqdm import tqdm
 
@@ -56,9 +83,7 @@ def _progress(quiet: bool):
             return
         bar = bars.get(stage)
         if bar is None:
-            for other in bars.values():  # stages run one after another
-                other.close()
-            bars.clear()
+            _close_bars()  # stages run one after another
             # total 0: a length not known ahead (the LM's chain of thought)
             bar = bars[stage] = tqdm(total=total or None, desc=stage, leave=False, file=sys.stderr,
                                      unit="tok" if stage.startswith("lm") else "it")
@@ -68,6 +93,11 @@ def _progress(quiet: bool):
             bars.pop(stage).close()
 
     return report
+
+
+def _add_device_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
 
 def _add_task_flags(s: argparse.ArgumentParser) -> None:
@@ -97,14 +127,34 @@ def _task_args(args: argparse.Namespace) -> dict:
             "audio_cover_strength": args.cover_strength, "posterior": args.posterior}
 
 
-def _cmd_synth(args: argparse.Namespace) -> int:
+def _load_noise(path: str):
+    """The --init-noise array, or InputError naming the file."""
     import numpy as np
 
+    from .errors import InputError
+
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as e:  # missing, unreadable, not .npy, pickled
+        raise InputError(f"--init-noise: cannot read '{path}' as a .npy array: {e}") from None
+
+
+def _read_lyrics(path: str) -> str:
+    from .errors import InputError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--lyrics-file: cannot read '{path}' as UTF-8 text: {e}") from None
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
     from .audio import check_output_path
     from .pipeline import synth_from_dir
 
     check_output_path(args.output, bitrate=args.bitrate)
-    noise = np.load(args.init_noise) if args.init_noise else None
+    noise = _load_noise(args.init_noise) if args.init_noise else None
     result = synth_from_dir(args.input_dir, args.models, args.output, seed=args.seed, steps=args.steps,
                             shift=args.shift, guidance=args.guidance, init_noise=noise, device=args.device,
                             n_threads=args.threads, progress=_progress(args.quiet), bitrate=args.bitrate,
@@ -121,10 +171,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import generate
 
     check_output_path(args.output, bitrate=args.bitrate)
-    lyrics = args.lyrics
-    if args.lyrics_file:
-        with open(args.lyrics_file, encoding="utf-8") as f:
-            lyrics = f.read()
+    lyrics = _read_lyrics(args.lyrics_file) if args.lyrics_file else args.lyrics
     result = generate(args.models or hub.GGUF_REPO, args.caption, lyrics, duration=args.duration, bpm=args.bpm,
                       keyscale=args.keyscale, timesignature=args.timesignature, language=args.language,
                       seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
@@ -147,11 +194,15 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_lm(args: argparse.Namespace) -> int:
-    from .exchange import Request, write_request
+    from .exchange import check_writable, write_request
     from .lm import LM
+    from .request import Request, given_metadata
 
     req = Request(caption=args.caption, lyrics=args.lyrics, bpm=args.bpm, duration=args.duration,
-                  keyscale=args.keyscale, timesig=args.timesignature, language=args.language)
+                  keyscale=args.keyscale, timesignature=args.timesignature, language=args.language)
+    # Before the LM loads (or downloads): the metadata it is given and where its output goes.
+    given_metadata(req)
+    check_writable(args.output_dir)
     out = LM.from_models(args.models, args.lm, device=args.device, n_threads=args.threads).generate(
         req, cfg_scale=args.cfg_scale, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, fsm=args.fsm, progress=_progress(args.quiet), **_lm_prompt_args(args))
@@ -170,7 +221,7 @@ def _add_lm_prompt_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-rewrite-caption", action="store_true",
                    help="keep the caption as given (default: the LM writes its own into the CoT and the DiT's prompt)")
     s.add_argument("--negative-prompt", default=None,
-                   help="the LM's unconditional prompt for CFG (default: NO USER INPUT)")
+                   help=f"the LM's unconditional prompt for CFG (default: {LM_NEGATIVE_PROMPT})")
     s.add_argument("--legacy-cfg-prompt", action="store_true",
                    help="the ace-step15-fork package's LM prompts (closed assistant turn, caption and lyrics in "
                         "the unconditional prompt, CFG in the chain of thought)")
@@ -197,12 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
     s.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 32 base/SFT)")
-    s.add_argument("--shift", type=float, default=3.0, help="timestep shift (default 3.0)")
-    s.add_argument("--guidance", type=float, default=None, help="guidance scale (default 1 turbo, 7 base/SFT)")
+    s.add_argument("--steps", type=int, default=None, help=_STEPS_HELP)
+    s.add_argument("--shift", type=float, default=SHIFT, help=f"timestep shift (default {SHIFT})")
+    s.add_argument("--guidance", type=float, default=None, help=_GUIDANCE_HELP)
     s.add_argument("--init-noise", default=None, help="initial noise as a (T, 64) float32 .npy file")
-    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    _add_device_flags(s)
     s.add_argument("--quiet", action="store_true", help="no progress output")
     _add_task_flags(s)
     s.set_defaults(func=_cmd_synth)
@@ -213,19 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--caption", required=True)
     s.add_argument("--lyrics", default="")
     s.add_argument("--bpm", type=int)
-    s.add_argument("--duration", type=int, help="seconds, 10..600 (default: the LM chooses)")
+    s.add_argument("--duration", type=int, help=f"seconds, {DURATION_RANGE[0]}..{DURATION_RANGE[1]} (default: the LM chooses)")
     s.add_argument("--keyscale", help="e.g. 'F# minor'")
-    s.add_argument("--timesignature", type=int, help="2, 3, 4 or 6")
+    s.add_argument("--timesignature", type=int, help=_TIMESIGNATURE_HELP)
     s.add_argument("--language", default=None, help="vocal language code (default: the LM chooses)")
-    s.add_argument("--cfg-scale", type=float, default=2.0)
-    s.add_argument("--temperature", type=float, default=0.85)
-    s.add_argument("--top-p", type=float, default=0.9)
+    s.add_argument("--cfg-scale", type=float, default=LM_CFG_SCALE)
+    s.add_argument("--temperature", type=float, default=LM_TEMPERATURE)
+    s.add_argument("--top-p", type=float, default=LM_TOP_P)
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--fsm", action=argparse.BooleanOptionalAction, default=True,
                    help="constrained decoding (default on)")
     s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    _add_device_flags(s)
     s.add_argument("--output-dir", required=True, help="exchange directory to write")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     _add_lm_prompt_options(s)
@@ -239,19 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=int, default=None, help="seconds (default: the LM chooses; 120 with --no-lm)")
     s.add_argument("--bpm", type=int, default=None)
     s.add_argument("--keyscale", default=None, help="e.g. 'F# minor'")
-    s.add_argument("--timesignature", type=int, default=None, help="2, 3, 4 or 6")
+    s.add_argument("--timesignature", type=int, default=None, help=_TIMESIGNATURE_HELP)
     s.add_argument("--language", default=None,
                    help="vocal language code (default: the LM chooses; 'unknown' with --no-lm)")
     s.add_argument("--seed", type=int, default=None, help="seed of the LM sampling and the noise (default random)")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default 8 turbo, 32 base/SFT)")
-    s.add_argument("--guidance", type=float, default=None, help="DiT guidance (default 1 turbo, 7 base/SFT)")
-    s.add_argument("--shift", type=float, default=3.0)
+    s.add_argument("--steps", type=int, default=None, help=_STEPS_HELP)
+    s.add_argument("--guidance", type=float, default=None, help=_GUIDANCE_HELP)
+    s.add_argument("--shift", type=float, default=SHIFT)
     s.add_argument("--no-lm", action="store_true", help="skip the LM: synthesise from noise, no audio codes")
     s.add_argument("--lm", default=None, help="LM size in the file name (0.6B, 1.7B, 4B) or a GGUF file")
     s.add_argument("--models", default=None,
                    help="GGUF folder, checkpoint folder or hub repo (default: the published GGUFs, from the cache)")
-    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    _add_device_flags(s)
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
@@ -271,8 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand.  Every error of the package (acestep_ggml.errors) and of the system
+    (a file that cannot be read or written) ends as one line ``error: ...`` and exit status 2;
+    Ctrl-C as ``interrupted`` and 130.  A traceback means a bug."""
     args = build_parser().parse_args(argv)
-    from . import InputError, ModelFileError
+    from .errors import AcestepError
 
     # Only where Python's own handler is in place: a SIGINT ignored by the parent (a background
     # job of a non-interactive shell) stays ignored, as Python itself leaves it.
@@ -282,8 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     if ours:
         signal.signal(signal.SIGINT, _on_sigint)
     try:
-        return args.func(args)
-    except (InputError, ModelFileError, FileNotFoundError, ValueError) as e:
+        try:
+            return args.func(args)
+        finally:
+            _close_bars()  # before anything more is printed
+    except (AcestepError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

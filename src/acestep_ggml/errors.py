@@ -28,7 +28,8 @@ class ExchangeError(AcestepError, ValueError):
 
 
 class ModelsNotFound(AcestepError, FileNotFoundError):
-    """No model files of a needed kind were found locally or on the hub."""
+    """Model files that are needed are not there: no GGUF of a kind in a folder, a checkpoint's
+    folder or one of its files, or a repo on the hub."""
 
 
 class ConstraintError(AcestepError, ValueError):

@@ -26,6 +26,7 @@ track_classes     comma-separated names      none
 audio_cover_strength  number in 0..1         1
 =========  ================================  =========
 
+The files are named as the original pair names them: ``timesig`` holds Request.timesignature.
 See acestep_ggml.tasks for what each task does with these.
 """
 from __future__ import annotations
@@ -33,54 +34,16 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
-import numpy as np
-
+from .constants import DEFAULT_DURATION, MAX_CODE, MAX_DURATION, MIN_SYNTH_DURATION
 from .errors import ExchangeError
+from .request import Request
 from .tasks import TASKS
 
 FIELDS = ("caption", "lyrics", "codes", "bpm", "duration", "keyscale", "timesig", "language")
 TASK_FIELDS = ("task", "src_audio", "ref_audio", "repainting_start", "repainting_end", "track_name", "track_classes",
                "audio_cover_strength")
-# An audio input: a file path, or (2, N) / (N,) samples at the model's rate (48 kHz).
-AudioInput = Union[str, os.PathLike, np.ndarray]
-DEFAULT_DURATION = 120
-MAX_CODE = 63999
-CODES_PER_SECOND = 5
-MAX_DURATION = 600  # seconds; the LM's constrained decoding allows 10..600
-
-
-@dataclass
-class Request:
-    """What one song is made from: the prompt, the metadata, and optionally the audio codes."""
-
-    caption: str
-    lyrics: str = ""
-    codes: list[int] | None = None
-    bpm: int | None = None
-    duration: int | None = None
-    keyscale: str | None = None
-    timesig: int | None = None
-    language: str | None = None  # None: the LM chooses; the DiT reads "unknown"
-    # The task (see acestep_ggml.tasks) and its inputs.
-    task: str = "text2music"
-    src_audio: AudioInput | None = None
-    ref_audio: AudioInput | None = None
-    repainting_start: float | None = None
-    repainting_end: float | None = None
-    track_name: str | None = None
-    track_classes: list[str] | None = None
-    audio_cover_strength: float = 1.0
-
-    def resolved_duration(self) -> float:
-        """Seconds of audio to make: from the codes when there are any, else `duration` (default 120)."""
-        if self.codes:
-            return len(self.codes) / CODES_PER_SECOND
-        return float(self.duration if self.duration is not None else DEFAULT_DURATION)
-
 
 def _read(folder: Path, name: str) -> str | None:
     p = folder / name
@@ -166,9 +129,9 @@ def read_request(folder: str | os.PathLike) -> Request:
         lyrics=(_read(folder, "lyrics") or "").strip("\n"),
         codes=codes,
         bpm=_int(folder, "bpm", 1, 1000),
-        duration=_int(folder, "duration", 1, MAX_DURATION),
+        duration=_int(folder, "duration", MIN_SYNTH_DURATION, MAX_DURATION),
         keyscale=_optional(_read(folder, "keyscale")),
-        timesig=_int(folder, "timesig", 1, 32),
+        timesignature=_int(folder, "timesig", 1, 32),
         language=_optional(_read(folder, "language")),
         **_read_task(folder),
     )
@@ -199,8 +162,16 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """ExchangeError unless ``folder`` is a directory or can become one."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ExchangeError(f"{folder}: exists and is not a directory; the exchange directory must be one")
+
+
 def write_request(folder: str | os.PathLike, req: Request) -> None:
     """Write every field (defaults as ``N/A`` where the reference does); each file replaced atomically."""
+    check_writable(folder)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     na = lambda v: "N/A" if v is None else str(v)  # noqa: E731
@@ -210,7 +181,7 @@ def write_request(folder: str | os.PathLike, req: Request) -> None:
         "bpm": na(req.bpm),
         "duration": str(req.duration if req.duration is not None else DEFAULT_DURATION),
         "keyscale": na(req.keyscale),
-        "timesig": na(req.timesig),
+        "timesig": na(req.timesignature),
         "language": na(req.language),
     }
     if req.codes is not None:

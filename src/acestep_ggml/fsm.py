@@ -17,19 +17,19 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import yaml
 
-FIELDS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
-BPM_RANGE = (30, 300)
-DURATION_RANGE = (10, 600)
-TIMESIGNATURES = ("2", "3", "4", "6")
-LANGUAGES = (
-    "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "he", "hi", "hr",
-    "ht", "hu", "id", "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no", "pa", "pl", "pt", "ro",
-    "ru", "sa", "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "yue", "zh", "unknown",
+from .constants import (
+    BPM_RANGE,
+    DURATION_RANGE,
+    END_THINK,
+    KEYSCALES,
+    LANGUAGES,
+    MAX_CAPTION_TOKENS,
+    THINK,
+    TIMESIGNATURES,
 )
-# The reference accepts Unicode sharps and flats next to ASCII ones.
-KEYSCALES = tuple(f"{n}{a} {m}" for n in "ABCDEFG" for a in ("", "#", "b", "\u266f", "\u266d")
-                  for m in ("major", "minor"))
-CODES_PER_SECOND = 5
+from .errors import ConstraintError, InputError
+
+FIELDS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
 
 
 def choices(field: str) -> List[str]:
@@ -44,7 +44,7 @@ def choices(field: str) -> List[str]:
         return list(LANGUAGES)
     if field == "timesignature":
         return list(TIMESIGNATURES)
-    raise KeyError(field)
+    raise InputError(f"{field!r} is not a metadata field with a set of values")
 
 
 def cot_yaml(values: Dict[str, Optional[str]]) -> str:
@@ -77,7 +77,7 @@ def join_caption(text: str) -> str:
 def parse_cot(text: str) -> Dict[str, str]:
     """The fields of a chain of thought as the original's ``parse_lm_output`` reads them: a line
     that starts without whitespace and holds ``:`` opens a field, indented lines continue it."""
-    body = text.split("<think>", 1)[-1].split("</think>", 1)[0].strip()
+    body = text.split(THINK, 1)[-1].split(END_THINK, 1)[0].strip()
     out: Dict[str, str] = {}
     key, lines = None, []
 
@@ -116,18 +116,13 @@ class _Trie:
                 break
             node = node.children.setdefault(int(t), _Trie())
         if node.children or node.value is not None:
-            raise ValueError(f"constrained decoding: the tokens of {value!r} are a prefix of another value's")
+            raise ConstraintError(f"constrained decoding: the tokens of {value!r} are a prefix of another value's")
         node.value = value
 
     def allowed(self) -> np.ndarray:
         if self.ids is None:
             self.ids = np.fromiter(sorted(self.children), dtype=np.int64, count=len(self.children))
         return self.ids
-
-
-# The original's caption bound (constrained_logits_processor.py: caption_token_count >= 512
-# forces a newline).
-MAX_CAPTION_TOKENS = 512
 
 
 class CotConstraints:
@@ -137,7 +132,7 @@ class CotConstraints:
     def __init__(self, tokenizer):
         self.encode, self.decode = tokenizer.encode, tokenizer.decode
         tok = tokenizer.tokenizer
-        self.think, self.end_think = tok.token_to_id("<think>"), tok.token_to_id("</think>")
+        self.think, self.end_think = tok.token_to_id(THINK), tok.token_to_id(END_THINK)
         self.newline_ids = tokenizer.encode("\n")
         self.caption_prefix = tokenizer.encode("caption:")
         self._vocab = tok.get_vocab(with_added_tokens=False)
@@ -241,12 +236,12 @@ class CotFSM:
 
     def advance(self, token: int) -> None:
         if self.done:
-            raise ValueError("the chain of thought is already complete")
+            raise ConstraintError("the chain of thought is already complete")
         token = int(token)
         kind, data = self._steps[self._step]
         if kind == "forced":
             if token != data[self._pos]:
-                raise ValueError(f"token {token} is not allowed here (expected {data[self._pos]})")
+                raise ConstraintError(f"token {token} is not allowed here (expected {data[self._pos]})")
             self._pos += 1
             if self._pos == len(data):
                 self._step += 1
@@ -261,13 +256,13 @@ class CotFSM:
                 self.advance(token)
                 return
             if token not in self.allowed():
-                raise ValueError(f"token {token} is not allowed in the caption")
+                raise ConstraintError(f"token {token} is not allowed in the caption")
             self._caption.append(token)
             self._after_newline = bool(self.c.caption_sets()[2][token])
             return
         nxt = self._node.children.get(token)
         if nxt is None:
-            raise ValueError(f"token {token} is not allowed in the {kind} line")
+            raise ConstraintError(f"token {token} is not allowed in the {kind} line")
         self._node = nxt
         if nxt.value is not None:
             self.values[kind] = nxt.value
@@ -297,11 +292,11 @@ class CodesFSM:
 
     def advance(self, token: int) -> None:
         if self.done:
-            raise ValueError("the audio codes are already complete")
+            raise ConstraintError("the audio codes are already complete")
         if token == self.eos and self.count >= self.min_codes:
             self.done = True
         elif self.count < self.max_codes and self._codes[0] <= token <= self._codes[-1]:
             self.count += 1
         else:
-            raise ValueError(f"token {token} is not allowed after {self.count} codes "
+            raise ConstraintError(f"token {token} is not allowed after {self.count} codes "
                              f"({self.min_codes}..{self.max_codes})")

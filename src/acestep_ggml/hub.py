@@ -213,7 +213,7 @@ def snapshot(repo_id: str, allow_patterns: list[str] | None = None, quiet: bool 
              cached_only: bool = False) -> Path:
     """A hub repo in huggingface_hub's cache (downloaded unless HF_HUB_OFFLINE=1 or cached_only)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     if quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -227,6 +227,8 @@ def snapshot(repo_id: str, allow_patterns: list[str] | None = None, quiet: bool 
         raise ModelsNotFound(
             f"{repo_id} is not in the Hugging Face cache and could not be downloaded ({e.__class__.__name__}); "
             f"connect to the network (and unset HF_HUB_OFFLINE), or pass a local folder of GGUFs") from None
+    except (HfHubHTTPError, HFValidationError) as e:  # no such repo, gated, a bad repo id, ...
+        raise ModelsNotFound(f"{repo_id} could not be downloaded: {e}") from None
 
 
 def _repo_files(repo_id: str) -> dict[str, int]:

@@ -5,29 +5,37 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
 from . import _core
 from . import fsm as _fsm
-from ._threads import resolve_threads
+from .constants import (
+    AUDIO_CODE_TOKEN,
+    CODES_PER_SECOND,
+    END_THINK,
+    IM_END,
+    KEYSCALES,
+    LM_CFG_SCALE,
+    LM_INSTRUCTION,
+    LM_NEGATIVE_PROMPT,
+    LM_TEMPERATURE,
+    LM_TOP_P,
+    MAX_CODES,
+    MAX_COT_TOKENS,
+    N_AUDIO_CODES,
+    THINK,
+    resolve_threads,
+)
 from .errors import InputError, ModelFileError
-from .exchange import Request
-from .sampling import check_params, guided, sample
-from .tokenizer import N_AUDIO_CODES, Tokenizer
+from .request import Request, given_metadata
+from .token_sampling import check_params, guided, sample
+from .tokenizer import Tokenizer
 
-INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"
-# The unconditional user message when no negative prompt is given (the original's default
-# negative_prompt, acestep/llm_inference.py).
-NEGATIVE_PROMPT = "NO USER INPUT"
-EOS = "<|im_end|>"
 # Without the FSM the LM may ramble: the original caps the codes phase at 5 * duration + 500
 # new tokens, and at 5 * 600 + 500 without a duration.
 EXTRA_NEW_TOKENS = 500
-# Phase 1's bound (acestep.cpp pipeline-lm.cpp); with the FSM the CoT ends well before (a
-# caption of at most 512 tokens and five short lines).
-MAX_COT_TOKENS = 2048
 # The four fields whose presence skips phase 1 (the original's has_all_metas).
 ALL_METAS = ("bpm", "duration", "keyscale", "timesignature")
 
@@ -35,7 +43,7 @@ ALL_METAS = ("bpm", "duration", "keyscale", "timesignature")
 def chat(user: str) -> str:
     """The original's system and user messages through the Qwen3 chat template, the assistant
     turn opened (``add_generation_prompt=True``)."""
-    return (f"<|im_start|>system\n# Instruction\n{INSTRUCTION}\n\n<|im_end|>\n"
+    return (f"<|im_start|>system\n# Instruction\n{LM_INSTRUCTION}\n\n<|im_end|>\n"
             f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
 
 
@@ -46,7 +54,7 @@ def user_message(caption: str, lyrics: str) -> str:
 def _negative(negative_prompt: Optional[str]) -> Optional[str]:
     """The negative prompt when the user gave one (the original's _has_meaningful_negative_prompt)."""
     p = (negative_prompt or "").strip()
-    return negative_prompt if p and p != NEGATIVE_PROMPT else None
+    return negative_prompt if p and p != LM_NEGATIVE_PROMPT else None
 
 
 def cot_prompt(caption: str, lyrics: str) -> str:
@@ -54,7 +62,7 @@ def cot_prompt(caption: str, lyrics: str) -> str:
     return chat(user_message(caption, lyrics))
 
 
-def cot_uncond_prompt(lyrics: str, negative_prompt: Optional[str] = NEGATIVE_PROMPT) -> str:
+def cot_uncond_prompt(lyrics: str, negative_prompt: Optional[str] = LM_NEGATIVE_PROMPT) -> str:
     """Phase 1, unconditional: the lyrics alone, or the negative prompt as the caption."""
     neg = _negative(negative_prompt)
     return chat(user_message(neg, lyrics) if neg is not None else f"# Lyric\n{lyrics}\n")
@@ -69,51 +77,19 @@ def codes_prompt(caption: str, lyrics: str, cot: str, legacy: bool = False) -> s
     ace-step15-fork package: the CoT as a finished assistant message, turn closed."""
     if not legacy:
         return chat(user_message(caption, lyrics)) + cot + "\n\n"
-    body = cot.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+    body = cot.split(END_THINK)[0].rstrip("\n").split(THINK)[-1].lstrip("\n")
     return chat(user_message(caption, lyrics)) + f"<think>\n{body.strip(chr(10))}\n</think>\n\n<|im_end|>\n"
 
 
-def codes_uncond_prompt(caption: str, lyrics: str, negative_prompt: Optional[str] = NEGATIVE_PROMPT,
+def codes_uncond_prompt(caption: str, lyrics: str, negative_prompt: Optional[str] = LM_NEGATIVE_PROMPT,
                         legacy: bool = False) -> str:
     """Phase 2, unconditional: an empty chain of thought.  The user message is the bare
     negative prompt (``NO USER INPUT`` by default), as CFG dropout looked in training; with
     ``legacy`` it is the caption (or the negative prompt) and the lyrics, turn closed."""
     neg = _negative(negative_prompt)
     if not legacy:
-        return chat(neg if neg is not None else NEGATIVE_PROMPT) + "<think>\n\n</think>\n\n"
+        return chat(neg if neg is not None else LM_NEGATIVE_PROMPT) + "<think>\n\n</think>\n\n"
     return chat(user_message(neg if neg is not None else caption, lyrics)) + "<think>\n\n</think>\n\n<|im_end|>\n"
-
-
-def given_metadata(req: Request) -> Dict[str, str]:
-    """The metadata the user gave, as CoT values, checked against the FSM's ranges.  A language
-    ``unknown`` is no language: the LM chooses it."""
-    if not isinstance(req.caption, str) or not req.caption.strip():
-        raise InputError("caption is empty: the LM needs a caption")
-    out: Dict[str, str] = {}
-    lo, hi = _fsm.BPM_RANGE
-    if req.bpm is not None:
-        if not lo <= int(req.bpm) <= hi:
-            raise InputError(f"bpm {req.bpm} is outside {lo}..{hi}")
-        out["bpm"] = str(int(req.bpm))
-    lo, hi = _fsm.DURATION_RANGE
-    if req.duration is not None:
-        if not lo <= int(req.duration) <= hi:
-            raise InputError(f"duration {req.duration} s is outside {lo}..{hi} s")
-        out["duration"] = str(int(req.duration))
-    if req.keyscale is not None:
-        if req.keyscale not in _fsm.KEYSCALES:
-            raise InputError(f"keyscale {req.keyscale!r} is not a note A-G with optional #/b and major/minor")
-        out["keyscale"] = req.keyscale
-    if req.timesig is not None:
-        if str(req.timesig) not in _fsm.TIMESIGNATURES:
-            raise InputError(f"timesignature {req.timesig} is not one of {', '.join(_fsm.TIMESIGNATURES)}")
-        out["timesignature"] = str(req.timesig)
-    if req.language and req.language != "unknown":
-        if req.language not in _fsm.LANGUAGES:
-            raise InputError(f"language {req.language!r} is not one of the LM's languages "
-                             f"({' '.join(_fsm.LANGUAGES)})")
-        out["language"] = req.language
-    return out
 
 
 class LM:
@@ -130,12 +106,12 @@ class LM:
         self.kv_type = kv_type
         self.tokenizer = Tokenizer.from_gguf(self.path)
         tok = self.tokenizer.tokenizer
-        self.eos = tok.token_to_id(EOS)
-        self.first_code = tok.token_to_id("<|audio_code_0|>")
-        missing = [t for t in (EOS, "<think>", "</think>", "<|audio_code_0|>") if tok.token_to_id(t) is None]
+        self.eos = tok.token_to_id(IM_END)
+        self.first_code = tok.token_to_id(AUDIO_CODE_TOKEN.format(0))
+        missing = [t for t in (IM_END, THINK, END_THINK, AUDIO_CODE_TOKEN.format(0)) if tok.token_to_id(t) is None]
         if missing:
             raise ModelFileError(f"{self.path}: the tokenizer lacks {', '.join(missing)}")
-        last = tok.token_to_id(f"<|audio_code_{N_AUDIO_CODES - 1}|>")
+        last = tok.token_to_id(AUDIO_CODE_TOKEN.format(N_AUDIO_CODES - 1))
         if last != self.first_code + N_AUDIO_CODES - 1 or last >= self.vocab_size:
             raise ModelFileError(f"{self.path}: the {N_AUDIO_CODES} audio-code tokens are not consecutive ids "
                                  "inside the model's vocabulary")
@@ -217,8 +193,8 @@ class LM:
             run = []
         return out
 
-    def generate(self, request: Request, cfg_scale: float = 2.0, temperature: float = 0.85,
-                 top_p: Optional[float] = 0.9, top_k: Optional[int] = None, seed: Optional[int] = None,
+    def generate(self, request: Request, cfg_scale: float = LM_CFG_SCALE, temperature: float = LM_TEMPERATURE,
+                 top_p: Optional[float] = LM_TOP_P, top_k: Optional[int] = None, seed: Optional[int] = None,
                  fsm: bool = True, rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
                  legacy_cfg_prompt: bool = False,
                  progress: Optional[Callable[[str, int, int], None]] = None) -> Request:
@@ -271,17 +247,16 @@ class LM:
         if guide:
             prompts.append(enc(codes_uncond_prompt(request.caption, request.lyrics, negative_prompt,
                                                    legacy_cfg_prompt)))
-        max_codes = _fsm.CODES_PER_SECOND * _fsm.DURATION_RANGE[1]
-        n_codes = _fsm.CODES_PER_SECOND * int(given["duration"]) if "duration" in given else None
+        n_codes = CODES_PER_SECOND * int(given["duration"]) if "duration" in given else None
         tick = (lambda n: progress("lm-codes", min(n, n_codes or n), n_codes or 0)) if progress else None
         if progress:
             progress("lm-codes", 0, n_codes or 0)
         if fsm:
-            constraint = _fsm.CodesFSM(n_codes or 0, n_codes or max_codes, self.first_code, N_AUDIO_CODES, self.eos)
-            out = self._run(prompts, (n_codes or max_codes) + 1, cfg_scale, constraint, self.eos, *sample_args,
+            constraint = _fsm.CodesFSM(n_codes or 0, n_codes or MAX_CODES, self.first_code, N_AUDIO_CODES, self.eos)
+            out = self._run(prompts, (n_codes or MAX_CODES) + 1, cfg_scale, constraint, self.eos, *sample_args,
                             tick=tick)
         else:
-            out = self._run(prompts, (n_codes or max_codes) + EXTRA_NEW_TOKENS, cfg_scale, None, self.eos,
+            out = self._run(prompts, (n_codes or MAX_CODES) + EXTRA_NEW_TOKENS, cfg_scale, None, self.eos,
                             *sample_args, tick=tick)
         codes = [t - self.first_code for t in out if self.first_code <= t < self.first_code + N_AUDIO_CODES]
 
@@ -289,8 +264,8 @@ class LM:
         return dataclasses.replace(
             request, codes=codes, caption=values.get("caption") or request.caption,
             duration=_int_or(values.get("duration"), None), bpm=_int_or(values.get("bpm"), None),
-            keyscale=keyscale if keyscale in _fsm.KEYSCALES else None,
-            timesig=_int_or(values.get("timesignature"), None),
+            keyscale=keyscale if keyscale in KEYSCALES else None,
+            timesignature=_int_or(values.get("timesignature"), None),
             language=values.get("language") or request.language)
 
 

@@ -20,17 +20,24 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import audio as audio_io
-from . import sampler, tasks
+from . import flow, tasks
 from ._core import GGUFFile
-from .dit import DiT
-from .errors import InputError
-from .exchange import MAX_DURATION, AudioInput, Request
+from .constants import (
+    BASE_GUIDANCE,
+    BASE_STEPS,
+    LATENTS_PER_CODE,
+    MAX_DURATION,
+    SAMPLE_RATE,
+    SHIFT,
+    TASK_INSTRUCTIONS,
+    TURBO_STEPS,
+    VAE_DOWNSAMPLING_RATIOS,
+)
+from .errors import InputError, ModelFileError
 from .hub import SYNTH_KINDS, ModelSet, find_models, is_repo_id, resolve
-from .text import AudioTokenizer, ConditionEncoder, Detokenizer, TextEncoder
+from .models import VAE, AudioTokenizer, ConditionEncoder, Detokenizer, DiT, TextEncoder
+from .request import AudioInput, Request, check_for_synth, check_task, given_metadata
 from .tokenizer import Tokenizer
-from .vae import VAE
-
-TURBO_STEPS = 8
 
 # progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
 # thought; total 0 as its length is not known ahead), "lm-codes" (audio codes written), "encode"
@@ -92,8 +99,8 @@ class Synthesizer:
             make = {
                 "text": lambda: TextEncoder(str(p["text"]), **kw),
                 "condition": lambda: ConditionEncoder(str(p["dit"]), str(p["text"]), **kw),
-                "codes": lambda: Detokenizer(str(p["dit"]), **kw),
-                "tokenizer": lambda: AudioTokenizer(str(p["dit"]), **kw),
+                "detokenizer": lambda: Detokenizer(str(p["dit"]), **kw),
+                "audio_tokenizer": lambda: AudioTokenizer(str(p["dit"]), **kw),
                 "dit": lambda: DiT(p["dit"], **kw),
                 "vae": lambda: VAE(str(p["vae"]), **kw),
             }[name]
@@ -121,9 +128,14 @@ class Synthesizer:
     def _read_vae_rates(self) -> tuple[int, float]:
         """The audio sample rate, and that over the VAE's hop (25 latents per second for ACE-Step 1.5),
         read from the VAE file's config."""
-        cfg = json.loads(GGUFFile(str(self.paths["vae"])).get("acestep.config_json"))
-        rate = int(cfg.get("sampling_rate", 48000))
-        return rate, rate / math.prod(cfg.get("downsampling_ratios", [2, 4, 4, 6, 10]))
+        f = GGUFFile(str(self.paths["vae"]))
+        try:
+            cfg = json.loads(f.get("acestep.config_json"))
+            rate = int(cfg.get("sampling_rate", SAMPLE_RATE))
+            return rate, rate / math.prod(cfg.get("downsampling_ratios", VAE_DOWNSAMPLING_RATIOS))
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise ModelFileError(f"{self.paths['vae']}: acestep.config_json is missing or not a VAE config "
+                                 f"({e.__class__.__name__}: {e})") from None
 
     def _load_audio(self, source, what: str) -> Optional[np.ndarray]:
         if source is None:
@@ -141,7 +153,7 @@ class Synthesizer:
 
     # -- the job ------------------------------------------------------------------------
     def __call__(self, request: Request, *, seed: Optional[int] = None, steps: Optional[int] = None,
-                 shift: float = 3.0, guidance: Optional[float] = None, timesteps=None,
+                 shift: float = SHIFT, guidance: Optional[float] = None, timesteps=None,
                  cfg_interval: tuple[float, float] = (0.0, 1.0), init_noise: Optional[np.ndarray] = None,
                  posterior: str = "sample", progress: Optional[Progress] = None,
                  keep_stages: bool = False) -> SynthResult:
@@ -149,26 +161,17 @@ class Synthesizer:
 
         Source and reference audio are encoded as a draw from the VAE posterior seeded from
         ``seed``, as the original does, or at its mean with ``posterior="mean"``."""
-        has_codes = bool(request.codes)
-        has_source = request.src_audio is not None
-        if not has_codes and not has_source and request.duration is not None \
-                and not 1 <= request.duration <= MAX_DURATION:
-            raise InputError(f"duration must be 1..{MAX_DURATION} seconds, got {request.duration}")
+        check_for_synth(request, posterior)
         if steps is not None and steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
         if not (math.isfinite(shift) and shift > 0):
             raise InputError(f"shift must be a positive number, got {shift}")
-        tasks.check_fields(request.task, has_source=has_source, has_codes=has_codes,
-                           repainting_start=request.repainting_start, repainting_end=request.repainting_end,
-                           track_name=request.track_name, track_classes=request.track_classes,
-                           audio_cover_strength=request.audio_cover_strength, posterior=posterior)
+        has_codes = bool(request.codes)
         # Codes without a task are the LM's: a cover of them, as diffusers switches its task.
         task = "cover" if has_codes else request.task
         turbo = self.is_turbo
-        # Upstream's defaults (acestep/gradio_ui/events/generation_handlers.py,
-        # get_model_type_ui_settings): turbo 8 steps without guidance, base/SFT 32 steps at 7.0.
-        steps = steps if steps is not None else (TURBO_STEPS if turbo else 32)
-        guidance = guidance if guidance is not None else (1.0 if turbo else 7.0)
+        steps = steps if steps is not None else (TURBO_STEPS if turbo else BASE_STEPS)
+        guidance = guidance if guidance is not None else (1.0 if turbo else BASE_GUIDANCE)
         if turbo and steps > TURBO_STEPS:
             warnings.warn(f"a turbo DiT is distilled for {TURBO_STEPS} steps; {steps} steps may sound worse",
                           stacklevel=2)
@@ -201,8 +204,8 @@ class Synthesizer:
             keep("ref_latents", ref_latents)
         self._done("vae")
 
-        if has_codes:  # with codes the latent length is 5 frames per code
-            duration = len(request.codes) * 5 / lps
+        if has_codes:
+            duration = len(request.codes) * LATENTS_PER_CODE / lps
         elif src_wave is not None:
             duration = src_wave.shape[1] / rate
         else:
@@ -213,10 +216,10 @@ class Synthesizer:
         blend = task == "cover" and request.audio_cover_strength < 1.0
         instructions = [tasks.instruction(task, request.track_name, request.track_classes)]
         if blend:
-            instructions.append(tasks.INSTRUCTIONS["text2music"])
+            instructions.append(TASK_INSTRUCTIONS["text2music"])
         tok = self.tokenizer
-        timesig = None if request.timesig is None else str(request.timesig)
-        text_ids = [tok.text_ids(request.caption, instruction=i, bpm=request.bpm, timesignature=timesig,
+        timesignature = None if request.timesignature is None else str(request.timesignature)
+        text_ids = [tok.text_ids(request.caption, instruction=i, bpm=request.bpm, timesignature=timesignature,
                                  keyscale=request.keyscale, duration=duration) for i in instructions]
         lyric_ids = tok.lyric_ids(request.lyrics, request.language or "unknown")
         report("text", 0, 1)
@@ -242,14 +245,14 @@ class Synthesizer:
         codes = request.codes
         if task == "cover" and src_latents is not None:
             report("tokenize", 0, 1)
-            codes = self._model("tokenizer").tokenize(src_latents)
-            self._done("tokenizer")
+            codes = self._model("audio_tokenizer").tokenize(src_latents)
+            self._done("audio_tokenizer")
             keep("codes", codes)
             report("tokenize", 1, 1)
         if codes is not None and len(codes):
             report("codes", 0, 1)
-            src = self._model("codes").decode(codes)
-            self._done("codes")
+            src = self._model("detokenizer").decode(codes)
+            self._done("detokenizer")
             report("codes", 1, 1)
             if src_latents is not None:  # the source's length, not the codes' whole windows
                 src = src[:src_latents.shape[0]]
@@ -265,7 +268,7 @@ class Synthesizer:
                 src = np.where(chunk_mask > 0.5, tasks.tile_to(silence, src.shape[0]), src)
         keep("context", np.concatenate([src, chunk_mask], axis=-1))
 
-        noise = sampler.initial_noise(src.shape[0], seed, src.shape[1]) if init_noise is None else init_noise
+        noise = flow.initial_noise(src.shape[0], seed, src.shape[1]) if init_noise is None else init_noise
         noise = np.asarray(noise, dtype=np.float32)
         if noise.shape != src.shape:
             raise InputError(f"init noise has shape {noise.shape}; this request needs {src.shape}")
@@ -359,7 +362,7 @@ class Pipeline:
                  keyscale: Optional[str] = None, timesignature: Optional[int] = None,
                  language: Optional[str] = None, seed: Optional[int] = None, steps: Optional[int] = None,
                  guidance: Optional[float] = None,
-                 shift: float = 3.0, use_lm: bool = True, task: str = "text2music",
+                 shift: float = SHIFT, use_lm: bool = True, task: str = "text2music",
                  src_audio: Optional[AudioInput] = None, ref_audio: Optional[AudioInput] = None,
                  repainting_start: Optional[float] = None, repainting_end: Optional[float] = None,
                  track_name: Optional[str] = None, track_classes: Optional[list[str]] = None,
@@ -375,12 +378,12 @@ class Pipeline:
         :class:`Request`; see acestep_ggml.tasks.  With source audio the LM does not run, as
         upstream skips it for cover and repaint: the source gives the audio context, a cover's
         codes come from it."""
-        from .lm import LM, given_metadata
+        from .lm import LM
 
         if seed is None:
             seed = new_seed()
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
-                          timesig=timesignature, language=language, task=task, src_audio=src_audio,
+                          timesignature=timesignature, language=language, task=task, src_audio=src_audio,
                           ref_audio=ref_audio, repainting_start=repainting_start, repainting_end=repainting_end,
                           track_name=track_name, track_classes=track_classes,
                           audio_cover_strength=audio_cover_strength)
@@ -388,9 +391,7 @@ class Pipeline:
         # Every input is checked before anything is fetched and before the LM spends its minutes:
         # the synth stage's verdict on the task fields, the metadata the LM is given, the
         # reference audio file (readable).
-        tasks.check_fields(task, has_source=src_audio is not None, has_codes=run_lm,
-                           repainting_start=repainting_start, repainting_end=repainting_end, track_name=track_name,
-                           track_classes=track_classes, audio_cover_strength=audio_cover_strength, posterior=posterior)
+        check_task(request, has_codes=run_lm, posterior=posterior)
         if run_lm:
             given_metadata(request)
             if isinstance(ref_audio, (str, os.PathLike)):

@@ -24,25 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .constants import TASK_INSTRUCTIONS
 from .errors import InputError
 
 TASKS = ("text2music", "cover", "repaint", "extract", "lego", "complete")
 SOURCE_TASKS = ("cover", "repaint", "extract", "lego", "complete")  # cover may use codes instead
 WINDOW_TASKS = ("repaint", "lego")
 POSTERIORS = ("sample", "mean")
-
-# The instruction line of the DiT's text prompt, per task (the original's TASK_INSTRUCTIONS).
-INSTRUCTIONS = {
-    "text2music": "Fill the audio semantic mask based on the given conditions:",
-    "repaint": "Repaint the mask area based on the given conditions:",
-    "cover": "Generate audio semantic tokens based on the given conditions:",
-    "extract": "Extract the {TRACK_NAME} track from the audio:",
-    "extract_default": "Extract the track from the audio:",
-    "lego": "Generate the {TRACK_NAME} track based on the audio context:",
-    "lego_default": "Generate the track based on the audio context:",
-    "complete": "Complete the input track with {TRACK_CLASSES}:",
-    "complete_default": "Complete the input track:",
-}
 
 # The reference audio the timbre encoder hears: 30 s made of three 10 s pieces (front, middle,
 # back) of the clip, repeated first when shorter.
@@ -54,12 +42,12 @@ def instruction(task: str, track_name: str | None = None, track_classes: Sequenc
     """The instruction for ``task``; extract and lego name the track, complete the track classes
     (upper-cased, joined by `` | ``), each falling back to its generic line without them."""
     if task in ("extract", "lego"):
-        return INSTRUCTIONS[task].format(TRACK_NAME=track_name.upper()) if track_name \
-            else INSTRUCTIONS[f"{task}_default"]
+        return TASK_INSTRUCTIONS[task].format(TRACK_NAME=track_name.upper()) if track_name \
+            else TASK_INSTRUCTIONS[f"{task}_default"]
     if task == "complete":
-        return INSTRUCTIONS[task].format(TRACK_CLASSES=" | ".join(t.upper() for t in track_classes)) \
-            if track_classes else INSTRUCTIONS["complete_default"]
-    return INSTRUCTIONS[task]
+        return TASK_INSTRUCTIONS[task].format(TRACK_CLASSES=" | ".join(t.upper() for t in track_classes)) \
+            if track_classes else TASK_INSTRUCTIONS["complete_default"]
+    return TASK_INSTRUCTIONS[task]
 
 
 def check_fields(task: str, *, has_source: bool, has_codes: bool, repainting_start: float | None,

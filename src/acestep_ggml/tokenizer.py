@@ -8,6 +8,16 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as _HFTokenizer
 
 from . import _core
+from .constants import (
+    AUDIO_CODE_TOKEN,
+    DIT_INSTRUCTION,
+    ENDOFTEXT,
+    ENDOFTEXT_ID,
+    FIRST_AUDIO_CODE,
+    MAX_LYRIC_TOKENS,
+    MAX_TEXT_TOKENS,
+    N_AUDIO_CODES,
+)
 from .errors import ModelFileError
 
 # Qwen2/Qwen3 pre-tokenizer split: contractions, letter runs with one leading non-letter,
@@ -27,16 +37,7 @@ QWEN3_ADDED = [
     (151664, "<|file_sep|>", False), (151665, "<tool_response>", False), (151666, "</tool_response>", False),
     (151667, "<think>", False), (151668, "</think>", False),
 ]
-ENDOFTEXT = "<|endoftext|>"
-ENDOFTEXT_ID = 151643
-# The LM's audio codes follow Qwen3's added tokens: <|audio_code_N|> = 151669 + N.
-FIRST_AUDIO_CODE = 151669
-N_AUDIO_CODES = 64000
 HF_JSON = "tokenizer.huggingface.json"
-
-DEFAULT_INSTRUCTION = "Fill the audio semantic mask based on the given conditions:"
-MAX_TEXT_TOKENS = 256
-MAX_LYRIC_TOKENS = 2048
 
 # gguf token types (llama.cpp): 1 normal, 3 control, 4 user-defined, 5 unused (padding).
 _NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
@@ -110,7 +111,7 @@ class Tokenizer:
             if i not in added and i >= len(tokens):
                 added[i] = (text, special)
         for i in range(max(len(tokens), FIRST_AUDIO_CODE), min(vocab_size or 0, FIRST_AUDIO_CODE + N_AUDIO_CODES)):
-            added.setdefault(i, (f"<|audio_code_{i - FIRST_AUDIO_CODE}|>", False))
+            added.setdefault(i, (AUDIO_CODE_TOKEN.format(i - FIRST_AUDIO_CODE), False))
         pairs = [tuple(m.split(" ", 1)) for m in merges]
         tok = _HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
         tok.normalizer = normalizers.NFC()
@@ -161,7 +162,7 @@ class Tokenizer:
                     timesignature: Optional[str] = None, keyscale: Optional[str] = None,
                     duration: Optional[float] = None) -> str:
         """The DiT's text prompt (the pipeline's SFT template with instruction, caption and metas)."""
-        instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
+        instruction = DIT_INSTRUCTION if instruction is None else instruction
         if not instruction.endswith(":"):
             instruction += ":"
         bpm_s = str(bpm) if bpm is not None and bpm > 0 else "N/A"

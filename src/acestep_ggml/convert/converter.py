@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import InputError, ModelFileError, ModelsNotFound
 from .checkpoint import FLOAT_SOURCE_DTYPES, SafetensorsFile, as_f32, f32_to_bf16_bits, load_torch_tensor
 from .gguf_writer import GGUFWriter, iter_rows
 
@@ -97,11 +98,14 @@ class Component:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ModelsNotFound(f"{path}: missing") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ModelFileError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: not a JSON object")
+    return data
 
 
 def _weight_files(folder: Path) -> list[SafetensorsFile]:
@@ -113,9 +117,9 @@ def _weight_files(folder: Path) -> list[SafetensorsFile]:
         if index.exists():
             shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
             if not shards:
-                raise ValueError(f"{index}: weight_map lists no shards")
+                raise ModelFileError(f"{index}: weight_map lists no shards")
             return [SafetensorsFile(folder / s) for s in shards]
-    raise FileNotFoundError(f"{folder}: no model.safetensors, diffusion_pytorch_model.safetensors or sharded index")
+    raise ModelsNotFound(f"{folder}: no model.safetensors, diffusion_pytorch_model.safetensors or sharded index")
 
 
 def _tensors(files: list[SafetensorsFile], rename: Callable[[str], str]) -> list[_Tensor]:
@@ -123,7 +127,7 @@ def _tensors(files: list[SafetensorsFile], rename: Callable[[str], str]) -> list
     for f in files:
         for name in sorted(f.entries, key=lambda n: f.entries[n][2]):
             if f.dtype(name) not in FLOAT_SOURCE_DTYPES:
-                raise ValueError(f"{f.path}: tensor {name} has dtype {f.dtype(name)}; only float tensors convert")
+                raise ModelFileError(f"{f.path}: tensor {name} has dtype {f.dtype(name)}; only float tensors convert")
             out.append(_Tensor(rename(name), f.shape(name), lambda f=f, name=name: f.raw(name)))
     return out
 
@@ -131,7 +135,7 @@ def _tensors(files: list[SafetensorsFile], rename: Callable[[str], str]) -> list
 def _silence_latent(values: np.ndarray, channels_first: bool, source: Path) -> _Tensor:
     """(1, C, T) from silence_latent.pt or (1, T, C) from diffusers -> (T, C) float32."""
     if values.ndim != 3 or values.shape[0] != 1:
-        raise ValueError(f"{source}: silence_latent has shape {values.shape}, expected (1, C, T) or (1, T, C)")
+        raise ModelFileError(f"{source}: silence_latent has shape {values.shape}, expected (1, C, T) or (1, T, C)")
     sl = np.ascontiguousarray(values[0].T if channels_first else values[0], dtype=np.float32)
     return _Tensor("silence_latent", sl.shape, lambda: sl)
 
@@ -142,7 +146,7 @@ def _classify(folder: Path, config: dict) -> str | None:
     if cls == "AutoencoderOobleck":
         return "vae"
     if cls.startswith("AceStep"):
-        raise ValueError(f"{folder} is one part of a diffusers pipeline ({cls}); the DiT file needs "
+        raise InputError(f"{folder} is one part of a diffusers pipeline ({cls}); the DiT file needs "
                          f"transformer/ and condition_encoder/ together: pass the pipeline directory {folder.parent}")
     if name.startswith("acestep-5Hz-lm"):
         return "lm"
@@ -169,7 +173,7 @@ def _component(folder: Path, kind: str, name: str, config: dict) -> Component:
     if kind == "dit":
         pt = folder / "silence_latent.pt"
         if not pt.exists():
-            raise FileNotFoundError(f"{pt}: missing; the DiT file needs the silence latent")
+            raise ModelsNotFound(f"{pt}: missing; the DiT file needs the silence latent")
         comp.tensors.append(_silence_latent(load_torch_tensor(pt), True, pt))
     return comp
 
@@ -201,8 +205,11 @@ def _diffusers_components(root: Path) -> list[Component]:
     if "transformer" in parts or "condition_encoder" in parts:
         missing = [p for p in ("transformer", "condition_encoder") if p not in parts]
         if missing:
-            raise FileNotFoundError(f"{root}: diffusers pipeline lacks {', '.join(missing)}/ needed for the DiT")
-        cfg = _diffusers_dit_config(parts)
+            raise ModelsNotFound(f"{root}: diffusers pipeline lacks {', '.join(missing)}/ needed for the DiT")
+        try:
+            cfg = _diffusers_dit_config(parts)
+        except KeyError as e:
+            raise ModelFileError(f"{root / 'transformer' / 'config.json'}: no {e.args[0]}") from None
         version = str(cfg.get("model_version") or ("turbo" if cfg["is_turbo"] else "base"))
         comp = Component("dit", version if version.startswith("acestep-") else f"acestep-v15-{version}", cfg)
         for part in parts:
@@ -213,7 +220,7 @@ def _diffusers_components(root: Path) -> list[Component]:
                     t = _silence_latent(as_f32(t.load()), False, root / part)
                 comp.tensors.append(t)
         if not any(t.name == "silence_latent" for t in comp.tensors):
-            raise ValueError(f"{root / 'condition_encoder'}: no silence_latent tensor; the DiT file needs it")
+            raise ModelFileError(f"{root / 'condition_encoder'}: no silence_latent tensor; the DiT file needs it")
         comps.append(comp)
     if "vae" in index and (root / "vae").is_dir():
         comps.append(_component(root / "vae", "vae", "vae", _read_json(root / "vae" / "config.json")))
@@ -229,16 +236,16 @@ def find_components(src: str | Path) -> list[Component]:
     """Every convertible component under `src` (any of the three layouts)."""
     src = Path(src)
     if not src.exists():
-        raise FileNotFoundError(f"{src}: no such directory")
+        raise ModelsNotFound(f"{src}: no such directory")
     if not src.is_dir():
-        raise ValueError(f"{src}: not a directory; pass a checkpoint directory")
+        raise InputError(f"{src}: not a directory; pass a checkpoint directory")
     if (src / "model_index.json").exists():
         comps = _diffusers_components(src)
     elif (src / "config.json").exists():
         config = _read_json(src / "config.json")
         kind = _classify(src, config)
         if kind is None:
-            raise ValueError(f"{src / 'config.json'}: not an ACE-Step DiT, VAE, text encoder or 5 Hz LM config")
+            raise ModelFileError(f"{src / 'config.json'}: not an ACE-Step DiT, VAE, text encoder or 5 Hz LM config")
         in_pipeline = (src.parent / "model_index.json").exists()
         name = DIFFUSERS_TEXT_ENCODER if in_pipeline and kind == "text-enc" else src.name
         comps = [_component(src, kind, name, config)]
@@ -254,7 +261,7 @@ def find_components(src: str | Path) -> list[Component]:
             if kind is not None:
                 comps.append(_component(sub, kind, sub.name, config))
     if not comps:
-        raise ValueError(f"{src}: no ACE-Step checkpoint found (expected acestep-v15-*/, vae/, Qwen3-Embedding-*/, "
+        raise ModelFileError(f"{src}: no ACE-Step checkpoint found (expected acestep-v15-*/, vae/, Qwen3-Embedding-*/, "
                          f"acestep-5Hz-lm-*/ folders with config.json, a diffusers pipeline with model_index.json, "
                          f"or one such folder)")
     return comps
@@ -302,14 +309,18 @@ def _add_tokenizer(w: GGUFWriter, comp: Component) -> None:
     folder = next((d for d in comp.tokenizer_dirs if (d / "tokenizer.json").exists()), None)
     hf_json = None
     if folder is not None:
-        hf_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
-        data = json.loads(hf_json)
-        vocab, merges = data["model"]["vocab"], [_merge_text(m) for m in data["model"].get("merges", [])]
-        added = [(a["id"], a["content"], bool(a.get("special"))) for a in data.get("added_tokens", [])]
+        try:
+            hf_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
+            data = json.loads(hf_json)
+            vocab, merges = data["model"]["vocab"], [_merge_text(m) for m in data["model"].get("merges", [])]
+            added = [(a["id"], a["content"], bool(a.get("special"))) for a in data.get("added_tokens", [])]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # ValueError: not UTF-8, not JSON
+            raise ModelFileError(f"{folder / 'tokenizer.json'}: not a BPE tokenizer ({e.__class__.__name__}: {e})") \
+                from None
     else:
         folder = next((d for d in comp.tokenizer_dirs if (d / "vocab.json").exists() and (d / "merges.txt").exists()), None)
         if folder is None:
-            raise FileNotFoundError(f"{comp.tokenizer_dirs[0]}: no tokenizer.json (or vocab.json + merges.txt); "
+            raise ModelsNotFound(f"{comp.tokenizer_dirs[0]}: no tokenizer.json (or vocab.json + merges.txt); "
                                     f"the {comp.kind} file carries the tokenizer")
         vocab = _read_json(folder / "vocab.json")
         merges = [line for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
@@ -368,7 +379,7 @@ def _encode(values: np.ndarray, type_name: str) -> bytes:
         return f.astype("<f2").tobytes()
     if type_name == "F32":
         return f.tobytes()
-    from . import _core
+    from .. import _core
     return _core.quantize(f, "q8_0").tobytes()
 
 
@@ -397,7 +408,7 @@ def convert(src: str | Path, out_dir: str | Path, dtype: str = "bf16", quiet: bo
     Returns the written paths.  A failure never leaves a partial .gguf behind.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise InputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     comps = find_components(src)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The sampler against diffusers' own schedule, scheduler and APG functions."""
+"""The flow-matching sampler (acestep_ggml.flow) against diffusers' own schedule, scheduler and APG functions."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer as RefM
 from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
 from diffusers.pipelines.ace_step.pipeline_ace_step import AceStepPipeline
 
-from acestep_ggml import InputError, sampler
+from acestep_ggml import InputError, flow
 
 
 def _ref_schedule(num_steps, shift, timesteps=None):
@@ -28,7 +28,7 @@ def _ref_scheduler(ts):
 
 @pytest.mark.parametrize("steps,shift", [(8, 3.0), (8, 1.0), (8, 2.0), (50, 3.0), (27, 1.7)])
 def test_schedule_matches_reference(steps, shift):
-    ours = sampler.timestep_schedule(steps, shift)
+    ours = flow.timestep_schedule(steps, shift)
     ref = _ref_schedule(steps, shift)
     # The reference evaluates the formula in float32 (torch.linspace), we in float64: the
     # results may differ by a float32 rounding step.
@@ -38,26 +38,26 @@ def test_schedule_matches_reference(steps, shift):
 def test_turbo_schedule_values():
     # The 8-step, shift-3 table quoted in SPEC.md.
     expected = [1.0, 0.9545, 0.9, 0.8333, 0.75, 0.6429, 0.5, 0.3]
-    np.testing.assert_allclose(sampler.timestep_schedule(8, 3.0), expected, atol=5e-5)
+    np.testing.assert_allclose(flow.timestep_schedule(8, 3.0), expected, atol=5e-5)
 
 
 def test_custom_timesteps_are_used_as_given():
     ts = [0.97, 0.8, 0.41, 0.1]
-    np.testing.assert_array_equal(sampler.timestep_schedule(timesteps=ts), _ref_schedule(8, 3.0, ts))
+    np.testing.assert_array_equal(flow.timestep_schedule(timesteps=ts), _ref_schedule(8, 3.0, ts))
 
 
 @pytest.mark.parametrize("bad", [[], [0.5, 0.7], [1.2, 0.5], [0.5, 0.0], [float("nan")]])
 def test_bad_timesteps_raise(bad):
     with pytest.raises(InputError):
-        sampler.timestep_schedule(timesteps=bad)
+        flow.timestep_schedule(timesteps=bad)
 
 
 def test_noise_is_numpy_pcg64_and_reproducible():
-    a = sampler.initial_noise(37, seed=1234)
+    a = flow.initial_noise(37, seed=1234)
     b = np.random.default_rng(1234).standard_normal((37, 64), dtype=np.float32)
     np.testing.assert_array_equal(a, b)
     assert a.dtype == np.float32 and a.shape == (37, 64)
-    assert not np.array_equal(a, sampler.initial_noise(37, seed=1235))
+    assert not np.array_equal(a, flow.initial_noise(37, seed=1235))
 
 
 def test_euler_loop_matches_reference_scheduler():
@@ -67,7 +67,7 @@ def test_euler_loop_matches_reference_scheduler():
     w = rng.standard_normal((64, 64), dtype=np.float32) / 8
     velocity = lambda x, t, guided: np.tanh(x @ w) * (1 + t)  # noqa: E731
 
-    ours = sampler.sample(velocity, x0, num_steps=8, shift=3.0)
+    ours = flow.sample(velocity, x0, num_steps=8, shift=3.0)
 
     sched = _ref_scheduler(_ref_schedule(8, 3.0))
     x = torch.from_numpy(x0)
@@ -81,12 +81,12 @@ def test_euler_loop_matches_reference_scheduler():
 def test_apg_matches_reference_over_steps():
     seed = fresh_seed()
     rng = np.random.default_rng(seed)
-    ours_buf, ref_buf = sampler.MomentumBuffer(), RefMomentumBuffer(momentum=-0.75)
+    ours_buf, ref_buf = flow.MomentumBuffer(), RefMomentumBuffer(momentum=-0.75)
     for step in range(4):
         # Scale 3 makes the norm clip (threshold 2.5) bite on some steps and not others.
         cond = rng.standard_normal((1, 33, 64), dtype=np.float32) * (0.05 if step % 2 else 3)
         uncond = cond + rng.standard_normal((1, 33, 64), dtype=np.float32) * (0.02 if step % 2 else 1)
-        ours = sampler.apg(cond, uncond, 6.0, ours_buf)
+        ours = flow.apg(cond, uncond, 6.0, ours_buf)
         ref = normalized_guidance(torch.from_numpy(cond), torch.from_numpy(uncond), guidance_scale=6.0,
                                   momentum_buffer=ref_buf, eta=0.0, norm_threshold=2.5,
                                   use_original_formulation=True, norm_dim=(1,)).numpy()
@@ -108,7 +108,7 @@ def test_guided_loop_applies_apg_inside_cfg_interval():
         return np.tanh(x @ wc)
 
     interval = (0.0, 0.5)
-    ours = sampler.sample(velocity, x0, num_steps=10, shift=3.0, guidance_scale=7.0, cfg_interval=interval)
+    ours = flow.sample(velocity, x0, num_steps=10, shift=3.0, guidance_scale=7.0, cfg_interval=interval)
 
     ts = _ref_schedule(10, 3.0)
     sched = _ref_scheduler(ts)
@@ -129,10 +129,10 @@ def test_guided_loop_applies_apg_inside_cfg_interval():
 
 def test_bad_sampler_input_raises():
     with pytest.raises(InputError):
-        sampler.sample(lambda x, t, g: x, np.full((4, 64), np.nan, np.float32))
+        flow.sample(lambda x, t, g: x, np.full((4, 64), np.nan, np.float32))
     with pytest.raises(InputError):
-        sampler.sample(lambda x, t, g: x, np.zeros((4, 64), np.float32), guidance_scale=0.5)
+        flow.sample(lambda x, t, g: x, np.zeros((4, 64), np.float32), guidance_scale=0.5)
     with pytest.raises(InputError):
-        sampler.timestep_schedule(0, 3.0)
+        flow.timestep_schedule(0, 3.0)
     with pytest.raises(InputError):
-        sampler.initial_noise(0, seed=1)
+        flow.initial_noise(0, seed=1)

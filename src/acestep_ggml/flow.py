@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .constants import SHIFT, TURBO_STEPS
 from .errors import InputError
 
 #: APG settings of the base/SFT checkpoints (the reference pipeline's fixed values).
@@ -24,7 +25,7 @@ APG_NORM_THRESHOLD = 2.5
 APG_ETA = 0.0
 
 
-def timestep_schedule(num_steps: int = 8, shift: float = 3.0,
+def timestep_schedule(num_steps: int = TURBO_STEPS, shift: float = SHIFT,
                       timesteps: Optional[Sequence[float]] = None) -> np.ndarray:
     """The timesteps the DiT is evaluated at, from 1 (noise) towards 0, without the final 0.
 
@@ -99,7 +100,7 @@ def apg(pred_cond: np.ndarray, pred_uncond: np.ndarray, scale: float,
 VelocityFn = Callable[[np.ndarray, float, bool], object]
 
 
-def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = 8, shift: float = 3.0,
+def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = TURBO_STEPS, shift: float = SHIFT,
            timesteps: Optional[Sequence[float]] = None, guidance_scale: float = 1.0,
            cfg_interval: tuple[float, float] = (0.0, 1.0),
            callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None,

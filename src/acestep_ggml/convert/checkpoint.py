@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelFileError
+
 # safetensors dtype -> numpy dtype of the raw storage (BF16 kept as its 16 bits).
 _ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8")}
 FLOAT_SOURCE_DTYPES = frozenset(_ST_DTYPES)
@@ -24,22 +26,29 @@ class SafetensorsFile:
         with open(self.path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise ValueError(f"{self.path}: not a safetensors file (too short)")
+                raise ModelFileError(f"{self.path}: not a safetensors file (too short)")
             (n,) = struct.unpack("<Q", head)
             if n > size - 8:
-                raise ValueError(f"{self.path}: not a safetensors file (header length {n} beyond the file)")
+                raise ModelFileError(f"{self.path}: not a safetensors file (header length {n} beyond the file)")
             try:
                 header = json.loads(f.read(n))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ValueError(f"{self.path}: not a safetensors file (bad JSON header: {e})") from None
+                raise ModelFileError(f"{self.path}: not a safetensors file (bad JSON header: {e})") from None
+        if not isinstance(header, dict):
+            raise ModelFileError(f"{self.path}: not a safetensors file (the header is not a JSON object)")
         header.pop("__metadata__", None)
         self._base = 8 + n
         self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, info in header.items():
-            start, end = info["data_offsets"]
+            try:
+                start, end = (int(v) for v in info["data_offsets"])
+                entry = (str(info["dtype"]), tuple(int(d) for d in info["shape"]), start, end)
+            except (KeyError, TypeError, ValueError):
+                raise ModelFileError(f"{self.path}: tensor {name} has no valid dtype, shape and data_offsets "
+                                     "in the header") from None
             if self._base + end > size:
-                raise ValueError(f"{self.path}: truncated: tensor {name} ends beyond the file")
-            self.entries[name] = (info["dtype"], tuple(info["shape"]), start, end)
+                raise ModelFileError(f"{self.path}: truncated: tensor {name} ends beyond the file")
+            self.entries[name] = entry
         self._mm: np.memmap | None = None
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -52,7 +61,7 @@ class SafetensorsFile:
         """The stored values as a read-only memmapped array (BF16 as uint16 bits)."""
         dtype, shape, start, end = self.entries[name]
         if dtype not in _ST_DTYPES:
-            raise ValueError(f"{self.path}: tensor {name} has dtype {dtype}, not a float type")
+            raise ModelFileError(f"{self.path}: tensor {name} has dtype {dtype}, not a float type")
         if self._mm is None:
             self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
         return self._mm[self._base + start:self._base + end].view(_ST_DTYPES[dtype]).reshape(shape)
@@ -105,12 +114,12 @@ def load_torch_tensor(path: str | Path) -> np.ndarray:
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
-        raise ValueError(f"{path}: not a torch.save zip file") from None
+        raise ModelFileError(f"{path}: not a torch.save zip file") from None
     with zf:
         names = zf.namelist()
         pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
         if pkl is None:
-            raise ValueError(f"{path}: no data.pkl inside; not a torch.save file")
+            raise ModelFileError(f"{path}: no data.pkl inside; not a torch.save file")
         prefix = pkl[: -len("data.pkl")]
 
         def rebuild(storage, offset, size, stride, *_):
@@ -129,19 +138,25 @@ def load_torch_tensor(path: str | Path) -> np.ndarray:
                 if module == "collections" and name == "OrderedDict":
                     import collections
                     return collections.OrderedDict
-                raise pickle.UnpicklingError(f"{path}: refusing to load {module}.{name}")
+                raise ModelFileError(f"{path}: refusing to load {module}.{name}")
 
             def persistent_load(self, pid):
                 if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES):
-                    raise pickle.UnpicklingError(f"{path}: unsupported storage {pid!r}")
+                    raise ModelFileError(f"{path}: unsupported storage {pid!r}")
                 return _Storage(_STORAGE_DTYPES[pid[1]], str(pid[2]))
 
         with zf.open(pkl) as f:
-            obj = Unpickler(f).load()
+            try:
+                obj = Unpickler(f).load()
+            except ModelFileError:
+                raise
+            # A damaged pickle or a record that names data the zip lacks.
+            except (pickle.UnpicklingError, EOFError, KeyError, IndexError, TypeError, ValueError) as e:
+                raise ModelFileError(f"{path}: not a readable torch.save file ({e.__class__.__name__}: {e})") from None
     if isinstance(obj, dict):
         arrays = [v for v in obj.values() if isinstance(v, np.ndarray)]
         if len(arrays) == 1:
             obj = arrays[0]
     if not isinstance(obj, np.ndarray):
-        raise ValueError(f"{path}: expected one saved tensor, found {type(obj).__name__}")
+        raise ModelFileError(f"{path}: expected one saved tensor, found {type(obj).__name__}")
     return obj

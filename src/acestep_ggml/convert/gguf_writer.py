@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..errors import InputError, ModelFileError
+
 ALIGNMENT = 32
 
 # ggml_type ids (ggml.h) and their (values per block, bytes per block).
@@ -33,7 +35,7 @@ def tensor_nbytes(type_name: str, shape: tuple[int, ...]) -> int:
     _, block, size = GGML_TYPES[type_name]
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if n % block:
-        raise ValueError(f"{type_name} needs a multiple of {block} values, got shape {shape}")
+        raise InputError(f"{type_name} needs a multiple of {block} values, got shape {shape}")
     return n // block * size
 
 
@@ -71,7 +73,7 @@ class GGUFWriter:
     # -- metadata ---------------------------------------------------------
     def _add(self, key: str, payload: bytes) -> None:
         if key in self._keys:
-            raise ValueError(f"duplicate metadata key {key}")
+            raise ModelFileError(f"duplicate metadata key {key}")
         self._keys.add(key)
         self._kv.append(_string(key) + payload)
 
@@ -100,7 +102,7 @@ class GGUFWriter:
     def add_tensor(self, name: str, shape: tuple[int, ...], type_name: str,
                    produce: Callable[[], Iterable[bytes]]) -> None:
         if name in self._names:
-            raise ValueError(f"duplicate tensor {name}")
+            raise ModelFileError(f"duplicate tensor {name}")
         self._names.add(name)
         self._tensors.append(_Planned(name, tuple(int(d) for d in shape), type_name, produce))
 
@@ -133,7 +135,7 @@ class GGUFWriter:
                         f.write(chunk)
                         written += len(chunk)
                     if written != t.nbytes:
-                        raise RuntimeError(f"tensor {t.name}: produced {written} bytes, planned {t.nbytes}")
+                        raise ModelFileError(f"tensor {t.name}: produced {written} bytes, planned {t.nbytes}")
                     f.write(b"\0" * (-written % ALIGNMENT))
                     if progress:
                         progress(t)

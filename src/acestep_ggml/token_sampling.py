@@ -6,6 +6,9 @@ from typing import Optional
 
 import numpy as np
 
+from .constants import LM_TEMPERATURE, LM_TOP_P
+from .errors import InputError
+
 _TOP_P_SHORTLIST = 1024
 
 
@@ -18,15 +21,15 @@ def guided(cond: np.ndarray, uncond: np.ndarray, scale: float) -> np.ndarray:
 
 def check_params(temperature: float, top_p: Optional[float], top_k: Optional[int]) -> None:
     if not np.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise InputError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise InputError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
+        raise InputError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
 
 
-def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 0.85,
-           top_p: Optional[float] = 0.9, top_k: Optional[int] = None) -> int:
+def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = LM_TEMPERATURE,
+           top_p: Optional[float] = LM_TOP_P, top_k: Optional[int] = None) -> int:
     """One token id from 1-D logits (entries of -inf are never drawn)."""
     x = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
