@@ -5,6 +5,10 @@ against PyTorch fp32.
 Each measurement runs in its own subprocess so that its peak RSS is its own.
 
     PYTHONPATH=src python benchmarks/bench_dit.py [--frames 750] [--enc 200] [--types bf16,f16,q8_0]
+    PYTHONPATH=src python benchmarks/bench_dit.py --baseline OLD --rounds 2 --torch ""
+
+--baseline OLD also times another build of the package (a folder holding its ``acestep_ggml``), its
+runs interleaved with this build's, ``--rounds`` times each, on the same files and inputs.
 """
 from __future__ import annotations
 
@@ -99,11 +103,14 @@ def phase_ggml(args):
     return {"load_s": load_s, "first_s": times[0], "times_s": times[1:], "weight_gib": dit._m.weight_bytes / 2**30}
 
 
-def _run(args, phase, dtype=""):
+def _run(args, phase, dtype="", pythonpath=None):
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath] + [p for p in [env.get("PYTHONPATH")] if p])
     cmd = [sys.executable, __file__, "--phase", phase, "--dtype", dtype, "--dir", args.dir,
            "--frames", str(args.frames), "--enc", str(args.enc), "--types", args.types,
            "--repeats", str(args.repeats), "--seed", str(args.seed)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -119,6 +126,8 @@ def main():
     p.add_argument("--phase", default="", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="", help=argparse.SUPPRESS)
     p.add_argument("--dir", default="", help="where the GGUFs and outputs go (default: a temporary folder)")
+    p.add_argument("--baseline", default="", help="a folder holding another build's acestep_ggml, timed interleaved")
+    p.add_argument("--rounds", type=int, default=1, help="runs of each of our builds (interleaved with --baseline)")
     args = p.parse_args()
 
     if args.phase:
@@ -136,23 +145,32 @@ def main():
     _run(args, "write")
     results = {}
     torch_types = [t for t in args.torch.split(",") if t]
-    if "fp32" not in torch_types:
+    if "fp32" not in torch_types and not args.baseline:
         torch_types.insert(0, "fp32")  # the accuracy reference
     for dt in torch_types:
         results[f"torch {dt}"] = (_run(args, "torch", dt), f"out-torch-{dt}.npy")
-    for ty in args.types.split(","):
-        results[f"ggml {ty}"] = (_run(args, "ggml", ty), f"out-ggml-{ty}.npy")
+    builds = ([("@base", os.path.abspath(args.baseline))] if args.baseline else []) + [("", None)]
+    for _ in range(args.rounds):
+        for ty in args.types.split(","):
+            for suffix, path in builds:
+                r = _run(args, "ggml", ty, path)
+                name = f"ggml {ty}{suffix}"
+                if name in results:  # keep every round's times and the highest peak
+                    old = results[name][0]
+                    r = {**r, "times_s": old["times_s"] + r["times_s"], "peak_gib": max(old["peak_gib"], r["peak_gib"])}
+                results[name] = (r, f"out-ggml-{ty}.npy")
 
-    ref = np.load(os.path.join(args.dir, "out-torch-fp32.npy")).astype(np.float64).ravel()
-    base_name = "torch bf16" if "torch bf16" in results else "torch fp32"
+    ref_file = os.path.join(args.dir, "out-torch-fp32.npy")
+    ref = np.load(ref_file).astype(np.float64).ravel() if os.path.exists(ref_file) else None
+    base_name = "torch bf16" if "torch bf16" in results else "torch fp32" if "torch fp32" in results else next(iter(results))
     base = min(results[base_name][0]["times_s"])
     flops = _flops(args.frames, args.enc)
     print(f"{'run':<12} {'best s':>8} {'first s':>8} {'GFLOP/s':>8} {'vs ' + base_name:>14} {'peak GiB':>9} "
           f"{'cos vs fp32':>12} {'rel L2':>9}")
     for name, (r, out) in results.items():
         o = np.load(os.path.join(args.dir, out)).astype(np.float64).ravel()
-        cos = o @ ref / (np.linalg.norm(o) * np.linalg.norm(ref))
-        rel = np.linalg.norm(o - ref) / np.linalg.norm(ref)
+        cos = o @ ref / (np.linalg.norm(o) * np.linalg.norm(ref)) if ref is not None else float("nan")
+        rel = np.linalg.norm(o - ref) / np.linalg.norm(ref) if ref is not None else float("nan")
         best = min(r["times_s"])
         print(f"{name:<12} {best:8.2f} {r['first_s']:8.2f} {flops / best / 1e9:8.0f} {base / best:13.2f}x "
               f"{r['peak_gib']:9.2f} {cos:12.6f} {rel:9.2e}")
