@@ -174,6 +174,7 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
                 logging.getLogger(name).removeHandler(logs)
 
     app = FastAPI(title="acestep-ggml", version=eng.version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,  # served below, behind the API key like every other route
                   description="ACE-Step 1.5 music generation on GGML: acestep.cpp's job API, progress events, "
                               "and upstream's /release_task.")
     app.add_middleware(BodyLimit, limit=config.max_body)
@@ -189,7 +190,12 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
-        return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
+        headers = dict(getattr(e, "headers", None) or {})
+        if e.status_code == 405:  # Starlette names the methods of the first route of the path only
+            methods = {m for r in app.routes if getattr(r, "path", None) == request.url.path
+                       for m in getattr(r, "methods", None) or ()}
+            headers["Allow"] = ", ".join(sorted(methods))
+        return _error(e.status_code, str(e.detail), headers)
 
     @app.exception_handler(specs.BadRequest)
     async def bad_request(request: Request, e: specs.BadRequest):
@@ -216,9 +222,9 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
             raise StarletteHTTPException(401, "missing or wrong API key (Authorization: Bearer <key>, or ai_token)",
                                          headers={"WWW-Authenticate": "Bearer"})
 
-    protected = [Depends(require_key)] if config.api_key else []
-    api = APIRouter(dependencies=protected)
-    upstream = APIRouter()
+    unauthorized = {401: {"model": Error, "description": "no API key, or a wrong one"}} if config.api_key else {}
+    api = APIRouter(dependencies=[Depends(require_key)] if config.api_key else [], responses=unauthorized)
+    upstream = APIRouter(responses=unauthorized)
 
     def queue() -> JobQueue:
         return app.state.queue
@@ -441,7 +447,7 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
         return {"data": data, "code": code, "error": error, "timestamp": int(time.time() * 1000), "extra": None}
 
     @upstream.post("/release_task", summary="upstream's: queue a song; returns task_id and queue position",
-                   responses={400: {"model": Error}, 401: {"model": Error}, 429: {"model": Error}},
+                   responses={400: {"model": Error}, 429: {"model": Error}},
                    openapi_extra={"requestBody": {"required": True, "content": {
                        "application/json": {"schema": {"$ref": "#/components/schemas/UpstreamTask"}},
                        "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -516,6 +522,25 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
         if job is None or not index.isdigit():
             raise StarletteHTTPException(404, "no such audio")
         return _track_response(job, int(index))
+
+    def spec() -> dict:
+        """FastAPI's spec, with our 400 where it documents its 422: a bad field is answered 400 here,
+        with acestep.cpp's {"error": ...} body."""
+        if app.openapi_schema is None:
+            schema = app.openapi()
+            for operations in schema["paths"].values():
+                for op in operations.values():
+                    responses = op.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault("400", {"description": "a field is missing or invalid", "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi():
+        return spec()
 
     app.include_router(api)
     app.include_router(upstream)
