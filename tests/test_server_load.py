@@ -7,12 +7,11 @@ import gc
 import json
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from _server import live_server, need, wav_bytes
+from _server import live_server, need, wait, wav_bytes
 
 need("fastapi", "pip install 'acestep-ggml[server]'")
 need("uvicorn", "pip install 'acestep-ggml[server]'")
@@ -36,16 +35,6 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-def finish(client: httpx.Client, job_id: str, timeout: float = 300.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.get("/job", params={"id": job_id}).json()
-        if status["status"] != "running":
-            return status
-        time.sleep(0.05)
-    raise TimeoutError(job_id)
-
-
 def test_six_concurrent_jobs_all_finish(models_dir):
     with live_server(create_app(ServerConfig(models=str(models_dir), n_threads=1))) as url:
         start = threading.Barrier(6)
@@ -55,7 +44,7 @@ def test_six_concurrent_jobs_all_finish(models_dir):
                 start.wait()
                 r = client.post("/synth", json={**SONG, "seed": seed})
                 assert r.status_code == 200, r.text
-                return finish(client, r.json()["id"])
+                return wait(client, r.json()["id"])
 
         with ThreadPoolExecutor(6) as pool:
             results = list(pool.map(one, range(6)))
@@ -88,7 +77,7 @@ def test_fifty_requests_from_ten_clients_none_lost_memory_flat(models_dir):
                     assert r.status_code == 200, r.text
                     ids.append(r.json()["id"])
             for job in ids:
-                status = finish(client, job)
+                status = wait(client, job)
                 outcomes.append((status["status"], status.get("error") or ""))
         return outcomes
 
