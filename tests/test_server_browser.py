@@ -97,11 +97,17 @@ def test_page_makes_a_song_shows_progress_and_plays_it(page_models, browser):
         context.close()
 
 
-def test_page_job_list_cancels_a_running_job(page_models, browser):
-    with live_server(create_app(ServerConfig(models=str(page_models), n_threads=1))) as url:
+def test_page_under_a_prefix_cancels_a_running_job_from_its_list(page_models, browser):
+    """Mounted under /music/, as behind a proxy that strips the prefix: the page's URLs are relative."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    app = create_app(ServerConfig(models=str(page_models), n_threads=1))
+    proxied = Starlette(routes=[Mount("/music", app)], lifespan=lambda _: app.router.lifespan_context(app))
+    with live_server(proxied) as url:
         context = browser.new_context(bypass_csp=True)
         page = context.new_page()
-        page.goto(url + "/")
+        page.goto(url + "/music/")
         page.wait_for_function("document.querySelector('#format').options.length > 0")
         page.fill("#caption", "a long one")
         page.fill("#duration", "30")

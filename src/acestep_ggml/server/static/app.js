@@ -1,5 +1,6 @@
 // The page: a form for one song, its progress from the job's server-sent events, a player with
 // a waveform drawn from the decoded audio, and the server's job list. Plain ES module, no build.
+// Every URL is relative to the page, so that it also works behind a proxy under a prefix (/music/).
 const $ = (id) => document.getElementById(id);
 const KEY_STORE = "acestep-ggml-api-key";
 const SOURCE_TASKS = ["cover", "repaint", "extract", "lego", "complete"];
@@ -39,7 +40,7 @@ function askKey() {
 
 // Follows a job's server-sent events (fetch, so the API key travels in a header) until it ends.
 async function follow(id, label) {
-  const response = await api(`/job/events?id=${encodeURIComponent(id)}`);
+  const response = await api(`job/events?id=${encodeURIComponent(id)}`);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "", last = null;
   for (;;) {
@@ -119,10 +120,10 @@ async function generate(event) {
     const src = $("src-audio").files[0], ref = $("ref-audio").files[0];
     if (!req.caption && !["lego", "extract", "complete"].includes(req.task_type)) throw new Error("write a caption first");
     if ($("use-lm").checked && !src) {
-      const { id } = await (await postJson("/lm", req)).json();
+      const { id } = await (await postJson("lm", req)).json();
       refreshJobs();
       await follow(id, "LM");
-      const [written] = await (await api(`/job?id=${id}&result=1`)).json();
+      const [written] = await (await api(`job?id=${id}&result=1`)).json();
       req = { ...req, ...written, lm_batch_size: 1 };
     }
     let response;
@@ -131,9 +132,9 @@ async function generate(event) {
       form.append("request", JSON.stringify(req));
       if (src) form.append("audio", src);
       if (ref) form.append("ref_audio", ref);
-      response = await api("/synth", { method: "POST", body: form });
+      response = await api("synth", { method: "POST", body: form });
     } else {
-      response = await postJson("/synth", req);
+      response = await postJson("synth", req);
     }
     const { id } = await response.json();
     refreshJobs();
@@ -152,7 +153,7 @@ async function generate(event) {
 let peaks = null;
 
 async function play(id, index) {
-  const response = await api(`/job/audio?id=${encodeURIComponent(id)}&index=${index}`);
+  const response = await api(`job/audio?id=${encodeURIComponent(id)}&index=${index}`);
   const blob = await response.blob();
   if (current) URL.revokeObjectURL(current.url);
   current = { id, url: URL.createObjectURL(blob) };
@@ -224,7 +225,7 @@ function animate() {
 async function refreshJobs() {
   let jobs;
   try {
-    jobs = await (await api("/jobs")).json();
+    jobs = await (await api("jobs")).json();
   } catch {
     return;
   }
@@ -245,7 +246,7 @@ async function refreshJobs() {
     actions.className = "actions";
     if (job.state === "queued" || job.state === "running") {
       actions.append(button("Cancel", async () => {
-        await api(`/job?id=${job.id}&cancel=1`, { method: "POST" });
+        await api(`job?id=${job.id}&cancel=1`, { method: "POST" });
         refreshJobs();
       }));
     }
@@ -311,7 +312,7 @@ function setup() {
 
 async function load() {
   try {
-    props = await (await api("/props")).json();
+    props = await (await api("props")).json();
   } catch (e) {
     $("server").textContent = `cannot reach the server: ${e.message}`;
     return;
