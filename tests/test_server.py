@@ -384,6 +384,12 @@ def test_upstream_release_task_query_result_and_audio(api):
     assert item["metas"]["bpm"] == 100 and item["metas"]["duration"] == 3
     audio = api.get(item["file"])
     assert audio.status_code == 200 and read_wav(audio.content)[0].shape == (2, 3 * RATE)
+    # thinking: the LM writes the codes first, then the synth stage renders them (one job)
+    r = api.post("/release_task", json={"caption": SONG["caption"], "thinking": True, "duration": 10, "bpm": 90,
+                                        "keyscale": "A minor", "timesignature": 4, "audio_format": "wav"})
+    status = wait(api, r.json()["data"]["task_id"])
+    assert status["status"] == "done" and status["kind"] == "generate"
+    assert read_wav(api.get("/job/audio", params={"id": status["id"]}).content)[0].shape == (2, 10 * RATE)
     r = api.post("/release_task", json={"prompt": "x", "src_audio_path": "/etc/passwd", "audio_format": "wav"})
     assert r.status_code == 400 and "src_audio_path" in r.json()["error"]
     r = api.post("/release_task", data={"prompt": "x", "audio_format": "wav", "task_type": "cover"},

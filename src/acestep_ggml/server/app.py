@@ -262,14 +262,17 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
             prefix = "" if what == "body" else f"{what}: "
             raise specs.BadRequest(prefix + _validation_message(e)) from None
 
-    async def upload(form, name: str) -> Optional[object]:
-        data = await part_bytes(form, name)
+    async def decode(data: Optional[bytes], name: str):
+        """Uploaded audio, decoded and resampled to the models' rate off the event loop."""
         if data is None:
             return None
         try:
             return await run_in_threadpool(eng.decode_upload, data, name, models.sample_rate)
         except ValueError as e:
             raise specs.BadRequest(str(e)) from None
+
+    async def upload(form, name: str):
+        return await decode(await part_bytes(form, name), name)
 
     async def latents(form, name: str):
         data = await part_bytes(form, name)
@@ -471,19 +474,13 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
                 raise specs.BadRequest(_validation_message(e)) from None
             require_upstream_key(token, task.ai_token)
             for name, part in files.items():
-                audio = await run_in_threadpool(_decode, await part.read(), name)
+                audio = await decode(await part.read(), name)
                 src, ref = (audio, ref) if name == "src_audio" else (src, audio)
         else:
             task = parse_json(await request.body(), adapter, "body")
             require_upstream_key(token, task.ai_token)
         job = queue().submit(specs.upstream_job(task, models, src, ref))
         return envelope({"task_id": job.id, "status": "queued", "queue_position": queue().position(job)})
-
-    def _decode(data: bytes, name: str):
-        try:
-            return eng.decode_upload(data, name, models.sample_rate)
-        except ValueError as e:
-            raise specs.BadRequest(str(e)) from None
 
     @upstream.post("/query_result", summary="upstream's: the status and audio links of tasks")
     async def query_result(body: QueryResult, token: Token) -> dict:

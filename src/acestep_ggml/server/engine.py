@@ -10,7 +10,6 @@ import dataclasses
 import io
 import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 import acestep_ggml as ace
-from acestep_ggml import hub
+from acestep_ggml import hub, tasks
 from acestep_ggml.lm import given_metadata
 
 Report = Callable[[str, int, int], None]
@@ -49,6 +48,11 @@ def make_request(*, timesignature: Optional[int] = None, **fields) -> ace.Reques
 
 def request_timesignature(request: ace.Request) -> Optional[int]:
     return getattr(request, _TIMESIG_FIELD)
+
+
+def task_instruction(task: str) -> str:
+    """The DiT's instruction line for a task (without a track): upstream's clients may send it."""
+    return tasks.instruction(task)
 
 
 def check_lm_request(request: ace.Request) -> None:
@@ -198,8 +202,8 @@ class Budget:
 
 
 class Engine:
-    """The models of one device, loaded on first use and kept within the budget; one worker
-    thread uses an engine at a time, so nothing here locks."""
+    """The models of one device, loaded on first use and kept within the budget.  Only its worker
+    thread calls it (other threads read ``loaded()``), so nothing here locks."""
 
     def __init__(self, models: Models, device: str = "cpu", n_threads: Optional[int] = None,
                  budget: Optional[Budget] = None, workdir: Optional[Path] = None):
@@ -210,60 +214,58 @@ class Engine:
         self._vae: Optional[tuple[Path, ace.VAE]] = None
         self._tmp = tempfile.TemporaryDirectory(prefix="acestep-server-", dir=workdir)
         self.last_used = time.monotonic()
-        self._lock = threading.Lock()  # guards the loaded-model slots against the idle unload
 
     # -- models ---------------------------------------------------------------------
-    def loaded(self) -> list[str]:
-        out = []
-        if self._synth:
-            out += [p.name for p in self._synth[0]]
+    def _held(self) -> list[Path]:
+        """The files of the models kept loaded between jobs."""
+        files = []
+        if self._synth and self._synth[1].keep_loaded:
+            files += [*self._synth[0], self.models.pick("embedding")]
         if self._lm:
-            out.append(self._lm[0].name)
+            files.append(self._lm[0])
         if self._vae:
-            out.append(self._vae[0].name)
-        return out
+            files.append(self._vae[0])
+        return files
+
+    def _fits(self, *paths: Path) -> bool:
+        """Whether ``paths`` may stay loaded beside what is held already, within the budget."""
+        return self.budget.fits(self.models.bytes_of(*self._held(), *paths))
+
+    def loaded(self) -> list[str]:
+        return [p.name for p in self._held()]
 
     def unload(self) -> None:
-        with self._lock:
-            self._synth = self._lm = self._vae = None
+        self._synth = self._lm = self._vae = None
 
     def close(self) -> None:
         self.unload()
         self._tmp.cleanup()
 
     def synthesizer(self, dit: Path, vae: Path) -> ace.Synthesizer:
-        key = (dit, vae)
-        with self._lock:
-            if self._synth is None or self._synth[0] != key:
-                self._synth = None  # one DiT at a time: the old one is freed before the new loads
-                keep = self.budget.fits(self.models.bytes_of(dit, vae, self.models.pick("embedding")))
-                self._synth = (key, ace.Synthesizer(self.models.subset(dit, vae), device=self.device,
-                                                    n_threads=self.n_threads, keep_loaded=keep))
-            return self._synth[1]
+        if self._synth is None or self._synth[0] != (dit, vae):
+            self._synth = None  # one DiT at a time: the old one is freed before the new loads
+            keep = self._fits(dit, vae, self.models.pick("embedding"))
+            self._synth = ((dit, vae), ace.Synthesizer(self.models.subset(dit, vae), device=self.device,
+                                                       n_threads=self.n_threads, keep_loaded=keep))
+        return self._synth[1]
 
     def lm(self, path: Path) -> ace.LM:
-        with self._lock:
-            if self._lm is None or self._lm[0] != path:
-                self._lm = None
-                lm = ace.LM(path, device=self.device, n_threads=self.n_threads)
-                if not self._keep_lm(path):
-                    return lm
-                self._lm = (path, lm)
+        if self._lm is not None and self._lm[0] == path:
             return self._lm[1]
-
-    def _keep_lm(self, path: Path) -> bool:
-        synth = self.models.bytes_of(*self._synth[0], self.models.pick("embedding")) if self._synth else 0
-        return self.budget.fits(self.models.bytes_of(path) + synth)
+        self._lm = None
+        lm = ace.LM(path, device=self.device, n_threads=self.n_threads)
+        if self._fits(path):
+            self._lm = (path, lm)
+        return lm
 
     def vae(self, path: Path) -> ace.VAE:
-        with self._lock:
-            if self._vae is None or self._vae[0] != path:
-                self._vae = None
-                vae = ace.VAE(str(path), device=self.device, n_threads=self.n_threads)
-                if not self.budget.fits(self.models.bytes_of(path)):
-                    return vae
-                self._vae = (path, vae)
+        if self._vae is not None and self._vae[0] == path:
             return self._vae[1]
+        self._vae = None
+        vae = ace.VAE(str(path), device=self.device, n_threads=self.n_threads)
+        if self._fits(path):
+            self._vae = (path, vae)
+        return vae
 
     def unload_if_idle(self) -> bool:
         if self.loaded() and time.monotonic() - self.last_used > self.budget.idle_unload:

@@ -238,13 +238,17 @@ class JobQueue:
     def _worker(self, engine) -> None:
         while True:
             with self._cond:
-                while not self._waiting and not self._stop:
-                    if not self._cond.wait(timeout=1.0) and engine.unload_if_idle():
-                        log.info("%s: models unloaded after %.0f s idle", engine.device, engine.budget.idle_unload)
+                if not self._waiting and not self._stop:
+                    self._cond.wait(timeout=1.0)
                 if self._stop:
                     return
-                job = self._waiting.popleft()
-                job.state, job.started, job.device = RUNNING, time.time(), engine.device
+                job = self._waiting.popleft() if self._waiting else None
+                if job is not None:
+                    job.state, job.started, job.device = RUNNING, time.time(), engine.device
+            if job is None:  # idle: models are freed outside the lock, which submit() takes
+                if engine.unload_if_idle():
+                    log.info("%s: models unloaded after %.0f s idle", engine.device, engine.budget.idle_unload)
+                continue
             job.changed.fire()
             log.info("job %s running on %s", job.id, engine.device)
             try:

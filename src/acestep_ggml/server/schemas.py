@@ -114,7 +114,7 @@ class UpstreamTask(BaseModel):
     model: Optional[str] = Field(None, max_length=255, validation_alias=AliasChoices("model", "dit_model"))
     bpm: Optional[int] = Field(None, ge=0, le=1000)
     key_scale: str = Field("", max_length=32, validation_alias=AliasChoices("key_scale", "keyscale"))
-    time_signature: str = Field("", max_length=8, validation_alias=AliasChoices("time_signature", "timesignature"))
+    time_signature: Union[str, int] = Field("", validation_alias=AliasChoices("time_signature", "timesignature"))
     vocal_language: str = Field("en", max_length=16, validation_alias=AliasChoices("vocal_language", "language"))
     audio_duration: Optional[float] = Field(None, ge=0, le=600,
                                             validation_alias=AliasChoices("audio_duration", "duration"))

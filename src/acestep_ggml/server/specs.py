@@ -99,8 +99,9 @@ def _model(models: eng.Models, kind: str, name: Optional[str], field: str):
     try:
         return models.pick(kind, name or "")
     except KeyError:
-        have = ", ".join(models.names(kind)) or "none"
-        raise BadRequest(f"{field}: no {kind} model named {name!r} (have: {have})") from None
+        if not models.names(kind):
+            raise BadRequest(f"{field}: the server's models folder has no {kind} model") from None
+        raise BadRequest(f"{field}: no {kind} model named {name!r} (have: {', '.join(models.names(kind))})") from None
 
 
 def _audio_format(models: eng.Models, fmt: str, bitrate: Optional[int], field: str) -> None:
@@ -294,7 +295,7 @@ def upstream_job(task: UpstreamTask, models: eng.Models, src=None, ref=None) -> 
         raise BadRequest("infer_method: only 'ode' is implemented")
     if task.lm_repetition_penalty != 1.0:
         raise BadRequest("lm_repetition_penalty: not implemented (1.0 only)")
-    if task.instruction is not None and task.instruction.strip():
+    if task.instruction is not None and task.instruction.strip() not in ("", eng.task_instruction(task.task_type)):
         raise BadRequest("instruction: follows task_type here; leave it out")
     if task.task_type == "cover-nofsq":
         raise BadRequest("task_type: cover-nofsq is not implemented; cover is")
@@ -305,19 +306,20 @@ def upstream_job(task: UpstreamTask, models: eng.Models, src=None, ref=None) -> 
     if task.audio_duration and task.audio_duration < 1:
         raise BadRequest(f"audio_duration: at least 1 second, got {task.audio_duration}")
     codes = _codes(task.audio_code_string, "audio_code_string")
-    _check_sources(task.task_type, bool(codes) or task.thinking, src, "audio_code_string", "src_audio")
+    think = task.thinking and src is None and not codes  # as Pipeline.generate: a source makes the LM moot
+    _check_sources(task.task_type, bool(codes) or think, src, "audio_code_string", "src_audio")
     dit = _model(models, "dit", task.model, "model")
     vae = _model(models, "vae", "", "vae")
     _audio_format(models, task.audio_format, None, "audio_format")
-    lm_path = _model(models, "lm", task.lm_model_path, "lm_model_path") if task.thinking else None
+    lm_path = _model(models, "lm", task.lm_model_path, "lm_model_path") if think else None
     request = eng.make_request(
         caption=task.prompt, lyrics=task.lyrics, codes=codes, bpm=task.bpm or None,
         duration=_duration(task.audio_duration), keyscale=task.key_scale.strip() or None,
         timesignature=_timesignature(task.time_signature, "time_signature"),
         language=task.vocal_language.strip() or None, src_audio=src, ref_audio=ref,
         **_task_fields(task.task_type, track="", start=task.repainting_start, end=task.repainting_end,
-                       strength=task.audio_cover_strength, has_codes=bool(codes) or task.thinking))
-    if task.thinking:
+                       strength=task.audio_cover_strength, has_codes=bool(codes) or think))
+    if think:
         try:
             eng.check_lm_request(request)
         except ValueError as e:
@@ -334,7 +336,7 @@ def upstream_job(task: UpstreamTask, models: eng.Models, src=None, ref=None) -> 
     lm_item = eng.LmItem(request=request, seed=_seed(-1), cfg_scale=task.lm_cfg_scale,
                          temperature=task.lm_temperature, top_p=task.lm_top_p, top_k=task.lm_top_k or None,
                          fsm=task.constrained_decoding, rewrite_caption=task.use_cot_caption,
-                         negative_prompt=task.lm_negative_prompt or None) if task.thinking else None
+                         negative_prompt=task.lm_negative_prompt or None) if think else None
 
     def run(engine: eng.Engine, progress) -> Result:
         todo = items
