@@ -185,6 +185,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import run
+
+    return run(args)
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
     from . import hub
 
@@ -306,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_flags(s)
     _add_lm_prompt_options(s)
     s.set_defaults(func=_cmd_generate)
+
+    s = sub.add_parser("serve", help="HTTP server: acestep.cpp's job API, progress events, a web page at /")
+    from .server import add_arguments
+
+    add_arguments(s)
+    s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("download", help="fetch the default GGUF model set into the Hugging Face cache")
     s.add_argument("--repo", default=None, help="hub repo (default: the published ACE-Step 1.5 GGUFs)")
