@@ -6,7 +6,6 @@ The rest of ``acestep_ggml.server`` speaks HTTP; of the package it imports only 
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import tempfile
@@ -19,13 +18,9 @@ import numpy as np
 
 import acestep_ggml as ace
 from acestep_ggml import hub, tasks
-from acestep_ggml.lm import given_metadata
+from acestep_ggml.request import given_metadata
 
 Report = Callable[[str, int, int], None]
-
-# The Request field that holds the time signature, looked up once here: the HTTP API always
-# calls it `timesignature`, whatever the dataclass names it.
-_TIMESIG_FIELD = next(n for n in ("timesignature", "timesig") if n in {f.name for f in dataclasses.fields(ace.Request)})
 
 KIND_NAMES = {"lm": "acestep-lm", "embedding": "acestep-text-enc", "dit": "acestep-dit", "vae": "acestep-vae"}
 LATENT_CHANNELS = 64
@@ -41,13 +36,13 @@ def available_memory(device: str) -> Optional[int]:
     return hub.available_memory(device)
 
 
-def make_request(*, timesignature: Optional[int] = None, **fields) -> ace.Request:
-    """A Request from the HTTP API's field names."""
-    return ace.Request(**fields, **{_TIMESIG_FIELD: timesignature})
+def make_request(**fields) -> ace.Request:
+    """A Request from the HTTP API's field names (the same as the Request's)."""
+    return ace.Request(**fields)
 
 
 def request_timesignature(request: ace.Request) -> Optional[int]:
-    return getattr(request, _TIMESIG_FIELD)
+    return request.timesignature
 
 
 def task_instruction(task: str) -> str:
