@@ -21,7 +21,16 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .constants import SHIFT, TURBO_STEPS
+from .constants import (
+    DCW_HIGH_SCALER,
+    DCW_MODES,
+    DCW_SCALER,
+    SHIFT,
+    SOLVERS,
+    STORK_SUBSTEPS,
+    STORK_SUBSTEPS_RANGE,
+    TURBO_STEPS,
+)
 from .errors import InputError
 
 #: APG settings of the base/SFT checkpoints (the reference pipeline's fixed values).
@@ -31,11 +40,6 @@ APG_ETA = 0.0
 #: ADG's angle clip: upstream's apg_guidance.adg_forward writes 3.14 / 6, not pi / 6.
 ADG_ANGLE_CLIP = 3.14 / 6
 
-SOLVERS = ("euler", "sde", "dpm3m", "stork4", "heun")
-DCW_MODES = ("low", "high", "double", "pix")
-#: acestep.cpp's STORK4 sub-steps (task-types.h) and the ROCK4 tables' largest degree.
-STORK_SUBSTEPS = 10
-STORK_SUBSTEPS_RANGE = (2, 148)
 #: The spawn key of the SDE's per-step noise: SeedSequence(seed, spawn_key=(SDE_STREAM, step)).
 #: Initial noise uses SeedSequence(seed) (no spawn key) and the VAE posterior draws the keys (0,)
 #: and (1,), so no seed, batch item seed + i included, ever shares a stream with the SDE noise.
@@ -317,7 +321,8 @@ VelocityFn = Callable[[np.ndarray, float, bool], object]
 
 def check_options(solver: str = "euler", stork_substeps: int = STORK_SUBSTEPS, cfg_interval=(0.0, 1.0),
                   velocity_norm_threshold: float = 0.0, velocity_ema_factor: float = 0.0,
-                  dcw_mode: Optional[str] = None, dcw_scaler: float = 0.05, dcw_high_scaler: float = 0.02) -> None:
+                  dcw_mode: Optional[str] = None, dcw_scaler: float = DCW_SCALER,
+                  dcw_high_scaler: float = DCW_HIGH_SCALER) -> None:
     """InputError naming the first sampler option out of its range."""
     if solver not in SOLVERS:
         raise InputError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
@@ -348,7 +353,7 @@ def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = TURBO_STEPS
            mix: Optional[Callable[[np.ndarray, float, np.ndarray], np.ndarray]] = None, *,
            solver: str = "euler", seed: int = 0, stork_substeps: int = STORK_SUBSTEPS, use_adg: bool = False,
            velocity_norm_threshold: float = 0.0, velocity_ema_factor: float = 0.0, dcw_mode: Optional[str] = None,
-           dcw_scaler: float = 0.05, dcw_high_scaler: float = 0.02, repaint: Optional[Repaint] = None,
+           dcw_scaler: float = DCW_SCALER, dcw_high_scaler: float = DCW_HIGH_SCALER, repaint: Optional[Repaint] = None,
            turbo: bool = False) -> np.ndarray:
     """Integrates the flow ODE from ``noise`` (t = 1) to t = 0.
 

@@ -36,7 +36,7 @@ from .constants import (
 from .errors import InputError, ModelFileError
 from .hub import SYNTH_KINDS, ModelSet, find_models, is_repo_id, resolve
 from .models import VAE, AudioTokenizer, ConditionEncoder, Detokenizer, DiT, TextEncoder
-from .request import AudioInput, Request, check_for_synth, check_task, given_metadata
+from .request import AudioInput, Controls, Request, check_for_synth, check_task, given_metadata
 from .tokenizer import Tokenizer
 
 # progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
@@ -154,14 +154,20 @@ class Synthesizer:
     # -- the job ------------------------------------------------------------------------
     def __call__(self, request: Request, *, seed: Optional[int] = None, steps: Optional[int] = None,
                  shift: float = SHIFT, guidance: Optional[float] = None, timesteps=None,
-                 cfg_interval: tuple[float, float] = (0.0, 1.0), init_noise: Optional[np.ndarray] = None,
-                 posterior: str = "sample", progress: Optional[Progress] = None,
-                 keep_stages: bool = False) -> SynthResult:
+                 init_noise: Optional[np.ndarray] = None, posterior: str = "sample",
+                 progress: Optional[Progress] = None, keep_stages: bool = False,
+                 controls: Optional[Controls] = None, **options) -> SynthResult:
         """Renders ``request`` (its task and audio inputs included, see acestep_ggml.tasks).
 
         Source and reference audio are encoded as a draw from the VAE posterior seeded from
-        ``seed``, as the original does, or at its mean with ``posterior="mean"``."""
+        ``seed``, as the original does, or at its mean with ``posterior="mean"``.
+        ``controls`` and ``options`` (its fields by name: ``solver="sde"``, ``dcw_mode="low"``,
+        ``cfg_interval=(0.2, 1.0)``, ``repaint_mode=...``, ``retake_seed=...``, ...) choose how
+        the DiT samples; see :class:`acestep_ggml.request.Controls` and docs/controls.md."""
+        controls = Controls.of(controls, **options)
         check_for_synth(request, posterior)
+        if controls.repaint_mode != Controls.repaint_mode and request.task not in tasks.WINDOW_TASKS:
+            raise InputError(f"repaint_mode applies to repaint and lego, not '{request.task}'")
         if steps is not None and steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
         if not (math.isfinite(shift) and shift > 0):
@@ -272,6 +278,14 @@ class Synthesizer:
         noise = np.asarray(noise, dtype=np.float32)
         if noise.shape != src.shape:
             raise InputError(f"init noise has shape {noise.shape}; this request needs {src.shape}")
+        noise = controls.retake_noise(noise, lambda s: flow.initial_noise(src.shape[0], s, src.shape[1]))
+        keep("noise", noise)
+        ratio, crossfade, wav_crossfade = controls.repaint()
+        repaint = None
+        if window is not None and controls.repaint_mode != "aggressive":
+            n_steps = len(timesteps) if timesteps is not None else steps
+            repaint = flow.Repaint(mask=chunk_mask[:, 0] > 0.5, source=src_latents[:src.shape[0]], noise=noise,
+                                   cutoff=round(ratio * n_steps), crossfade=crossfade)
 
         velocities: list[np.ndarray] = []
 
@@ -284,10 +298,10 @@ class Synthesizer:
         report("dit", 0, steps)
         null = None if null_emb is None else np.broadcast_to(null_emb, enc_hidden.shape)
         x0 = dit.sample(enc_hidden, src, chunk_mask, noise=noise, num_steps=steps, shift=shift,
-                        timesteps=timesteps, guidance_scale=guidance, null_encoder_states=null,
-                        cfg_interval=cfg_interval, callback=on_step,
+                        timesteps=timesteps, guidance_scale=guidance, null_encoder_states=null, callback=on_step,
                         non_cover_states=non_cover[0] if blend else None,
-                        cover_strength=request.audio_cover_strength)
+                        cover_strength=request.audio_cover_strength, seed=seed, repaint=repaint, turbo=turbo,
+                        **controls.sampler_options())
         del dit  # freed before the VAE loads (unless kept loaded)
         self._done("dit")
         for i, v in enumerate(velocities):
@@ -299,11 +313,37 @@ class Synthesizer:
         del vae
         self._done("vae")
         keep("audio_raw", wave)
+        if window is not None and controls.repaint_mode != "aggressive":
+            wave = splice_source(wave, src_wave, window, rate, wav_crossfade)
+            keep("audio_spliced", wave)
         out = audio_io.normalize_peak(np.asarray(wave, dtype=np.float32)).astype(np.float32)
         keep("audio", out)
 
         used = request if has_codes else dataclasses.replace(request, duration=int(round(duration)))
         return SynthResult(audio=out, sample_rate=rate, latents=x0, request=used, seed=seed, stages=stages)
+
+
+def splice_source(pred: np.ndarray, src: np.ndarray, window: tasks.Window, rate: int,
+                  crossfade_s: float) -> np.ndarray:
+    """The source audio outside the repaint window, the generated audio inside it, with ramps of
+    ``crossfade_s`` seconds outside the window (upstream repaint_waveform_splice.py): on the first
+    ``min(len(pred), len(src))`` samples; later ones of ``pred`` are kept."""
+    n = min(pred.shape[-1], src.shape[-1])
+    a = min(max(int(window.start * rate), 0), n)
+    b = n if window.end is None else min(max(int(window.end * rate), a), n)
+    if a == 0 and b >= n:
+        return pred
+    m = np.zeros(n, dtype=np.float32)
+    m[a:b] = 1.0
+    fade = int(crossfade_s * rate)
+    if fade > 0:
+        lo = max(a - fade, 0)
+        m[lo:a] = (np.arange(a - lo) + 1) / (a - lo + 1)
+        hi = min(b + fade, n)
+        m[b:hi] = 1.0 - (np.arange(hi - b) + 1) / (hi - b + 1)
+    out = np.array(pred, dtype=np.float32, copy=True)
+    out[..., :n] = m * pred[..., :n] + (1.0 - m) * src[..., :n]
+    return out
 
 
 def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, output: str | os.PathLike,
@@ -368,7 +408,8 @@ class Pipeline:
                  track_name: Optional[str] = None, track_classes: Optional[list[str]] = None,
                  audio_cover_strength: float = 1.0, posterior: str = "sample",
                  rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
-                 legacy_cfg_prompt: bool = False, progress: Optional[Progress] = None) -> SynthResult:
+                 legacy_cfg_prompt: bool = False, progress: Optional[Progress] = None,
+                 controls: Optional[Controls] = None, **options) -> SynthResult:
         """The 5 Hz LM writes the missing metadata, its caption and language and the audio codes,
         then the synth stage renders them (see ``LM.generate`` for ``rewrite_caption``,
         ``negative_prompt``, ``legacy_cfg_prompt``); ``use_lm=False`` synthesises from noise with
@@ -377,9 +418,11 @@ class Pipeline:
         ``task`` and its inputs (audio as a file path or (2, N) samples at 48 kHz) are those of
         :class:`Request`; see acestep_ggml.tasks.  With source audio the LM does not run, as
         upstream skips it for cover and repaint: the source gives the audio context, a cover's
-        codes come from it."""
+        codes come from it.  ``controls`` / ``options``: how the DiT samples, as for
+        :meth:`Synthesizer.__call__`."""
         from .lm import LM
 
+        controls = Controls.of(controls, **options)  # checked before any model runs
         if seed is None:
             seed = new_seed()
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
@@ -409,7 +452,7 @@ class Pipeline:
                                   progress=progress)
             del lm
         return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, posterior=posterior,
-                          progress=progress)
+                          progress=progress, controls=controls)
 
 
 def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",
