@@ -351,18 +351,20 @@ def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, outp
     """The `synth` CLI as a function: read the exchange directory, synthesise, write `output`
     (bitrate: kbit/s of an .mp3).
 
-    Task fields given as keyword arguments (``task=``, ``src_audio=``, ...; None: not given)
-    override the directory's files.  The output path is checked first; nothing is written when
-    any step fails.
+    Task fields and sampling options given as keyword arguments (``task=``, ``src_audio=``,
+    ``solver=``, ...; None: not given) override the directory's files.  The output path is
+    checked first; nothing is written when any step fails.
     """
-    from .exchange import TASK_FIELDS, read_request
+    from .exchange import TASK_FIELDS, read_controls, read_request
 
     audio_io.check_output_path(output, bitrate=bitrate)
     given = {k: kwargs.pop(k) for k in TASK_FIELDS if k in kwargs}
     request = dataclasses.replace(read_request(input_dir), **{k: v for k, v in given.items() if v is not None})
+    flags = {k: kwargs.pop(k) for k in {f.name for f in dataclasses.fields(Controls)} & kwargs.keys()}
+    options = read_controls(input_dir) | {k: v for k, v in flags.items() if v is not None}
     device = kwargs.pop("device", "cpu")
     n_threads = kwargs.pop("n_threads", None)
-    result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs)
+    result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs, **options)
     result.save(Path(output), bitrate=bitrate)
     return result
 
