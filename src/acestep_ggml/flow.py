@@ -319,7 +319,8 @@ class Repaint:
 VelocityFn = Callable[[np.ndarray, float, bool], object]
 
 
-def check_options(solver: str = "euler", stork_substeps: int = STORK_SUBSTEPS, cfg_interval=(0.0, 1.0),
+def check_options(solver: str = "euler", stork_substeps: int = STORK_SUBSTEPS, use_adg: bool = False,
+                  cfg_interval=(0.0, 1.0),
                   velocity_norm_threshold: float = 0.0, velocity_ema_factor: float = 0.0,
                   dcw_mode: Optional[str] = None, dcw_scaler: float = DCW_SCALER,
                   dcw_high_scaler: float = DCW_HIGH_SCALER) -> None:
@@ -327,14 +328,21 @@ def check_options(solver: str = "euler", stork_substeps: int = STORK_SUBSTEPS, c
     if solver not in SOLVERS:
         raise InputError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     lo, hi = STORK_SUBSTEPS_RANGE
-    if isinstance(stork_substeps, bool) or int(stork_substeps) != stork_substeps or not lo <= stork_substeps <= hi:
+    if isinstance(stork_substeps, bool) or not isinstance(stork_substeps, (int, np.integer)) \
+            or not lo <= stork_substeps <= hi:
         raise InputError(f"stork_substeps must be an integer {lo}..{hi}, got {stork_substeps!r}")
+    if not isinstance(use_adg, (bool, np.bool_)):
+        raise InputError(f"use_adg must be True or False, got {use_adg!r}")
     try:
         start, end = (float(v) for v in cfg_interval)
     except (TypeError, ValueError):
         raise InputError(f"cfg_interval must be two numbers (start, end), got {cfg_interval!r}") from None
     if not 0.0 <= start <= end <= 1.0:
         raise InputError(f"cfg_interval must satisfy 0 <= start <= end <= 1, got ({start:g}, {end:g})")
+    for name, v in (("velocity_norm_threshold", velocity_norm_threshold), ("velocity_ema_factor", velocity_ema_factor),
+                    ("dcw_scaler", dcw_scaler), ("dcw_high_scaler", dcw_high_scaler)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+            raise InputError(f"{name} must be a number, got {v!r}")
     if not (math.isfinite(velocity_norm_threshold) and velocity_norm_threshold >= 0):
         raise InputError(f"velocity_norm_threshold must be a finite number >= 0, got {velocity_norm_threshold}")
     if not 0.0 <= velocity_ema_factor < 1.0:
@@ -372,8 +380,8 @@ def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = TURBO_STEPS
     the clean prediction whatever the solver.
     ``callback(i, t, x, v_model)`` runs after each step, ``v_model`` the model's (conditional) velocity.
     """
-    check_options(solver, stork_substeps, cfg_interval, velocity_norm_threshold, velocity_ema_factor, dcw_mode,
-                  dcw_scaler, dcw_high_scaler)
+    check_options(solver, stork_substeps, use_adg, cfg_interval, velocity_norm_threshold, velocity_ema_factor,
+                  dcw_mode, dcw_scaler, dcw_high_scaler)
     x = np.array(noise, dtype=np.float32, copy=True)
     if x.ndim not in (2, 3) or not np.all(np.isfinite(x)):
         raise InputError("noise must be a finite (T, C) or (B, T, C) array")

@@ -100,8 +100,6 @@ class Controls:
     def check(self) -> None:
         """InputError naming the first field out of its range."""
         flow.check_options(**self.sampler_options())
-        if not isinstance(self.use_adg, bool):
-            raise InputError(f"use_adg must be True or False, got {self.use_adg!r}")
         if self.repaint_mode not in REPAINT_MODES:
             raise InputError(f"repaint_mode must be one of {', '.join(REPAINT_MODES)}, got {self.repaint_mode!r}")
         for name in ("repaint_strength", "retake_variance"):
@@ -116,9 +114,9 @@ class Controls:
 
     def sampler_options(self) -> dict:
         """The keyword arguments of acestep_ggml.flow.sample."""
-        return {k: getattr(self, k) for k in ("solver", "stork_substeps", "cfg_interval", "velocity_norm_threshold",
-                                              "velocity_ema_factor", "dcw_mode", "dcw_scaler", "dcw_high_scaler")} | (
-            {"use_adg": True} if self.use_adg else {})
+        return {k: getattr(self, k) for k in ("solver", "stork_substeps", "use_adg", "cfg_interval",
+                                              "velocity_norm_threshold", "velocity_ema_factor", "dcw_mode",
+                                              "dcw_scaler", "dcw_high_scaler")}
 
     def repaint(self) -> tuple[float, int, float]:
         """(injection ratio, latent crossfade frames, waveform crossfade seconds) of the repaint
