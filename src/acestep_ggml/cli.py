@@ -145,6 +145,8 @@ def _add_control_flags(s: argparse.ArgumentParser) -> None:
     g.add_argument("--retake-seed", type=int, default=None, help="seed of the noise a retake mixes in")
     g.add_argument("--retake-variance", type=float, default=None,
                    help="0..1: how far the noise turns towards the retake seed's (default 0)")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="songs to make, item i with seed + i; -o song.wav writes song-1.wav ... song-N.wav")
 
 
 _CONTROL_FLAGS = ("solver", "stork_substeps", "velocity_norm_threshold", "velocity_ema_factor", "dcw_mode",
@@ -158,7 +160,18 @@ def _control_args(args: argparse.Namespace) -> dict:
         out["use_adg"] = True
     if args.cfg_interval:
         out["cfg_interval"] = tuple(args.cfg_interval)
+    if args.batch_size is not None:
+        out["batch_size"] = args.batch_size
     return out
+
+
+def _report(output: str, result) -> None:
+    """One line per written song: its path, length and seed."""
+    from .pipeline import batch_paths
+
+    results = result if isinstance(result, list) else [result]
+    for r, path in zip(results, batch_paths(output, len(results))):
+        print(f"{path}: {r.audio.shape[1] / r.sample_rate:.1f} s, seed {r.seed}", file=sys.stderr)
 
 
 def _task_args(args: argparse.Namespace) -> dict:
@@ -203,8 +216,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                             n_threads=args.threads, progress=_progress(args.quiet), bitrate=args.bitrate,
                             **_task_args(args), **_control_args(args))
     if not args.quiet:
-        print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",
-              file=sys.stderr)
+        _report(args.output, result)
     return 0
 
 
@@ -221,10 +233,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                       use_lm=not args.no_lm, lm=args.lm, device=args.device, n_threads=args.threads,
                       progress=_progress(args.quiet), quiet=args.quiet, **_lm_prompt_args(args),
                       **{k: v for k, v in _task_args(args).items() if v is not None}, **_control_args(args))
-    result.save(args.output, bitrate=args.bitrate)
+    from .pipeline import batch_paths
+
+    results = result if isinstance(result, list) else [result]
+    for r, path in zip(results, batch_paths(args.output, len(results))):
+        r.save(path, bitrate=args.bitrate)
     if not args.quiet:
-        print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",
-              file=sys.stderr)
+        _report(args.output, result)
     return 0
 
 

@@ -46,6 +46,19 @@ from .tokenizer import Tokenizer
 Progress = Callable[[str, int, int], None]
 
 
+def check_batch_size(batch_size) -> int:
+    """``batch_size`` as a positive int, or an InputError naming it."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
+def batch_paths(output: str | os.PathLike, n: int) -> list[Path]:
+    """Where a batch's songs go: ``song.wav`` itself for one, ``song-1.wav`` ... ``song-N.wav`` for more."""
+    p = Path(output)
+    return [p] if n == 1 else [p.with_name(f"{p.stem}-{i}{p.suffix}") for i in range(1, n + 1)]
+
+
 def new_seed() -> int:
     """A fresh random seed for runs that were given none (reported back in the result)."""
     return int.from_bytes(os.urandom(4), "little")
@@ -156,15 +169,27 @@ class Synthesizer:
                  shift: float = SHIFT, guidance: Optional[float] = None, timesteps=None,
                  init_noise: Optional[np.ndarray] = None, posterior: str = "sample",
                  progress: Optional[Progress] = None, keep_stages: bool = False,
-                 controls: Optional[Controls] = None, **options) -> SynthResult:
+                 controls: Optional[Controls] = None, batch_size: Optional[int] = None,
+                 **options) -> SynthResult | list[SynthResult]:
         """Renders ``request`` (its task and audio inputs included, see acestep_ggml.tasks).
 
         Source and reference audio are encoded as a draw from the VAE posterior seeded from
         ``seed``, as the original does, or at its mean with ``posterior="mean"``.
         ``controls`` and ``options`` (its fields by name: ``solver="sde"``, ``dcw_mode="low"``,
         ``cfg_interval=(0.2, 1.0)``, ``repaint_mode=...``, ``retake_seed=...``, ...) choose how
-        the DiT samples; see :class:`acestep_ggml.request.Controls` and docs/controls.md."""
+        the DiT samples; see :class:`acestep_ggml.request.Controls` and docs/controls.md.
+
+        ``batch_size=N`` returns a list of N results, item i the song of ``seed + i`` (one after
+        another: the DiT does not yet run a batch in one graph)."""
         controls = Controls.of(controls, **options)
+        if batch_size is not None:
+            n = check_batch_size(batch_size)
+            if init_noise is not None and n > 1:
+                raise InputError("init_noise is one song's noise; a batch_size > 1 draws each item's from its seed")
+            seed = new_seed() if seed is None else seed
+            return [self(request, seed=seed + i, steps=steps, shift=shift, guidance=guidance, timesteps=timesteps,
+                         init_noise=init_noise, posterior=posterior, progress=progress, keep_stages=keep_stages,
+                         controls=controls) for i in range(n)]
         check_for_synth(request, posterior)
         if controls.repaint_mode != Controls.repaint_mode and request.task not in tasks.WINDOW_TASKS:
             raise InputError(f"repaint_mode applies to repaint and lego, not '{request.task}'")
@@ -349,7 +374,7 @@ def splice_source(pred: np.ndarray, src: np.ndarray, window: tasks.Window, rate:
 def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, output: str | os.PathLike,
                    *, bitrate: int | None = None, **kwargs) -> SynthResult:
     """The `synth` CLI as a function: read the exchange directory, synthesise, write `output`
-    (bitrate: kbit/s of an .mp3).
+    (bitrate: kbit/s of an .mp3; with ``batch_size=N > 1``: ``output``'s stem + ``-1`` ... ``-N``).
 
     Task fields and sampling options given as keyword arguments (``task=``, ``src_audio=``,
     ``solver=``, ...; None: not given) override the directory's files.  The output path is
@@ -365,7 +390,9 @@ def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, outp
     device = kwargs.pop("device", "cpu")
     n_threads = kwargs.pop("n_threads", None)
     result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs, **options)
-    result.save(Path(output), bitrate=bitrate)
+    results = result if isinstance(result, list) else [result]
+    for r, path in zip(results, batch_paths(output, len(results))):
+        r.save(path, bitrate=bitrate)
     return result
 
 
@@ -411,7 +438,8 @@ class Pipeline:
                  audio_cover_strength: float = 1.0, posterior: str = "sample",
                  rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
                  legacy_cfg_prompt: bool = False, progress: Optional[Progress] = None,
-                 controls: Optional[Controls] = None, **options) -> SynthResult:
+                 controls: Optional[Controls] = None, batch_size: Optional[int] = None,
+                 **options) -> SynthResult | list[SynthResult]:
         """The 5 Hz LM writes the missing metadata, its caption and language and the audio codes,
         then the synth stage renders them (see ``LM.generate`` for ``rewrite_caption``,
         ``negative_prompt``, ``legacy_cfg_prompt``); ``use_lm=False`` synthesises from noise with
@@ -421,12 +449,24 @@ class Pipeline:
         :class:`Request`; see acestep_ggml.tasks.  With source audio the LM does not run, as
         upstream skips it for cover and repaint: the source gives the audio context, a cover's
         codes come from it.  ``controls`` / ``options``: how the DiT samples, as for
-        :meth:`Synthesizer.__call__`."""
+        :meth:`Synthesizer.__call__`.  ``batch_size=N`` returns a list of N songs, item i the song of
+        ``seed + i``, the LM included (items run one after another)."""
         from .lm import LM
 
         controls = Controls.of(controls, **options)  # checked before any model runs
         if seed is None:
             seed = new_seed()
+        if batch_size is not None:
+            n = check_batch_size(batch_size)
+            return [self.generate(caption, lyrics, duration=duration, bpm=bpm, keyscale=keyscale,
+                                  timesignature=timesignature, language=language, seed=seed + i, steps=steps,
+                                  guidance=guidance, shift=shift, use_lm=use_lm, task=task, src_audio=src_audio,
+                                  ref_audio=ref_audio, repainting_start=repainting_start,
+                                  repainting_end=repainting_end, track_name=track_name, track_classes=track_classes,
+                                  audio_cover_strength=audio_cover_strength, posterior=posterior,
+                                  rewrite_caption=rewrite_caption, negative_prompt=negative_prompt,
+                                  legacy_cfg_prompt=legacy_cfg_prompt, progress=progress, controls=controls)
+                    for i in range(n)]
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
                           timesignature=timesignature, language=language, task=task, src_audio=src_audio,
                           ref_audio=ref_audio, repainting_start=repainting_start, repainting_end=repainting_end,
@@ -459,6 +499,7 @@ class Pipeline:
 
 def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",
              n_threads: Optional[int] = None, lm: Optional[str] = None, quiet: bool = False,
-             **kwargs) -> SynthResult:
-    """One song in one call: ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)``."""
+             **kwargs) -> SynthResult | list[SynthResult]:
+    """One song (or, with ``batch_size``, a list of them) in one call:
+    ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)``."""
     return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet).generate(caption, lyrics, **kwargs)
