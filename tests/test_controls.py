@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fresh_seed
+from test_solvers import _compare
 
 from acestep_ggml import InputError, flow
 from acestep_ggml.pipeline import splice_source
@@ -100,12 +101,6 @@ def _run(vc, vu, x0, steps=7, **kw):
     out = flow.sample(velocity, x0, num_steps=steps, shift=3.0, callback=lambda i, t, x, v: trace.append(x.copy()),
                       **kw)
     return out, trace
-
-
-def _compare(a, b, seed, tol=2e-5):
-    assert len(a) == len(b)
-    for i, (p, q) in enumerate(zip(a, b)):
-        np.testing.assert_allclose(p, q, rtol=tol, atol=tol, err_msg=f"seed={seed} step={i}")
 
 
 def test_adg_loop_matches_upstream_order_and_leaves_apg_momentum_alone():
