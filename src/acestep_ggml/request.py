@@ -7,7 +7,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import numpy as np
 
@@ -127,7 +127,7 @@ class Controls:
         keep = 1.0 if self.repaint_mode == "conservative" else 1.0 - self.repaint_strength
         return keep, round(REPAINT_CROSSFADE_FRAMES * keep), REPAINT_CROSSFADE_SECONDS * keep
 
-    def retake_noise(self, noise, seed_noise) -> "object":
+    def retake_noise(self, noise: np.ndarray, seed_noise: Callable[[int], np.ndarray]) -> np.ndarray:
         """``cos(v·π/2)·noise + sin(v·π/2)·seed_noise(retake_seed)`` (upstream's retake mix,
         variance-preserving); ``noise`` itself at v = 0."""
         if self.retake_variance <= 0:
