@@ -118,6 +118,62 @@ def _add_task_flags(s: argparse.ArgumentParser) -> None:
                    help="encode source/reference audio as a seeded posterior draw (default) or its mean")
 
 
+def _add_control_flags(s: argparse.ArgumentParser) -> None:
+    """The sampling flags of `synth` and `generate` (acestep_ggml.request.Controls; docs/controls.md)."""
+    from .constants import DCW_HIGH_SCALER, DCW_MODES, DCW_SCALER, REPAINT_MODES, SOLVERS, STORK_SUBSTEPS
+
+    g = s.add_argument_group("sampling", "solver, guidance options, DCW, repaint mode, retake (docs/controls.md)")
+    g.add_argument("--solver", choices=SOLVERS, default=None, help="DiT solver (default euler)")
+    g.add_argument("--stork-substeps", type=int, default=None,
+                   help=f"stork4: ROCK4 sub-steps, 2..148 (default {STORK_SUBSTEPS})")
+    g.add_argument("--adg", action="store_true", default=None,
+                   help="angle-based dynamic guidance instead of APG (base/SFT, guidance > 1)")
+    g.add_argument("--cfg-interval", nargs=2, type=float, metavar=("START", "END"), default=None,
+                   help="guide only steps whose timestep t (1 = noise) lies in [START, END] (default 0 1)")
+    g.add_argument("--velocity-norm-threshold", type=float, default=None,
+                   help="clamp |v| to this times |x| per step (default 0: off; upstream suggests 2)")
+    g.add_argument("--velocity-ema", type=float, default=None, dest="velocity_ema_factor",
+                   help="mix this share of the previous step's velocity in, 0..<1 (default 0: off)")
+    g.add_argument("--dcw-mode", choices=DCW_MODES, default=None, help="turn DCW on in this mode (default off)")
+    g.add_argument("--dcw-scaler", type=float, default=None, help=f"DCW strength (default {DCW_SCALER})")
+    g.add_argument("--dcw-high-scaler", type=float, default=None,
+                   help=f"DCW high-band strength of mode double (default {DCW_HIGH_SCALER})")
+    g.add_argument("--repaint-mode", choices=REPAINT_MODES, default=None,
+                   help="repaint/lego: how much source outside the window is held (default aggressive)")
+    g.add_argument("--repaint-strength", type=float, default=None,
+                   help="repaint mode balanced: 0 (conservative) .. 1 (aggressive) (default 0.5)")
+    g.add_argument("--retake-seed", type=int, default=None, help="seed of the noise a retake mixes in")
+    g.add_argument("--retake-variance", type=float, default=None,
+                   help="0..1: how far the noise turns towards the retake seed's (default 0)")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="songs to make, item i with seed + i; -o song.wav writes song-1.wav ... song-N.wav")
+
+
+_CONTROL_FLAGS = ("solver", "stork_substeps", "velocity_norm_threshold", "velocity_ema_factor", "dcw_mode",
+                  "dcw_scaler", "dcw_high_scaler", "repaint_mode", "repaint_strength", "retake_seed", "retake_variance")
+
+
+def _control_args(args: argparse.Namespace) -> dict:
+    """The sampling flags given, as the API's keyword arguments."""
+    out = {k: getattr(args, k) for k in _CONTROL_FLAGS if getattr(args, k) is not None}
+    if args.adg:
+        out["use_adg"] = True
+    if args.cfg_interval:
+        out["cfg_interval"] = tuple(args.cfg_interval)
+    if args.batch_size is not None:
+        out["batch_size"] = args.batch_size
+    return out
+
+
+def _report(output: str, result) -> None:
+    """One line per written song: its path, length and seed."""
+    from .pipeline import batch_paths
+
+    results = result if isinstance(result, list) else [result]
+    for r, path in zip(results, batch_paths(output, len(results))):
+        print(f"{path}: {r.audio.shape[1] / r.sample_rate:.1f} s, seed {r.seed}", file=sys.stderr)
+
+
 def _task_args(args: argparse.Namespace) -> dict:
     """The task flags as the API's keyword arguments; None where a flag was not given."""
     start, end = args.repaint if args.repaint else (None, None)
@@ -158,10 +214,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     result = synth_from_dir(args.input_dir, args.models, args.output, seed=args.seed, steps=args.steps,
                             shift=args.shift, guidance=args.guidance, init_noise=noise, device=args.device,
                             n_threads=args.threads, progress=_progress(args.quiet), bitrate=args.bitrate,
-                            **_task_args(args))
+                            **_task_args(args), **_control_args(args))
     if not args.quiet:
-        print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",
-              file=sys.stderr)
+        _report(args.output, result)
     return 0
 
 
@@ -177,11 +232,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                       seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
                       use_lm=not args.no_lm, lm=args.lm, device=args.device, n_threads=args.threads,
                       progress=_progress(args.quiet), quiet=args.quiet, **_lm_prompt_args(args),
-                      **{k: v for k, v in _task_args(args).items() if v is not None})
-    result.save(args.output, bitrate=args.bitrate)
+                      **{k: v for k, v in _task_args(args).items() if v is not None}, **_control_args(args))
+    from .pipeline import batch_paths
+
+    results = result if isinstance(result, list) else [result]
+    for r, path in zip(results, batch_paths(args.output, len(results))):
+        r.save(path, bitrate=args.bitrate)
     if not args.quiet:
-        print(f"{args.output}: {result.audio.shape[1] / result.sample_rate:.1f} s, seed {result.seed}",
-              file=sys.stderr)
+        _report(args.output, result)
     return 0
 
 
@@ -261,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flags(s)
     s.add_argument("--quiet", action="store_true", help="no progress output")
     _add_task_flags(s)
+    _add_control_flags(s)
     s.set_defaults(func=_cmd_synth)
     s = sub.add_parser("lm", help="5 Hz LM: caption (+ lyrics, metadata) -> metadata and audio codes in an "
                                   "exchange directory")
@@ -310,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
     _add_task_flags(s)
+    _add_control_flags(s)
     _add_lm_prompt_options(s)
     s.set_defaults(func=_cmd_generate)
 

@@ -84,6 +84,24 @@ TURBO_STEPS = 8
 BASE_STEPS = 32
 BASE_GUIDANCE = 7.0
 SHIFT = 3.0
+# The solvers (upstream: infer_method ode/sde with sampler_mode euler/heun; acestep.cpp: solver
+# euler/sde/dpm3m/stork4) and STORK4's ROCK4 degree (acestep.cpp task-types.h: 10; its tables end at 148).
+SOLVERS = ("euler", "sde", "dpm3m", "stork4", "heun")
+STORK_SUBSTEPS = 10
+STORK_SUBSTEPS_RANGE = (2, 148)
+# DCW (upstream acestep/models/common/dcw_correction.py): the modes and upstream's scalers.
+DCW_MODES = ("low", "high", "double", "pix")
+DCW_SCALER = 0.05
+DCW_HIGH_SCALER = 0.02
+# Repaint (upstream generate_music._resolve_repaint_config): how much of the source outside the
+# window is held: conservative = injection through every step, 25 latent frames and 0.05 s of
+# crossfade; balanced scales those by 1 - strength; aggressive none (the diffusers pipeline's
+# behaviour, our default; upstream's is balanced at 0.5).
+REPAINT_MODES = ("conservative", "balanced", "aggressive")
+REPAINT_MODE = "aggressive"
+REPAINT_STRENGTH = 0.5
+REPAINT_CROSSFADE_FRAMES = 25
+REPAINT_CROSSFADE_SECONDS = 0.05
 # The LM's sampling: upstream's acestep/inference.py GenerationParams (lm_cfg_scale,
 # lm_temperature, lm_top_p; lm_top_k 0, i.e. off).
 LM_CFG_SCALE = 2.0

@@ -28,6 +28,28 @@ audio_cover_strength  number in 0..1         1
 
 The files are named as the original pair names them: ``timesig`` holds Request.timesignature.
 See acestep_ggml.tasks for what each task does with these.
+
+How the synth stage samples (acestep_ggml.request.Controls; docs/controls.md), read by `synth`
+only, each overridden by its command-line flag:
+
+=======================  =====================================  =========
+file                     content                                default
+=======================  =====================================  =========
+solver                   euler, sde, dpm3m, stork4 or heun      euler
+stork_substeps           integer 2..148                         10
+use_adg                  true or false                          false
+cfg_interval_start       number in 0..1 (on t, 1 = noise)       0
+cfg_interval_end         number in 0..1                         1
+velocity_norm_threshold  number >= 0 (0: off)                   0
+velocity_ema_factor      number in [0, 1) (0: off)              0
+dcw_mode                 low, high, double or pix               N/A (off)
+dcw_scaler               number >= 0                            0.05
+dcw_high_scaler          number >= 0                            0.02
+repaint_mode             conservative, balanced or aggressive   aggressive
+repaint_strength         number in 0..1                         0.5
+retake_seed              integer >= 0                           N/A
+retake_variance          number in 0..1                         0
+=======================  =====================================  =========
 """
 from __future__ import annotations
 
@@ -38,7 +60,7 @@ from pathlib import Path
 
 from .constants import DEFAULT_DURATION, MAX_CODE, MAX_DURATION, MIN_SYNTH_DURATION
 from .errors import ExchangeError
-from .request import Request
+from .request import Controls, Request
 from .tasks import TASKS
 
 FIELDS = ("caption", "lyrics", "codes", "bpm", "duration", "keyscale", "timesig", "language")
@@ -135,6 +157,46 @@ def read_request(folder: str | os.PathLike) -> Request:
         language=_optional(_read(folder, "language")),
         **_read_task(folder),
     )
+
+
+CONTROL_FILES = ("solver", "stork_substeps", "use_adg", "cfg_interval_start", "cfg_interval_end",
+                 "velocity_norm_threshold", "velocity_ema_factor", "dcw_mode", "dcw_scaler", "dcw_high_scaler",
+                 "repaint_mode", "repaint_strength", "retake_seed", "retake_variance")
+_TEXT_CONTROLS = ("solver", "dcw_mode", "repaint_mode")
+_INT_CONTROLS = ("stork_substeps", "retake_seed")
+
+
+def _bool(folder: Path, name: str) -> bool | None:
+    t = _optional(_read(folder, name))
+    if t is None:
+        return None
+    if t.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ExchangeError(f"{folder / name}: expected true or false, got {t!r}")
+    return t.lower() in ("true", "1", "yes")
+
+
+def read_controls(folder: str | os.PathLike) -> dict:
+    """The sampling options the directory's files set, by Controls field name (absent or N/A:
+    not set); a malformed file is an ExchangeError naming it.  The ranges are checked where the
+    options are used (an InputError naming the field, i.e. the file)."""
+    folder = Path(folder)
+    out: dict = {}
+    for name in CONTROL_FILES:
+        if name in _TEXT_CONTROLS:
+            v = _optional(_read(folder, name))
+        elif name in _INT_CONTROLS:
+            v = _number(folder, name, int, "an integer")
+        elif name == "use_adg":
+            v = _bool(folder, name)
+        else:
+            v = _float(folder, name)
+        if v is not None:
+            out[name] = v
+    start, end = out.pop("cfg_interval_start", None), out.pop("cfg_interval_end", None)
+    if start is not None or end is not None:
+        lo, hi = Controls.cfg_interval
+        out["cfg_interval"] = (lo if start is None else start, hi if end is None else end)
+    return out
 
 
 def _read_task(folder: Path) -> dict:

@@ -190,8 +190,10 @@ class DiT:
                timesteps: Optional[Sequence[float]] = None, guidance_scale: float = 1.0,
                null_encoder_states=None, cfg_interval: tuple[float, float] = (0.0, 1.0),
                callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None,
-               non_cover_states=None, cover_strength: float = 1.0) -> np.ndarray:
+               non_cover_states=None, cover_strength: float = 1.0, **options) -> np.ndarray:
         """Runs the flow-matching sampler from seeded (or given) noise to clean latents ``(T, 64)``.
+        ``options``: the solver, guidance, DCW and repaint options of :func:`acestep_ggml.flow.sample`
+        (its SDE noise is drawn from ``seed``).
 
         Turbo checkpoints: leave ``guidance_scale`` at 1.  Base/SFT: ``guidance_scale > 1`` with
         ``null_encoder_states`` (the condition encoder's null embedding broadcast to the encoder
@@ -239,7 +241,7 @@ class DiT:
 
         return flow.sample(velocity, noise, num_steps=num_steps, shift=shift, timesteps=timesteps,
                            guidance_scale=guidance_scale, cfg_interval=cfg_interval, callback=callback,
-                           mix=mix if blend else None)
+                           mix=mix if blend else None, seed=seed, **options)
 
 
 def _batch(a, what: str) -> np.ndarray:

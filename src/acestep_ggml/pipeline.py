@@ -36,7 +36,7 @@ from .constants import (
 from .errors import InputError, ModelFileError
 from .hub import SYNTH_KINDS, ModelSet, find_models, is_repo_id, resolve
 from .models import VAE, AudioTokenizer, ConditionEncoder, Detokenizer, DiT, TextEncoder
-from .request import AudioInput, Request, check_for_synth, check_task, given_metadata
+from .request import AudioInput, Controls, Request, check_for_synth, check_task, given_metadata
 from .tokenizer import Tokenizer
 
 # progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
@@ -44,6 +44,19 @@ from .tokenizer import Tokenizer
 # (VAE-encoded tiles of source and reference audio), "text", "condition", "tokenize" (source
 # latents to codes, cover), "codes" (detokenizer), "dit" (sampler steps), "vae" (decoded tiles).
 Progress = Callable[[str, int, int], None]
+
+
+def check_batch_size(batch_size) -> int:
+    """``batch_size`` as a positive int, or an InputError naming it."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
+def batch_paths(output: str | os.PathLike, n: int) -> list[Path]:
+    """Where a batch's songs go: ``song.wav`` itself for one, ``song-1.wav`` ... ``song-N.wav`` for more."""
+    p = Path(output)
+    return [p] if n == 1 else [p.with_name(f"{p.stem}-{i}{p.suffix}") for i in range(1, n + 1)]
 
 
 def new_seed() -> int:
@@ -154,14 +167,32 @@ class Synthesizer:
     # -- the job ------------------------------------------------------------------------
     def __call__(self, request: Request, *, seed: Optional[int] = None, steps: Optional[int] = None,
                  shift: float = SHIFT, guidance: Optional[float] = None, timesteps=None,
-                 cfg_interval: tuple[float, float] = (0.0, 1.0), init_noise: Optional[np.ndarray] = None,
-                 posterior: str = "sample", progress: Optional[Progress] = None,
-                 keep_stages: bool = False) -> SynthResult:
+                 init_noise: Optional[np.ndarray] = None, posterior: str = "sample",
+                 progress: Optional[Progress] = None, keep_stages: bool = False,
+                 controls: Optional[Controls] = None, batch_size: Optional[int] = None,
+                 **options) -> SynthResult | list[SynthResult]:
         """Renders ``request`` (its task and audio inputs included, see acestep_ggml.tasks).
 
         Source and reference audio are encoded as a draw from the VAE posterior seeded from
-        ``seed``, as the original does, or at its mean with ``posterior="mean"``."""
+        ``seed``, as the original does, or at its mean with ``posterior="mean"``.
+        ``controls`` and ``options`` (its fields by name: ``solver="sde"``, ``dcw_mode="low"``,
+        ``cfg_interval=(0.2, 1.0)``, ``repaint_mode=...``, ``retake_seed=...``, ...) choose how
+        the DiT samples; see :class:`acestep_ggml.request.Controls` and docs/controls.md.
+
+        ``batch_size=N`` returns a list of N results, item i the song of ``seed + i`` (one after
+        another: the DiT does not yet run a batch in one graph)."""
+        controls = Controls.of(controls, **options)
+        if batch_size is not None:
+            n = check_batch_size(batch_size)
+            if init_noise is not None and n > 1:
+                raise InputError("init_noise is one song's noise; a batch_size > 1 draws each item's from its seed")
+            seed = new_seed() if seed is None else seed
+            return [self(request, seed=seed + i, steps=steps, shift=shift, guidance=guidance, timesteps=timesteps,
+                         init_noise=init_noise, posterior=posterior, progress=progress, keep_stages=keep_stages,
+                         controls=controls) for i in range(n)]
         check_for_synth(request, posterior)
+        if controls.repaint_mode != Controls.repaint_mode and request.task not in tasks.WINDOW_TASKS:
+            raise InputError(f"repaint_mode applies to repaint and lego, not '{request.task}'")
         if steps is not None and steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
         if not (math.isfinite(shift) and shift > 0):
@@ -272,6 +303,14 @@ class Synthesizer:
         noise = np.asarray(noise, dtype=np.float32)
         if noise.shape != src.shape:
             raise InputError(f"init noise has shape {noise.shape}; this request needs {src.shape}")
+        noise = controls.retake_noise(noise, lambda s: flow.initial_noise(src.shape[0], s, src.shape[1]))
+        keep("noise", noise)
+        ratio, crossfade, wav_crossfade = controls.repaint()
+        repaint = None
+        if window is not None and controls.repaint_mode != "aggressive":
+            n_steps = len(timesteps) if timesteps is not None else steps
+            repaint = flow.Repaint(mask=chunk_mask[:, 0] > 0.5, source=src_latents[:src.shape[0]], noise=noise,
+                                   cutoff=round(ratio * n_steps), crossfade=crossfade)
 
         velocities: list[np.ndarray] = []
 
@@ -284,10 +323,10 @@ class Synthesizer:
         report("dit", 0, steps)
         null = None if null_emb is None else np.broadcast_to(null_emb, enc_hidden.shape)
         x0 = dit.sample(enc_hidden, src, chunk_mask, noise=noise, num_steps=steps, shift=shift,
-                        timesteps=timesteps, guidance_scale=guidance, null_encoder_states=null,
-                        cfg_interval=cfg_interval, callback=on_step,
+                        timesteps=timesteps, guidance_scale=guidance, null_encoder_states=null, callback=on_step,
                         non_cover_states=non_cover[0] if blend else None,
-                        cover_strength=request.audio_cover_strength)
+                        cover_strength=request.audio_cover_strength, seed=seed, repaint=repaint, turbo=turbo,
+                        **controls.sampler_options())
         del dit  # freed before the VAE loads (unless kept loaded)
         self._done("dit")
         for i, v in enumerate(velocities):
@@ -299,6 +338,9 @@ class Synthesizer:
         del vae
         self._done("vae")
         keep("audio_raw", wave)
+        if window is not None and controls.repaint_mode != "aggressive":
+            wave = splice_source(wave, src_wave, window, rate, wav_crossfade)
+            keep("audio_spliced", wave)
         out = audio_io.normalize_peak(np.asarray(wave, dtype=np.float32)).astype(np.float32)
         keep("audio", out)
 
@@ -306,24 +348,51 @@ class Synthesizer:
         return SynthResult(audio=out, sample_rate=rate, latents=x0, request=used, seed=seed, stages=stages)
 
 
+def splice_source(pred: np.ndarray, src: np.ndarray, window: tasks.Window, rate: int,
+                  crossfade_s: float) -> np.ndarray:
+    """The source audio outside the repaint window, the generated audio inside it, with ramps of
+    ``crossfade_s`` seconds outside the window (upstream repaint_waveform_splice.py): on the first
+    ``min(len(pred), len(src))`` samples; later ones of ``pred`` are kept."""
+    n = min(pred.shape[-1], src.shape[-1])
+    a = min(max(int(window.start * rate), 0), n)
+    b = n if window.end is None else min(max(int(window.end * rate), a), n)
+    if a == 0 and b >= n:
+        return pred
+    m = np.zeros(n, dtype=np.float32)
+    m[a:b] = 1.0
+    fade = int(crossfade_s * rate)
+    if fade > 0:
+        lo = max(a - fade, 0)
+        m[lo:a] = (np.arange(a - lo) + 1) / (a - lo + 1)
+        hi = min(b + fade, n)
+        m[b:hi] = 1.0 - (np.arange(hi - b) + 1) / (hi - b + 1)
+    out = np.array(pred, dtype=np.float32, copy=True)
+    out[..., :n] = m * pred[..., :n] + (1.0 - m) * src[..., :n]
+    return out
+
+
 def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, output: str | os.PathLike,
                    *, bitrate: int | None = None, **kwargs) -> SynthResult:
     """The `synth` CLI as a function: read the exchange directory, synthesise, write `output`
-    (bitrate: kbit/s of an .mp3).
+    (bitrate: kbit/s of an .mp3; with ``batch_size=N > 1``: ``output``'s stem + ``-1`` ... ``-N``).
 
-    Task fields given as keyword arguments (``task=``, ``src_audio=``, ...; None: not given)
-    override the directory's files.  The output path is checked first; nothing is written when
-    any step fails.
+    Task fields and sampling options given as keyword arguments (``task=``, ``src_audio=``,
+    ``solver=``, ...; None: not given) override the directory's files.  The output path is
+    checked first; nothing is written when any step fails.
     """
-    from .exchange import TASK_FIELDS, read_request
+    from .exchange import TASK_FIELDS, read_controls, read_request
 
     audio_io.check_output_path(output, bitrate=bitrate)
     given = {k: kwargs.pop(k) for k in TASK_FIELDS if k in kwargs}
     request = dataclasses.replace(read_request(input_dir), **{k: v for k, v in given.items() if v is not None})
+    flags = {k: kwargs.pop(k) for k in {f.name for f in dataclasses.fields(Controls)} & kwargs.keys()}
+    options = read_controls(input_dir) | {k: v for k, v in flags.items() if v is not None}
     device = kwargs.pop("device", "cpu")
     n_threads = kwargs.pop("n_threads", None)
-    result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs)
-    result.save(Path(output), bitrate=bitrate)
+    result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs, **options)
+    results = result if isinstance(result, list) else [result]
+    for r, path in zip(results, batch_paths(output, len(results))):
+        r.save(path, bitrate=bitrate)
     return result
 
 
@@ -368,7 +437,9 @@ class Pipeline:
                  track_name: Optional[str] = None, track_classes: Optional[list[str]] = None,
                  audio_cover_strength: float = 1.0, posterior: str = "sample",
                  rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
-                 legacy_cfg_prompt: bool = False, progress: Optional[Progress] = None) -> SynthResult:
+                 legacy_cfg_prompt: bool = False, progress: Optional[Progress] = None,
+                 controls: Optional[Controls] = None, batch_size: Optional[int] = None,
+                 **options) -> SynthResult | list[SynthResult]:
         """The 5 Hz LM writes the missing metadata, its caption and language and the audio codes,
         then the synth stage renders them (see ``LM.generate`` for ``rewrite_caption``,
         ``negative_prompt``, ``legacy_cfg_prompt``); ``use_lm=False`` synthesises from noise with
@@ -377,11 +448,25 @@ class Pipeline:
         ``task`` and its inputs (audio as a file path or (2, N) samples at 48 kHz) are those of
         :class:`Request`; see acestep_ggml.tasks.  With source audio the LM does not run, as
         upstream skips it for cover and repaint: the source gives the audio context, a cover's
-        codes come from it."""
+        codes come from it.  ``controls`` / ``options``: how the DiT samples, as for
+        :meth:`Synthesizer.__call__`.  ``batch_size=N`` returns a list of N songs, item i the song of
+        ``seed + i``, the LM included (items run one after another)."""
         from .lm import LM
 
+        controls = Controls.of(controls, **options)  # checked before any model runs
         if seed is None:
             seed = new_seed()
+        if batch_size is not None:
+            n = check_batch_size(batch_size)
+            return [self.generate(caption, lyrics, duration=duration, bpm=bpm, keyscale=keyscale,
+                                  timesignature=timesignature, language=language, seed=seed + i, steps=steps,
+                                  guidance=guidance, shift=shift, use_lm=use_lm, task=task, src_audio=src_audio,
+                                  ref_audio=ref_audio, repainting_start=repainting_start,
+                                  repainting_end=repainting_end, track_name=track_name, track_classes=track_classes,
+                                  audio_cover_strength=audio_cover_strength, posterior=posterior,
+                                  rewrite_caption=rewrite_caption, negative_prompt=negative_prompt,
+                                  legacy_cfg_prompt=legacy_cfg_prompt, progress=progress, controls=controls)
+                    for i in range(n)]
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
                           timesignature=timesignature, language=language, task=task, src_audio=src_audio,
                           ref_audio=ref_audio, repainting_start=repainting_start, repainting_end=repainting_end,
@@ -409,11 +494,12 @@ class Pipeline:
                                   progress=progress)
             del lm
         return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, posterior=posterior,
-                          progress=progress)
+                          progress=progress, controls=controls)
 
 
 def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",
              n_threads: Optional[int] = None, lm: Optional[str] = None, quiet: bool = False,
-             **kwargs) -> SynthResult:
-    """One song in one call: ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)``."""
+             **kwargs) -> SynthResult | list[SynthResult]:
+    """One song (or, with ``batch_size``, a list of them) in one call:
+    ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)``."""
     return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet).generate(caption, lyrics, **kwargs)

@@ -3,22 +3,32 @@ runs: those of the LM (the metadata it is given) and those of the synth stage (i
 task fields)."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass
-from typing import Dict, Union
+from typing import Callable, Dict, Optional, Union
 
 import numpy as np
 
-from . import tasks
+from . import flow, tasks
 from .constants import (
     BPM_RANGE,
     CODES_PER_SECOND,
+    DCW_HIGH_SCALER,
+    DCW_SCALER,
     DEFAULT_DURATION,
     DURATION_RANGE,
     KEYSCALES,
     LANGUAGES,
     MAX_DURATION,
     MIN_SYNTH_DURATION,
+    REPAINT_CROSSFADE_FRAMES,
+    REPAINT_CROSSFADE_SECONDS,
+    REPAINT_MODE,
+    REPAINT_MODES,
+    REPAINT_STRENGTH,
+    STORK_SUBSTEPS,
     TIMESIGNATURES,
 )
 from .errors import InputError
@@ -54,6 +64,76 @@ class Request:
         if self.codes:
             return len(self.codes) / CODES_PER_SECOND
         return float(self.duration if self.duration is not None else DEFAULT_DURATION)
+
+
+@dataclass(frozen=True)
+class Controls:
+    """How the synth stage samples: the solver, the guidance options, DCW, repaint and retake.
+    docs/controls.md gives each field's source and upstream's and acestep.cpp's names for it."""
+
+    solver: str = "euler"
+    stork_substeps: int = STORK_SUBSTEPS
+    use_adg: bool = False  # ADG instead of APG (base/SFT with guidance > 1)
+    cfg_interval: tuple[float, float] = (0.0, 1.0)  # guidance where start <= t <= end (t = 1: noise)
+    velocity_norm_threshold: float = 0.0  # 0: off
+    velocity_ema_factor: float = 0.0  # 0: off
+    dcw_mode: Optional[str] = None  # None: DCW off
+    dcw_scaler: float = DCW_SCALER
+    dcw_high_scaler: float = DCW_HIGH_SCALER
+    repaint_mode: str = REPAINT_MODE
+    repaint_strength: float = REPAINT_STRENGTH
+    retake_seed: Optional[int] = None
+    retake_variance: float = 0.0
+
+    @classmethod
+    def of(cls, controls: Optional["Controls"] = None, **options) -> "Controls":
+        """``controls`` (default: the defaults) with ``options`` replaced, checked; an unknown
+        option is an InputError naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise InputError(f"unknown sampling option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        out = dataclasses.replace(controls or cls(), **options)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """InputError naming the first field out of its range."""
+        flow.check_options(**self.sampler_options())
+        if self.repaint_mode not in REPAINT_MODES:
+            raise InputError(f"repaint_mode must be one of {', '.join(REPAINT_MODES)}, got {self.repaint_mode!r}")
+        for name in ("repaint_strength", "retake_variance"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise InputError(f"{name} must be a number in 0..1, got {v!r}")
+        r = self.retake_seed
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 0):
+            raise InputError(f"retake_seed must be an integer >= 0, got {r!r}")
+        if self.retake_variance > 0 and r is None:
+            raise InputError("retake_variance > 0 needs a retake_seed: the noise it mixes in")
+
+    def sampler_options(self) -> dict:
+        """The keyword arguments of acestep_ggml.flow.sample."""
+        return {k: getattr(self, k) for k in ("solver", "stork_substeps", "use_adg", "cfg_interval",
+                                              "velocity_norm_threshold", "velocity_ema_factor", "dcw_mode",
+                                              "dcw_scaler", "dcw_high_scaler")}
+
+    def repaint(self) -> tuple[float, int, float]:
+        """(injection ratio, latent crossfade frames, waveform crossfade seconds) of the repaint
+        mode, as upstream's generate_music._resolve_repaint_config derives them (Python's round:
+        half to even)."""
+        if self.repaint_mode == "aggressive":
+            return 0.0, 0, 0.0
+        keep = 1.0 if self.repaint_mode == "conservative" else 1.0 - self.repaint_strength
+        return keep, round(REPAINT_CROSSFADE_FRAMES * keep), REPAINT_CROSSFADE_SECONDS * keep
+
+    def retake_noise(self, noise: np.ndarray, seed_noise: Callable[[int], np.ndarray]) -> np.ndarray:
+        """``cos(v·π/2)·noise + sin(v·π/2)·seed_noise(retake_seed)`` (upstream's retake mix,
+        variance-preserving); ``noise`` itself at v = 0."""
+        if self.retake_variance <= 0:
+            return noise
+        a = self.retake_variance * math.pi / 2
+        return (math.cos(a) * noise + math.sin(a) * seed_noise(self.retake_seed)).astype(noise.dtype)
 
 
 def check_task(request: Request, *, has_codes: bool, posterior: str = "sample") -> None:
