@@ -105,8 +105,8 @@ std::shared_ptr<Backend> Backend::get(const std::string &spec, int n_threads) {
     std::shared_ptr<Backend> b(new Backend());
     b->name_ = name;
     b->primary_ = ggml_backend_dev_init(dev, nullptr);
-    if (!b->primary_) throw InputError(fmt("could not initialise ggml device %s: %s", b->name_.c_str(),
-                                           last_ggml_error().c_str()));
+    if (!b->primary_) throw DeviceError(fmt("could not initialise ggml device %s: %s", b->name_.c_str(),
+                                            last_ggml_error().c_str()));
     if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) {
         b->cpu_ = b->primary_;
     } else {

@@ -39,7 +39,7 @@ Runner::Runner(std::shared_ptr<Backend> backend, size_t max_nodes) : backend_(st
     std::vector<ggml_backend_t> backends = {backend_->primary()};
     if (!backend_->is_cpu() && backend_->cpu()) backends.push_back(backend_->cpu());
     sched_ = ggml_backend_sched_new(backends.data(), nullptr, (int)backends.size(), max_nodes, false, true);
-    if (!sched_) throw std::runtime_error("could not create the ggml scheduler");
+    if (!sched_) throw DeviceError(fmt("could not create a ggml scheduler on %s", backend_->name().c_str()));
 }
 
 size_t Runner::compute_bytes() const { return ggml_backend_sched_get_buffer_size(sched_, backend_->primary()); }
@@ -90,7 +90,7 @@ void Runner::alloc(Graph &g) {
         }
     }
     if (!ggml_backend_sched_alloc_graph(sched_, g.graph()))
-        throw std::runtime_error(fmt("could not allocate compute memory on %s: %s", backend_->name().c_str(),
+        throw DeviceError(fmt("could not allocate compute memory on %s: %s", backend_->name().c_str(),
                                      last_ggml_error().c_str()));
     if (backend_->is_cpu() || !env::strict_device()) return;
     for (int i = 0; i < ggml_graph_n_nodes(g.graph()); i++) {
@@ -115,33 +115,46 @@ void Runner::compute(Graph &g) {
     std::lock_guard<std::mutex> lock(backend_->compute_mutex());
     ggml_status st = ggml_backend_sched_graph_compute(sched_, g.graph());
     if (st != GGML_STATUS_SUCCESS)
-        throw std::runtime_error(fmt("graph computation failed on %s (status %d): %s", backend_->name().c_str(),
+        throw DeviceError(fmt("graph computation failed on %s (status %d): %s", backend_->name().c_str(),
                                      (int)st, last_ggml_error().c_str()));
 }
 
-static void check_count(const ggml_tensor *t, size_t n) {
+// Before a copy into t: n values, of t's element type, into memory the graph's allocation gave t
+// (ggml aborts on a tensor without a buffer, such as an input the graph does not use).
+static void check_input(const ggml_tensor *t, size_t n, ggml_type type) {
     if ((int64_t)n != ggml_nelements(t))
         throw InputError(fmt("input '%s' needs %lld values, got %zu", ggml_get_name(t),
                              (long long)ggml_nelements(t), n));
+    if (t->type != type)
+        throw Error(fmt("set_input: input '%s' is %s, not %s", ggml_get_name(t), ggml_type_name(t->type),
+                        ggml_type_name(type)));
+    if (!(t->view_src ? t->view_src->buffer : t->buffer))
+        throw Error(fmt("set_input: input '%s' has no memory: it is not part of the allocated graph", ggml_get_name(t)));
 }
 
 void set_input(ggml_tensor *t, const float *data, size_t n) {
-    check_count(t, n);
-    if (t->type == GGML_TYPE_F32) {
-        ggml_backend_tensor_set(t, data, 0, n * sizeof(float));
-    } else if (t->type == GGML_TYPE_F16) {
+    if (t->type == GGML_TYPE_F16) {
         std::vector<ggml_fp16_t> h(n);
         fp32_to_fp16_row(data, h.data(), (int64_t)n);
-        ggml_backend_tensor_set(t, h.data(), 0, n * sizeof(ggml_fp16_t));
-    } else {
-        throw std::logic_error("set_input: unsupported tensor type");
+        return set_input(t, h.data(), n);
     }
+    check_input(t, n, GGML_TYPE_F32);
+    ggml_backend_tensor_set(t, data, 0, n * sizeof(float));
+}
+
+void set_input(ggml_tensor *t, const ggml_fp16_t *data, size_t n) {
+    check_input(t, n, GGML_TYPE_F16);
+    ggml_backend_tensor_set(t, data, 0, n * sizeof(ggml_fp16_t));
 }
 
 void set_input(ggml_tensor *t, const int32_t *data, size_t n) {
-    check_count(t, n);
-    if (t->type != GGML_TYPE_I32) throw std::logic_error("set_input: tensor is not I32");
+    check_input(t, n, GGML_TYPE_I32);
     ggml_backend_tensor_set(t, data, 0, n * sizeof(int32_t));
+}
+
+void set_input(ggml_tensor *t, const int64_t *data, size_t n) {
+    check_input(t, n, GGML_TYPE_I64);
+    ggml_backend_tensor_set(t, data, 0, n * sizeof(int64_t));
 }
 
 std::vector<float> get_output(const ggml_tensor *t) {
@@ -150,7 +163,7 @@ std::vector<float> get_output(const ggml_tensor *t) {
         ggml_backend_tensor_get(t, out.data(), 0, out.size() * sizeof(float));
         return out;
     }
-    if (!ggml_is_contiguous(t)) throw std::logic_error("get_output: output tensor must be contiguous");
+    if (!ggml_is_contiguous(t)) throw Error(fmt("get_output: output '%s' is not contiguous", ggml_get_name(t)));
     std::vector<uint8_t> raw(ggml_nbytes(t));
     ggml_backend_tensor_get(t, raw.data(), 0, raw.size());
     to_float(t->type, raw.data(), out.data(), (int64_t)out.size());

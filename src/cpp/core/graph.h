@@ -49,9 +49,13 @@ class Runner {
     ggml_backend_sched_t sched_ = nullptr;
 };
 
-// Host <-> backend copies with shape checks.
+// Host -> backend copies of n values, checked against the tensor's size and type: float into F32
+// or F16 (converted), F16 masks, I32 ids and positions, I64 rows.
 void set_input(ggml_tensor *t, const float *data, size_t n);
+void set_input(ggml_tensor *t, const ggml_fp16_t *data, size_t n);
 void set_input(ggml_tensor *t, const int32_t *data, size_t n);
+void set_input(ggml_tensor *t, const int64_t *data, size_t n);
+// Backend -> host, as float.
 std::vector<float> get_output(const ggml_tensor *t);
 
 }  // namespace ace

@@ -1,8 +1,7 @@
 // runtime.cpp: loading ggml's backend plugins, the CPU backend through its registry.
 #include "core/runtime.h"
 
-#include <stdexcept>
-
+#include "core/error.h"
 #include "core/format.h"
 #include "core/log.h"
 #include "ggml-backend.h"
@@ -39,7 +38,7 @@ std::string parent_dir(const std::string &path) {
 
 ggml_backend_reg_t cpu_reg() {
     ggml_backend_reg_t reg = ggml_backend_reg_by_name("CPU");
-    if (!reg) throw std::runtime_error("ggml's CPU backend is not loaded");
+    if (!reg) throw DeviceError("ggml's CPU backend is not loaded");
     return reg;
 }
 
@@ -49,14 +48,14 @@ void load_package_backends() {
     const std::string lib = parent_dir(library_of((const void *)&load_package_backends)) + "/lib";
     ggml_backend_load_all_from_path(lib.c_str());
     if (!ggml_backend_reg_by_name("CPU"))
-        throw std::runtime_error(fmt("no ggml CPU backend could be loaded from %s (libggml-cpu-*): the "
+        throw DeviceError(fmt("no ggml CPU backend could be loaded from %s (libggml-cpu-*): the "
                                      "package is incomplete or was built for another CPU family; %s",
                                      lib.c_str(), last_ggml_error().c_str()));
 }
 
 void load_backend_library(const std::string &path) {
     if (!ggml_backend_load(path.c_str()))
-        throw std::runtime_error(fmt("could not load the ggml backend %s: %s", path.c_str(), last_ggml_error().c_str()));
+        throw DeviceError(fmt("could not load the ggml backend %s: %s", path.c_str(), last_ggml_error().c_str()));
 }
 
 std::map<std::string, std::string> cpu_features() {

@@ -19,7 +19,7 @@ class DeviceTensors {
 
     // Declares a tensor (shape in PyTorch order); only before alloc().
     ggml_tensor *add(const char *name, ggml_type type, const std::vector<int64_t> &torch_shape);
-    // One buffer for all declared tensors; InputError naming `what` when it does not fit.
+    // One buffer for all declared tensors; DeviceError naming `what` when it does not fit.
     void alloc(const char *what);
     size_t nbytes() const;
 

@@ -30,8 +30,8 @@ Weights::~Weights() {
 }
 
 ggml_tensor *Weights::new_tensor(const std::string &name, ggml_type type, const std::vector<int64_t> &s) {
-    if (buffer_) throw std::logic_error("Weights: tensor declared after load()");
-    if (s.empty() || s.size() > GGML_MAX_DIMS) throw std::logic_error("Weights: bad rank for " + name);
+    if (buffer_) throw Error("Weights: tensor declared after load()");
+    if (s.empty() || s.size() > GGML_MAX_DIMS) throw Error("Weights: bad rank for " + name);
     int64_t ne[GGML_MAX_DIMS] = {1, 1, 1, 1};
     for (size_t i = 0; i < s.size(); i++) ne[i] = s[s.size() - 1 - i];
     ggml_tensor *t = ggml_new_tensor(ctx_, type, (int)s.size(), ne);
@@ -140,9 +140,12 @@ static bool read_tensor(int fd, const TensorInfo &t, uint8_t *dst, bool to_f16, 
 void Weights::load() {
     if (buffer_) return;
     buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, backend_->primary());
-    if (!buffer_ && !entries_.empty())
-        throw FileError(fmt("%s: could not allocate %s for the weights on %s", file_->path().c_str(),
-                            "a buffer", backend_->name().c_str()));
+    if (!buffer_ && !entries_.empty()) {
+        size_t bytes = 0;
+        for (ggml_tensor *t = ggml_get_first_tensor(ctx_); t; t = ggml_get_next_tensor(ctx_, t)) bytes += ggml_nbytes(t);
+        throw DeviceError(fmt("%s: could not allocate %.1f MiB for the weights on %s", file_->path().c_str(),
+                              bytes / 1048576.0, backend_->name().c_str()));
+    }
     if (buffer_) ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     bool host = buffer_ && ggml_backend_buffer_is_host(buffer_);
     const int fd = open(file_->path().c_str(), O_RDONLY);

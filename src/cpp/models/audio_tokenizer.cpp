@@ -81,7 +81,7 @@ std::vector<int64_t> AudioTokenizer::tokenize(const std::vector<float> &latents)
         runner_.alloc(g);
         set_input(in, padded.data() + first * pool_ * in_dim_, (size_t)(m * pool_ * in_dim_));
         set_input(pos, p.data(), p.size());
-        if (wm) ggml_backend_tensor_set(wm, win.data(), 0, win.size() * sizeof(ggml_fp16_t));
+        if (wm) set_input(wm, win.data(), win.size());
         runner_.compute(g);
         std::vector<float> z = get_output(out);
 

@@ -143,7 +143,7 @@ ConditionEncoder::Output ConditionEncoder::encode(const std::vector<float> &text
     set_input(pos_l, pl.data(), pl.size());
     set_input(pos_r, pr.data(), pr.size());
     auto set_mask = [](ggml_tensor *t, const std::vector<ggml_fp16_t> &m) {
-        ggml_backend_tensor_set(t, m.data(), 0, m.size() * sizeof(ggml_fp16_t));
+        set_input(t, m.data(), m.size());
     };
     set_mask(win_l, make_mask(tl, tl, MaskKind::Window, lyric_.window, lyric_mask));
     set_mask(full_l, make_mask(tl, tl, MaskKind::Full, 0, lyric_mask));

@@ -75,7 +75,7 @@ std::vector<float> Detokenizer::decode(const std::vector<int64_t> &codes) {
     set_input(pos, p.data(), p.size());
     if (win) {
         auto m = make_mask(pool_, pool_, MaskKind::Window, stack_.window);
-        ggml_backend_tensor_set(win, m.data(), 0, m.size() * sizeof(ggml_fp16_t));
+        set_input(win, m.data(), m.size());
     }
     runner_.compute(g);
     return get_output(x);

@@ -221,7 +221,7 @@ void DiT::set_conditions(const float *enc, int64_t Be, int64_t S, const float *s
     const std::vector<int32_t> pos = iota(N);
     set_input(c->pos, pos.data(), pos.size());
     const std::vector<ggml_fp16_t> window = make_mask(N, N, MaskKind::Window, cfg_.sliding_window);
-    ggml_backend_tensor_set(c->window, window.data(), 0, window.size() * sizeof(ggml_fp16_t));
+    set_input(c->window, window.data(), window.size());
 
     // enc [Be, S, E] -> condition embedder [Be, S, H] -> every layer's K (normed) and V.
     Graph g(4096);

@@ -195,8 +195,8 @@ std::vector<float> LM::forward(const std::vector<int32_t> &ids, int seq0, int ns
     }
     set_input(step_->ids, ids.data(), ids.size());
     set_input(step_->pos, pos.data(), pos.size());
-    ggml_backend_tensor_set(step_->rows, rows.data(), 0, rows.size() * sizeof(int64_t));
-    ggml_backend_tensor_set(step_->mask, mask.data(), 0, mask.size() * sizeof(ggml_fp16_t));
+    set_input(step_->rows, rows.data(), rows.size());
+    set_input(step_->mask, mask.data(), mask.size());
     runner_.compute(step_->g);
     for (int s = seq0; s < seq0 + ns; s++) len_[s] += t;
     return get_output(step_->logits);

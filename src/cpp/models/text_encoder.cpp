@@ -39,7 +39,7 @@ std::vector<float> TextEncoder::run(const std::vector<int32_t> &ids, bool with_l
         auto p = iota(t);
         set_input(pos, p.data(), p.size());
         auto m = make_mask(t, t, MaskKind::Causal, 0);
-        ggml_backend_tensor_set(mask, m.data(), 0, m.size() * sizeof(ggml_fp16_t));
+        set_input(mask, m.data(), m.size());
     }
     runner_.compute(g);
     return get_output(x);

@@ -744,8 +744,8 @@ void VAE::encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::v
             std::vector<float> out = get_output(h);
             const int64_t Tw = h->ne[1];
             if (Tw != w.win1 - w.win0)
-                throw std::logic_error(fmt("encoder produced %lld frames for a window of %lld", (long long)Tw,
-                                           (long long)(w.win1 - w.win0)));
+                throw Error(fmt("encoder produced %lld frames for a window of %lld", (long long)Tw,
+                                 (long long)(w.win1 - w.win0)));
             for (int64_t t = w.core0; t < w.core1; t++) {
                 const float *row = out.data() + (t - w.win0) * 2 * L;
                 float *m = mean.data() + (b * T + t) * L, *s = stdev.data() + (b * T + t) * L;
