@@ -131,16 +131,7 @@ float GGUFFile::get_f32(const std::string &key) const {
                         gguf_type_name(t)));
 }
 
-uint32_t GGUFFile::get_u32(const std::string &key, uint32_t fallback) const {
-    return has_key(key) ? get_u32(key) : fallback;
-}
-
-float GGUFFile::get_f32(const std::string &key, float fallback) const {
-    return has_key(key) ? get_f32(key) : fallback;
-}
-
-bool GGUFFile::get_bool(const std::string &key, bool fallback) const {
-    if (!has_key(key)) return fallback;
+bool GGUFFile::get_bool(const std::string &key) const {
     int64_t id = key_id(key);
     gguf_type t = gguf_get_kv_type(gguf_, id);
     if (t == GGUF_TYPE_BOOL) return gguf_get_val_bool(gguf_, id);
@@ -170,12 +161,6 @@ std::vector<int64_t> GGUFFile::get_int_array(const std::string &key) const {
     std::vector<int64_t> out(gguf_get_arr_n(gguf_, id));
     for (size_t i = 0; i < out.size(); i++) out[i] = int_value(gguf_, id, at, i, true);
     return out;
-}
-
-Config GGUFFile::config() const {
-    std::string js = get_str("acestep.config_json", "");
-    if (js.empty()) return Config();
-    return Config(js, path_ + ": acestep.config_json");
 }
 
 std::vector<std::string> GGUFFile::get_str_array(const std::string &key) const {

@@ -7,7 +7,6 @@
 #include <string>
 #include <vector>
 
-#include "core/json.h"
 #include "ggml.h"
 #include "gguf.h"
 
@@ -39,18 +38,16 @@ class GGUFFile {
 
     bool has_key(const std::string &key) const;
     int64_t key_id(const std::string &key) const;  // throws when missing
+    // Typed reads of a present key (FileError naming it when it is missing or of another type).
+    // Model hyperparameters are read through core/hparams.h, which holds the fallbacks.
     uint32_t get_u32(const std::string &key) const;
-    uint32_t get_u32(const std::string &key, uint32_t fallback) const;
     float get_f32(const std::string &key) const;
-    float get_f32(const std::string &key, float fallback) const;
-    bool get_bool(const std::string &key, bool fallback) const;
+    bool get_bool(const std::string &key) const;
     std::string get_str(const std::string &key) const;
     std::string get_str(const std::string &key, const std::string &fallback) const;
     std::vector<int64_t> get_int_array(const std::string &key) const;
     std::vector<std::string> get_str_array(const std::string &key) const;
     gguf_context *gguf() const { return gguf_; }
-    // The embedded config.json (empty when the file has none).
-    Config config() const;
 
     const std::vector<TensorInfo> &tensors() const { return tensors_; }
     const TensorInfo *find(const std::string &name) const;

@@ -129,7 +129,8 @@ static void check_input(const ggml_tensor *t, size_t n, ggml_type type) {
         throw Error(fmt("set_input: input '%s' is %s, not %s", ggml_get_name(t), ggml_type_name(t->type),
                         ggml_type_name(type)));
     if (!(t->view_src ? t->view_src->buffer : t->buffer))
-        throw Error(fmt("set_input: input '%s' has no memory: it is not part of the allocated graph", ggml_get_name(t)));
+        throw Error(fmt("set_input: input '%s' has no memory: it is not part of the allocated graph",
+                        ggml_get_name(t)));
 }
 
 void set_input(ggml_tensor *t, const float *data, size_t n) {

@@ -27,7 +27,6 @@ class Weights {
 
     // A tensor from the file, checked against the expected PyTorch-order shape.
     ggml_tensor *get(const std::string &name, const std::vector<int64_t> &torch_shape, Store store = Store::Keep);
-    bool has(const std::string &name) const { return file_->find(name) != nullptr; }
     // Keep BF16 matmul weights as BF16 even where the CPU would prefer F16: for
     // memory-bound decoding (one or two rows), where BF16 dot products measured faster.
     void keep_bf16() { keep_bf16_ = true; }

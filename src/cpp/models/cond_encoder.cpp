@@ -6,54 +6,29 @@
 
 #include "core/error.h"
 #include "core/format.h"
+#include "core/hparams.h"
 
 namespace ace {
 
-DitAttnConfig::DitAttnConfig(const GGUFFile &f) {
-    eps = arch_f32(f, "attention.layer_norm_rms_epsilon", 1e-6f);
-    theta = arch_f32(f, "rope.freq_base", 1e6f);
-    window = f.get_u32("acestep.sliding_window", 128);
-}
-
-static int64_t dim(const GGUFFile &f, const std::string &name, size_t axis) {
-    auto s = f.require(name).torch_shape();
-    if (axis >= s.size()) throw FileError(fmt("%s: tensor '%s' has shape %s", f.path().c_str(), name.c_str(),
-                                              shape_str(s).c_str()));
-    return s[axis];
-}
-
-ConditionEncoder::ConditionEncoder(const std::string &dit_path, const std::string &text_path,
+ConditionEncoder::ConditionEncoder(std::shared_ptr<GGUFFile> dit, std::shared_ptr<GGUFFile> text,
                                    std::shared_ptr<Backend> backend)
-    : dit_(std::make_shared<GGUFFile>(dit_path)), text_(std::make_shared<GGUFFile>(text_path)),
-      w_(dit_, backend), text_w_(text_, backend), runner_(backend) {
-    dit_->expect_architecture("acestep-dit");
-    text_->expect_architecture("acestep-text-enc");
-    DitAttnConfig cfg(*dit_);
-    hidden_ = dim(*dit_, "encoder.text_projector.weight", 0);
-    text_dim_ = dim(*dit_, "encoder.text_projector.weight", 1);
-    timbre_dim_ = dim(*dit_, "encoder.timbre_encoder.embed_tokens.weight", 1);
-    text_projector_.load(w_, "encoder.text_projector", text_dim_, hidden_, false);
-    lyric_.load(w_, "encoder.lyric_encoder.", text_dim_, cfg.eps, cfg.theta, cfg.window);
-    timbre_.load(w_, "encoder.timbre_encoder.", timbre_dim_, cfg.eps, cfg.theta, cfg.window);
-
-    auto e = text_->require("embed_tokens.weight").torch_shape();
-    if (e.size() != 2 || e[1] != text_dim_)
-        throw FileError(fmt("%s: embed_tokens.weight has shape %s, but the condition encoder in %s takes "
-                            "%lld-dim text features", text_path.c_str(), shape_str(e).c_str(), dit_path.c_str(),
-                            (long long)text_dim_));
-    vocab_ = e[0];
-    embed_table_ = text_w_.get("embed_tokens.weight", {vocab_, text_dim_});
-
-    null_ = dit_->read_f32("null_condition_emb");
-    if ((int64_t)null_.size() != hidden_)
-        throw FileError(fmt("%s: null_condition_emb has %zu values, expected %lld", dit_path.c_str(), null_.size(),
-                            (long long)hidden_));
-    const TensorInfo &sl = dit_->require("silence_latent");
-    auto s = sl.torch_shape();
-    if (s.empty() || s.back() != timbre_dim_ || sl.numel() < kTimbreFrames * timbre_dim_)
-        throw FileError(fmt("%s: silence_latent has shape %s, expected [>= %lld, %lld]", dit_path.c_str(),
-                            shape_str(s).c_str(), (long long)kTimbreFrames, (long long)timbre_dim_));
-    silence_ = dit_->read_f32(sl);
+    : hp_(read_dit_hparams(*dit)), text_hp_(read_text_enc_hparams(*text)), w_(dit, backend), text_w_(text, backend),
+      runner_(backend) {
+    if (!hp_.has_encoder)
+        throw FileError(fmt("%s: the file holds no condition encoder (no encoder.* tensors)", dit->path().c_str()));
+    if (text_hp_.hidden_size != hp_.text_hidden_dim)
+        throw FileError(fmt("%s: the text encoder is %lld wide, but the condition encoder in %s takes %lld-dim text "
+                            "features", text->path().c_str(), (long long)text_hp_.hidden_size, dit->path().c_str(),
+                            (long long)hp_.text_hidden_dim));
+    const Dims d = hp_.encoder_dims();
+    text_projector_.load(w_, "encoder.text_projector", hp_.text_hidden_dim, d.hidden, false);
+    lyric_.load(w_, "encoder.lyric_encoder.", hp_.text_hidden_dim, d,
+                hp_.sliding_layers(hp_.num_lyric_encoder_hidden_layers), hp_.sliding_window);
+    timbre_.load(w_, "encoder.timbre_encoder.", hp_.timbre_hidden_dim, d,
+                 hp_.sliding_layers(hp_.num_timbre_encoder_hidden_layers), hp_.sliding_window);
+    embed_table_ = text_w_.get("embed_tokens.weight", {text_hp_.vocab_size, text_hp_.hidden_size});
+    null_ = dit->read_f32("null_condition_emb");
+    silence_ = dit->read_f32("silence_latent");  // its shape checked by read_dit_hparams
     w_.load();
     text_w_.load();
 }
@@ -94,29 +69,30 @@ ConditionEncoder::Output ConditionEncoder::encode(const std::vector<float> &text
                                                   const std::vector<int32_t> &lyric_ids,
                                                   const std::vector<uint8_t> &lyric_mask_in,
                                                   const std::vector<float> &refer_in) {
-    if (text_hidden.empty() || text_hidden.size() % text_dim_ != 0)
+    const int64_t text_dim = hp_.text_hidden_dim, timbre_dim = hp_.timbre_hidden_dim, hidden = hp_.encoder_hidden_size;
+    if (text_hidden.empty() || text_hidden.size() % text_dim != 0)
         throw InputError(fmt("text hidden states must be [T, %lld] with T >= 1, got %zu values",
-                             (long long)text_dim_, text_hidden.size()));
-    const int64_t tt = (int64_t)text_hidden.size() / text_dim_;
-    check_token_ids(lyric_ids, vocab_, "lyric token ids");
+                             (long long)text_dim, text_hidden.size()));
+    const int64_t tt = (int64_t)text_hidden.size() / text_dim;
+    check_token_ids(lyric_ids, text_hp_.vocab_size, "lyric token ids");
     const int64_t tl = (int64_t)lyric_ids.size();
     auto text_mask = mask_or_ones(text_mask_in, tt, "text mask");
     auto lyric_mask = mask_or_ones(lyric_mask_in, tl, "lyric mask");
     const std::vector<float> *refer = &refer_in;
     std::vector<float> silence_head;
     if (refer_in.empty()) {
-        silence_head.assign(silence_.begin(), silence_.begin() + kTimbreFrames * timbre_dim_);
+        silence_head.assign(silence_.begin(), silence_.begin() + hp_.timbre_fix_frame * timbre_dim);
         refer = &silence_head;
-    } else if (refer_in.size() % timbre_dim_ != 0) {
-        throw InputError(fmt("reference latent must be [T, %lld], got %zu values", (long long)timbre_dim_,
+    } else if (refer_in.size() % timbre_dim != 0) {
+        throw InputError(fmt("reference latent must be [T, %lld], got %zu values", (long long)timbre_dim,
                              refer_in.size()));
     }
-    const int64_t tr = (int64_t)refer->size() / timbre_dim_;
+    const int64_t tr = (int64_t)refer->size() / timbre_dim;
 
     Graph g;
     ggml_context *ctx = g.ctx();
     // text: [text_dim, Tt] -> [H, Tt]
-    ggml_tensor *text_in = g.input("text", GGML_TYPE_F32, {tt, text_dim_});
+    ggml_tensor *text_in = g.input("text", GGML_TYPE_F32, {tt, text_dim});
     ggml_tensor *text = text_projector_(ctx, text_in);
     // lyric: ids [Tl] -> [text_dim, Tl] -> [H, Tl]
     ggml_tensor *ids = g.input("lyric_ids", GGML_TYPE_I32, {tl});
@@ -126,11 +102,11 @@ ConditionEncoder::Output ConditionEncoder::encode(const std::vector<float> &text
     ggml_tensor *lyric = lyric_.embed_tokens(ctx, ggml_get_rows(ctx, embed_table_, ids));
     lyric = lyric_.layers_and_norm(ctx, lyric, pos_l, win_l, full_l);
     // timbre: [timbre_dim, Tr] -> [H, Tr] -> first frame [H, 1]
-    ggml_tensor *ref = g.input("refer", GGML_TYPE_F32, {tr, timbre_dim_});
+    ggml_tensor *ref = g.input("refer", GGML_TYPE_F32, {tr, timbre_dim});
     ggml_tensor *pos_r = g.input("refer_pos", GGML_TYPE_I32, {tr});
     ggml_tensor *win_r = g.input("refer_window_mask", GGML_TYPE_F16, {tr, tr});
     ggml_tensor *timbre = timbre_.layers_and_norm(ctx, timbre_.embed_tokens(ctx, ref), pos_r, win_r, nullptr);
-    timbre = ggml_view_2d(ctx, timbre, hidden_, 1, timbre->nb[1], 0);
+    timbre = ggml_view_2d(ctx, timbre, hidden, 1, timbre->nb[1], 0);
     timbre = ggml_cont(ctx, timbre);
     g.output(text);
     g.output(lyric);
@@ -154,8 +130,8 @@ ConditionEncoder::Output ConditionEncoder::encode(const std::vector<float> &text
     Output out;
     out.states = get_output(lyric);
     out.mask = lyric_mask;
-    pack(out.states, out.mask, get_output(timbre), {1}, hidden_);
-    pack(out.states, out.mask, get_output(text), text_mask, hidden_);
+    pack(out.states, out.mask, get_output(timbre), {1}, hidden);
+    pack(out.states, out.mask, get_output(text), text_mask, hidden);
     return out;
 }
 

@@ -7,20 +7,15 @@
 #include <vector>
 
 #include "core/graph.h"
+#include "core/hparams.h"
 #include "nn/qwen3.h"
 
 namespace ace {
 
-// Sliding window and eps/theta of an acestep-dit file, from its metadata.
-struct DitAttnConfig {
-    float eps = 1e-6f, theta = 1e6f;
-    int64_t window = 128;
-    explicit DitAttnConfig(const GGUFFile &f);
-};
-
 class ConditionEncoder {
   public:
-    ConditionEncoder(const std::string &dit_path, const std::string &text_encoder_path,
+    // The DiT file's encoder.*, with the text encoder file's embedding table for the lyrics.
+    ConditionEncoder(std::shared_ptr<GGUFFile> dit, std::shared_ptr<GGUFFile> text_encoder,
                      std::shared_ptr<Backend> backend);
 
     struct Output {
@@ -28,26 +23,27 @@ class ConditionEncoder {
         std::vector<uint8_t> mask;  // [L]
     };
     // text_hidden: [Tt, text_dim] with text_mask [Tt]; lyric_ids: [Tl] with lyric_mask [Tl];
-    // refer: [Tr, timbre_dim] reference latent, or empty for the silence latent's first 750 frames.
+    // refer: [Tr, timbre_dim] reference latent, or empty for the silence latent's first
+    // timbre_fix_frame frames (750: 30 s at 25 Hz).
     // Masks may be empty (all valid).
     Output encode(const std::vector<float> &text_hidden, const std::vector<uint8_t> &text_mask,
                   const std::vector<int32_t> &lyric_ids, const std::vector<uint8_t> &lyric_mask,
                   const std::vector<float> &refer);
 
-    int64_t hidden() const { return hidden_; }
-    int64_t text_dim() const { return text_dim_; }
-    int64_t timbre_dim() const { return timbre_dim_; }
-    int64_t vocab_size() const { return vocab_; }  // of the text encoder's embedding table
+    const DiTHParams &hparams() const { return hp_; }
+    const TextEncHParams &text_hparams() const { return text_hp_; }
+    int64_t hidden() const { return hp_.encoder_hidden_size; }
+    int64_t text_dim() const { return hp_.text_hidden_dim; }
+    int64_t timbre_dim() const { return hp_.timbre_hidden_dim; }
+    int64_t vocab_size() const { return text_hp_.vocab_size; }  // of the text encoder's embedding table
     const std::vector<float> &null_condition_emb() const { return null_; }  // [hidden]
     const std::vector<float> &silence_latent() const { return silence_; }  // [silence_frames, timbre_dim]
-    int64_t silence_frames() const { return timbre_dim_ ? (int64_t)silence_.size() / timbre_dim_ : 0; }
-
-    static constexpr int64_t kTimbreFrames = 750;  // 30 s at 25 Hz, the pipeline's timbre_fix_frame
+    int64_t silence_frames() const { return hp_.silence_frames; }
 
   private:
-    std::shared_ptr<GGUFFile> dit_, text_;
+    DiTHParams hp_;
+    TextEncHParams text_hp_;
     Weights w_, text_w_;
-    int64_t hidden_ = 0, text_dim_ = 0, timbre_dim_ = 0, vocab_ = 0;
     Linear text_projector_;
     EncoderStack lyric_, timbre_;
     ggml_tensor *embed_table_ = nullptr;  // the text encoder's embed_tokens

@@ -3,58 +3,40 @@
 
 #include "core/error.h"
 #include "core/format.h"
+#include "core/hparams.h"
 
 namespace ace {
 
-std::vector<int64_t> fsq_levels(const GGUFFile &f) {
-    auto levels = f.has_key("acestep.fsq_input_levels") ? f.get_int_array("acestep.fsq_input_levels")
-                                                        : std::vector<int64_t>{8, 8, 8, 5, 5, 5};
-    for (auto l : levels)
-        if (l < 2 || l > 65536)
-            throw FileError(fmt("%s: acestep.fsq_input_levels holds %lld; levels must be in [2, 65536]",
-                                f.path().c_str(), (long long)l));
-    if (f.config().get_int("fsq_input_num_quantizers", 1) != 1)
-        throw FileError(fmt("%s: fsq_input_num_quantizers is not 1; ACE-Step 1.5 codes hold one FSQ index per frame",
-                            f.path().c_str()));
-    return levels;
-}
-
-Detokenizer::Detokenizer(const std::string &dit_path, std::shared_ptr<Backend> backend)
-    : file_(std::make_shared<GGUFFile>(dit_path)), w_(file_, backend), runner_(backend) {
-    file_->expect_architecture("acestep-dit");
-    DitAttnConfig cfg(*file_);
-    levels_ = fsq_levels(*file_);
-    for (auto l : levels_) codebook_ *= l;
-    auto po = file_->require("tokenizer.quantizer.project_out.weight").torch_shape();
-    auto st = file_->require("detokenizer.special_tokens").torch_shape();
-    auto out = file_->require("detokenizer.proj_out.weight").torch_shape();
-    if (po.size() != 2 || po[1] != (int64_t)levels_.size() || st.size() < 2 || out.size() != 2)
-        throw FileError(fmt("%s: tokenizer.quantizer.project_out.weight %s does not take the %zu FSQ levels",
-                            dit_path.c_str(), shape_str(po).c_str(), levels_.size()));
-    hidden_ = po[0];
-    pool_ = st[st.size() - 2];
-    out_dim_ = out[0];
-    project_out_.load(w_, "tokenizer.quantizer.project_out", (int64_t)levels_.size(), hidden_, true);
-    stack_.load(w_, "detokenizer.", hidden_, cfg.eps, cfg.theta, cfg.window);
-    special_tokens_ = w_.get("detokenizer.special_tokens", {pool_, hidden_}, Store::F32);
-    proj_out_.load(w_, "detokenizer.proj_out", hidden_, out_dim_, true);
+Detokenizer::Detokenizer(std::shared_ptr<GGUFFile> dit, std::shared_ptr<Backend> backend)
+    : hp_(read_dit_hparams(*dit)), w_(dit, backend), runner_(backend) {
+    if (!hp_.has_detokenizer)
+        throw FileError(fmt("%s: the file holds no detokenizer (no detokenizer.* tensors)", dit->path().c_str()));
+    const Dims d = hp_.tokenizer_dims();
+    const int64_t levels = (int64_t)hp_.fsq_input_levels.size();
+    project_out_.load(w_, "tokenizer.quantizer.project_out", levels, d.hidden, true);
+    stack_.load(w_, "detokenizer.", d.hidden, d, hp_.sliding_layers(hp_.num_detokenizer_hidden_layers),
+                hp_.sliding_window);
+    special_tokens_ = w_.get("detokenizer.special_tokens", {hp_.pool_window_size, d.hidden}, Store::F32);
+    proj_out_.load(w_, "detokenizer.proj_out", d.hidden, hp_.audio_acoustic_hidden_dim, true);
     w_.load();
 }
 
 std::vector<float> Detokenizer::decode(const std::vector<int64_t> &codes) {
     if (codes.empty()) throw InputError("audio codes are empty: need at least one code");
-    const int64_t n = (int64_t)codes.size(), nl = (int64_t)levels_.size();
+    const std::vector<int64_t> &levels = hp_.fsq_input_levels;
+    const int64_t n = (int64_t)codes.size(), nl = (int64_t)levels.size();
+    const int64_t pool = hp_.pool_window_size, hidden = hp_.fsq_dim;
     // Digit i of a code counts in units of prod(levels[:i]); it maps to [-1, 1] in levels[i] steps.
     std::vector<float> fsq(n * nl);
     for (int64_t j = 0; j < n; j++) {
-        if (codes[j] < 0 || codes[j] >= codebook_)
+        if (codes[j] < 0 || codes[j] >= hp_.codebook_size)
             throw InputError(fmt("audio code %lld at index %lld is outside [0, %lld]", (long long)codes[j],
-                                 (long long)j, (long long)codebook_ - 1));
+                                 (long long)j, (long long)hp_.codebook_size - 1));
         int64_t basis = 1;
         for (int64_t i = 0; i < nl; i++) {
-            int64_t digit = (codes[j] / basis) % levels_[i];
-            fsq[j * nl + i] = (float)digit * (2.0f / (float)(levels_[i] - 1)) - 1.0f;
-            basis *= levels_[i];
+            int64_t digit = (codes[j] / basis) % levels[i];
+            fsq[j * nl + i] = (float)digit * (2.0f / (float)(levels[i] - 1)) - 1.0f;
+            basis *= levels[i];
         }
     }
 
@@ -62,19 +44,19 @@ std::vector<float> Detokenizer::decode(const std::vector<int64_t> &codes) {
     ggml_context *ctx = g.ctx();
     ggml_tensor *in = g.input("fsq", GGML_TYPE_F32, {n, nl});
     ggml_tensor *x = stack_.embed_tokens(ctx, project_out_(ctx, in));   // [H, N]
-    x = ggml_repeat_4d(ctx, ggml_reshape_3d(ctx, x, hidden_, 1, n), hidden_, pool_, n, 1);
+    x = ggml_repeat_4d(ctx, ggml_reshape_3d(ctx, x, hidden, 1, n), hidden, pool, n, 1);
     x = ggml_add(ctx, x, special_tokens_);                               // [H, pool, N]: N sequences of pool
-    ggml_tensor *pos = g.input("pos", GGML_TYPE_I32, {pool_});
+    ggml_tensor *pos = g.input("pos", GGML_TYPE_I32, {pool});
     ggml_tensor *win = nullptr;
-    if (stack_.window < pool_ - 1) win = g.input("window_mask", GGML_TYPE_F16, {pool_, pool_});
+    if (stack_.window < pool - 1) win = g.input("window_mask", GGML_TYPE_F16, {pool, pool});
     x = proj_out_(ctx, stack_.layers_and_norm(ctx, x, pos, win, nullptr));  // [out, pool, N]
     g.output(x);
     runner_.alloc(g);
     set_input(in, fsq.data(), fsq.size());
-    auto p = iota(pool_);
+    auto p = iota(pool);
     set_input(pos, p.data(), p.size());
     if (win) {
-        auto m = make_mask(pool_, pool_, MaskKind::Window, stack_.window);
+        auto m = make_mask(pool, pool, MaskKind::Window, stack_.window);
         set_input(win, m.data(), m.size());
     }
     runner_.compute(g);

@@ -1,31 +1,30 @@
-// detokenizer.h: 5 Hz audio codes -> 25 Hz latents (FSQ decode, project_out, detokenizer).
+// detokenizer.h: 5 Hz audio codes -> 25 Hz latents (FSQ decode, project_out, detokenizer) of an
+// acestep-dit file.
 #pragma once
 
 #include <memory>
 #include <vector>
 
-#include "models/cond_encoder.h"
+#include "core/graph.h"
+#include "core/hparams.h"
+#include "nn/qwen3.h"
 
 namespace ace {
 
-// The FSQ levels of an acestep-dit file (acestep.fsq_input_levels, default 8·8·8·5·5·5), checked;
-// a code is a number in mixed radix whose digit i counts in units of prod(levels[:i]).
-std::vector<int64_t> fsq_levels(const GGUFFile &f);
-
 class Detokenizer {
   public:
-    Detokenizer(const std::string &dit_path, std::shared_ptr<Backend> backend);
-    // codes: [N] integers in [0, codebook_size) -> [pool * N, out_dim]
+    Detokenizer(std::shared_ptr<GGUFFile> dit, std::shared_ptr<Backend> backend);
+    // codes: [N] integers in [0, codebook_size) -> [pool * N, out_dim].  A code is a number in
+    // mixed radix whose digit i counts in units of prod(fsq_input_levels[:i]).
     std::vector<float> decode(const std::vector<int64_t> &codes);
-    int64_t codebook_size() const { return codebook_; }
-    int64_t pool() const { return pool_; }
-    int64_t out_dim() const { return out_dim_; }
+    const DiTHParams &hparams() const { return hp_; }
+    int64_t codebook_size() const { return hp_.codebook_size; }
+    int64_t pool() const { return hp_.pool_window_size; }
+    int64_t out_dim() const { return hp_.audio_acoustic_hidden_dim; }
 
   private:
-    std::shared_ptr<GGUFFile> file_;
+    DiTHParams hp_;
     Weights w_;
-    std::vector<int64_t> levels_;
-    int64_t codebook_ = 1, hidden_ = 0, pool_ = 0, out_dim_ = 0;
     Linear project_out_, proj_out_;
     EncoderStack stack_;
     ggml_tensor *special_tokens_ = nullptr;

@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/format.h"
+#include "core/hparams.h"
 #include "core/state.h"
 
 namespace ace {
@@ -37,53 +38,6 @@ struct DiT::Cached {
     Cached(std::shared_ptr<Backend> b) : graph(32768), runner(std::move(b), 32768) {}
 };
 
-// Sizes come from the GGUF's standard keys, falling back to the embedded config.json.
-static DiTConfig read_config(const GGUFFile &f) {
-    const std::string a = "acestep-dit.";
-    Config cj = f.config();
-    auto int_key = [&](const std::string &gguf_key, const std::string &json_key) -> int64_t {
-        if (f.has_key(gguf_key)) return f.get_u32(gguf_key);
-        if (cj.has(json_key)) return cj.get_int(json_key, 0);
-        throw FileError(fmt("%s: neither %s nor config.json's %s is present", f.path().c_str(), gguf_key.c_str(),
-                            json_key.c_str()));
-    };
-    auto float_key = [&](const std::string &gguf_key, const std::string &json_key, double fallback) {
-        if (f.has_key(gguf_key)) return f.get_f32(gguf_key);
-        return (float)cj.get_float(json_key, fallback);
-    };
-    DiTConfig c;
-    c.hidden = int_key(a + "embedding_length", "hidden_size");
-    c.intermediate = int_key(a + "feed_forward_length", "intermediate_size");
-    c.n_layers = int_key(a + "block_count", "num_hidden_layers");
-    c.n_heads = int_key(a + "attention.head_count", "num_attention_heads");
-    c.n_kv_heads = int_key(a + "attention.head_count_kv", "num_key_value_heads");
-    c.head_dim = int_key(a + "attention.key_length", "head_dim");
-    c.in_channels = int_key("acestep.in_channels", "in_channels");
-    c.audio_dim = int_key("acestep.audio_acoustic_hidden_dim", "audio_acoustic_hidden_dim");
-    c.patch = int_key("acestep.patch_size", "patch_size");
-    c.sliding_window = int_key("acestep.sliding_window", "sliding_window");
-    c.rope_theta = float_key(a + "rope.freq_base", "rope_theta", 1e6);
-    c.eps = float_key(a + "attention.layer_norm_rms_epsilon", "rms_norm_eps", 1e-6);
-
-    auto bad = [&](const char *what) {
-        return FileError(fmt("%s: DiT config has an invalid %s", f.path().c_str(), what));
-    };
-    if (c.hidden <= 0 || c.intermediate <= 0 || c.n_layers <= 0 || c.head_dim <= 0) throw bad("size");
-    if (c.n_heads <= 0 || c.n_kv_heads <= 0 || c.n_heads % c.n_kv_heads != 0) throw bad("head count");
-    if (c.patch <= 0 || c.audio_dim <= 0 || c.in_channels != 3 * c.audio_dim) throw bad("in_channels/patch_size");
-    if (c.sliding_window <= 0) throw bad("sliding_window");
-
-    // The reference's default when config.json lists no layer types: sliding on even layers.
-    std::vector<std::string> types = cj.get_str_list("layer_types", {});
-    if (!types.empty() && (int64_t)types.size() != c.n_layers) throw bad("layer_types length");
-    for (int64_t i = 0; i < c.n_layers; i++) {
-        std::string ty = types.empty() ? (i % 2 == 0 ? "sliding_attention" : "full_attention") : types[i];
-        if (ty != "sliding_attention" && ty != "full_attention") throw bad("layer_types entry");
-        c.sliding.push_back(ty == "sliding_attention");
-    }
-    return c;
-}
-
 // A patch convolution kernel as a matmul weight over a patch's frames laid side by side
 // (frame-major, channel-minor); reordered once at load.
 static std::vector<float> patch_kernel(const GGUFFile &f, const TensorInfo &t, bool transposed) {
@@ -100,31 +54,26 @@ static std::vector<float> patch_kernel(const GGUFFile &f, const TensorInfo &t, b
     return dst;
 }
 
-DiT::DiT(const std::string &path, std::shared_ptr<Backend> backend) : backend_(std::move(backend)) {
-    auto file = std::make_shared<GGUFFile>(path);
-    file->expect_architecture("acestep-dit");
-    cfg_ = read_config(*file);
-    const int64_t H = cfg_.hidden, A = cfg_.audio_dim, P = cfg_.patch, Cin = cfg_.in_channels;
+DiT::DiT(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend)
+    : hp_(read_dit_hparams(*file)), backend_(std::move(backend)) {
+    if (!hp_.has_decoder)
+        throw FileError(fmt("%s: the file holds no DiT (no decoder.* tensors)", file->path().c_str()));
+    const int64_t H = hp_.hidden_size, A = hp_.audio_acoustic_hidden_dim, P = hp_.patch_size, Cin = hp_.in_channels;
+    const float eps = (float)hp_.rms_norm_eps;
     const std::string p = "decoder.";
-    const TensorInfo &cond = file->require(p + "condition_embedder.weight");
-    if (cond.torch_shape().size() != 2)
-        throw FileError(fmt("%s: tensor '%s' is not a matrix", path.c_str(), cond.name.c_str()));
-    cfg_.enc_hidden = cond.torch_shape()[1];
     weights_ = std::make_unique<Weights>(file, backend_);
     Weights &w = *weights_;
 
-    Dims d;
-    d.hidden = H, d.n_head = cfg_.n_heads, d.n_kv_head = cfg_.n_kv_heads, d.head_dim = cfg_.head_dim;
-    d.intermediate = cfg_.intermediate, d.eps = cfg_.eps, d.rope_theta = cfg_.rope_theta;
-    for (int64_t i = 0; i < cfg_.n_layers; i++) {
+    const Dims d = hp_.decoder_dims();
+    for (int64_t i = 0; i < hp_.num_hidden_layers; i++) {
         const std::string n = p + "layers." + std::to_string(i) + ".";
         Layer l;
-        l.self_attn_norm.load(w, n + "self_attn_norm.weight", H, cfg_.eps);
-        l.cross_attn_norm.load(w, n + "cross_attn_norm.weight", H, cfg_.eps);
-        l.mlp_norm.load(w, n + "mlp_norm.weight", H, cfg_.eps);
+        l.self_attn_norm.load(w, n + "self_attn_norm.weight", H, eps);
+        l.cross_attn_norm.load(w, n + "cross_attn_norm.weight", H, eps);
+        l.mlp_norm.load(w, n + "mlp_norm.weight", H, eps);
         l.self_attn.load(w, n + "self_attn.", d);
         l.cross_attn.load(w, n + "cross_attn.", d);
-        l.mlp.load(w, n + "mlp.", H, cfg_.intermediate);
+        l.mlp.load(w, n + "mlp.", H, hp_.intermediate_size);
         l.scale_shift_table = w.get(n + "scale_shift_table", {6, H}, Store::F32);
         layers_.push_back(l);
     }
@@ -133,14 +82,15 @@ DiT::DiT(const std::string &path, std::shared_ptr<Backend> backend) : backend_(s
         e->linear_2.load(w, n + "linear_2", H, H, true);
         e->time_proj.load(w, n + "time_proj", H, 6 * H, true);
     }
-    condition_embedder_.load(w, p + "condition_embedder", cfg_.enc_hidden, H, true);
-    norm_out_.load(w, p + "norm_out.weight", H, cfg_.eps);
+    condition_embedder_.load(w, p + "condition_embedder", hp_.encoder_hidden_size, H, true);
+    norm_out_.load(w, p + "norm_out.weight", H, eps);
     scale_shift_table_ = w.get(p + "scale_shift_table", {2, H}, Store::F32);
 
+    // patch_kernel indexes the convolutions' three axes: their shapes exactly, unit axes included.
     auto expect = [&](const std::string &name, std::vector<int64_t> shape) -> const TensorInfo & {
         const TensorInfo &t = file->require(name);
         if (t.torch_shape() != shape)
-            throw FileError(fmt("%s: tensor '%s' has shape %s, expected %s", path.c_str(), name.c_str(),
+            throw FileError(fmt("%s: tensor '%s' has shape %s, expected %s", file->path().c_str(), name.c_str(),
                                 shape_str(t.torch_shape()).c_str(), shape_str(shape).c_str()));
         return t;
     };
@@ -188,13 +138,14 @@ static void check_finite(const float *p, int64_t n, const char *what) {
 
 void DiT::set_conditions(const float *enc, int64_t Be, int64_t S, const float *src, const float *mask, int64_t Bs,
                          int64_t T) {
-    const int64_t A = cfg_.audio_dim, P = cfg_.patch, D = cfg_.head_dim, Hkv = cfg_.n_kv_heads;
+    const int64_t A = hp_.audio_acoustic_hidden_dim, P = hp_.patch_size, D = hp_.head_dim, E = hp_.encoder_hidden_size;
+    const int64_t Hkv = hp_.num_key_value_heads;
     if (Be < 1 || Bs < 1 || T < 1 || S < 1)
         throw InputError(fmt("DiT condition sizes must be positive: batch %lld / %lld, length %lld, encoder length "
                              "%lld", (long long)Be, (long long)Bs, (long long)T, (long long)S));
     check_finite(src, Bs * T * A, "src_latents");
     check_finite(mask, Bs * T * A, "chunk_mask");
-    check_finite(enc, Be * S * cfg_.enc_hidden, "encoder_states");
+    check_finite(enc, Be * S * E, "encoder_states");
     cached_.reset();  // the step graph reads the previous conditions' tensors
     conds_.reset();
     const int64_t Tp = (T + P - 1) / P * P, N = Tp / P;
@@ -220,13 +171,13 @@ void DiT::set_conditions(const float *enc, int64_t Be, int64_t S, const float *s
     set_input(c->context, context.data(), context.size());
     const std::vector<int32_t> pos = iota(N);
     set_input(c->pos, pos.data(), pos.size());
-    const std::vector<ggml_fp16_t> window = make_mask(N, N, MaskKind::Window, cfg_.sliding_window);
+    const std::vector<ggml_fp16_t> window = make_mask(N, N, MaskKind::Window, hp_.sliding_window);
     set_input(c->window, window.data(), window.size());
 
     // enc [Be, S, E] -> condition embedder [Be, S, H] -> every layer's K (normed) and V.
     Graph g(4096);
     ggml_context *ctx = g.ctx();
-    ggml_tensor *in = g.input("enc", GGML_TYPE_F32, {Be, S, cfg_.enc_hidden});
+    ggml_tensor *in = g.input("enc", GGML_TYPE_F32, {Be, S, E});
     ggml_tensor *e = condition_embedder_(ctx, in);
     for (size_t i = 0; i < layers_.size(); i++) {
         g.output(ggml_cpy(ctx, layers_[i].cross_attn.key(ctx, e, nullptr), c->k[i]));
@@ -234,7 +185,7 @@ void DiT::set_conditions(const float *enc, int64_t Be, int64_t S, const float *s
     }
     Runner runner(backend_, 4096);
     runner.alloc(g);
-    set_input(in, enc, (size_t)(Be * S * cfg_.enc_hidden));
+    set_input(in, enc, (size_t)(Be * S * E));
     runner.compute(g);
     conds_ = std::move(c);
 }
@@ -251,7 +202,7 @@ static ggml_tensor *batch_rows(ggml_context *ctx, ggml_tensor *t, int d, int64_t
 
 void DiT::build(int64_t B, int64_t Bx) {
     const Conditions &cd = *conds_;
-    const int64_t H = cfg_.hidden, P = cfg_.patch, N = cd.Tp / P, A = cfg_.audio_dim;
+    const int64_t H = hp_.hidden_size, P = hp_.patch_size, N = cd.Tp / P, A = hp_.audio_acoustic_hidden_dim;
     cached_.reset();
     auto c = std::make_unique<Cached>(backend_);
     c->B = B, c->Bx = Bx;
@@ -271,14 +222,14 @@ void DiT::build(int64_t B, int64_t Bx) {
     // x: [B, Tp, 2·64 ‖ 64] -> [B, N, P·192] -> [B, N, H]
     ggml_tensor *xt = Bx == B ? c->x : ggml_repeat_4d(ctx, c->x, A, cd.Tp, B, 1);
     ggml_tensor *x = ggml_concat(ctx, batch_rows(ctx, cd.context, 2, B), xt, 0);
-    x = proj_in_(ctx, ggml_reshape_3d(ctx, x, P * cfg_.in_channels, N, B));
+    x = proj_in_(ctx, ggml_reshape_3d(ctx, x, P * hp_.in_channels, N, B));
 
     // Self-attention: RoPE over token positions; even layers see |i − j| <= window only.
     for (size_t i = 0; i < layers_.size(); i++) {
         const Layer &l = layers_[i];
         ggml_tensor *mod = ggml_add(ctx, tproj, l.scale_shift_table);  // [B, 6, H]: shift, scale, gate ×2
         ggml_tensor *h = modulate(ctx, x, l.self_attn_norm, mod_row(ctx, mod, 0), mod_row(ctx, mod, 1));
-        h = l.self_attn(ctx, h, cd.pos, cfg_.sliding[i] ? cd.window : nullptr);
+        h = l.self_attn(ctx, h, cd.pos, hp_.sliding(i) ? cd.window : nullptr);
         x = ggml_add(ctx, x, ggml_mul(ctx, h, mod_row(ctx, mod, 2)));
         h = l.cross_attn_norm(ctx, x);
         h = l.cross_attn.attend(ctx, l.cross_attn.query(ctx, h, nullptr), batch_rows(ctx, cd.k[i], 3, B),
@@ -302,7 +253,7 @@ void DiT::build(int64_t B, int64_t Bx) {
 std::vector<float> DiT::step(const float *x_t, int64_t Bx, int64_t T, const float *t, int64_t B) {
     if (!conds_) throw InputError("DiT step without conditions: call set_conditions first");
     const Conditions &cd = *conds_;
-    const int64_t A = cfg_.audio_dim, Tp = cd.Tp;
+    const int64_t A = hp_.audio_acoustic_hidden_dim, Tp = cd.Tp;
     if (T != cd.T) throw InputError(fmt("x_t has %lld frames, the conditions %lld", (long long)T, (long long)cd.T));
     if (B < 1 || B > cd.Be || (cd.Bs > 1 && B > cd.Bs) || (Bx != 1 && Bx != B))
         throw InputError(fmt("DiT step of batch %lld (x_t batch %lld) over conditions of batch %lld / %lld",

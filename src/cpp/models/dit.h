@@ -7,37 +7,29 @@
 #include <vector>
 
 #include "core/graph.h"
+#include "core/hparams.h"
 #include "core/weights.h"
 #include "nn/attention.h"
 
 namespace ace {
 
-struct DiTConfig {
-    int64_t hidden = 0, intermediate = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
-    int64_t in_channels = 0;  // src_latents ‖ chunk_mask ‖ x_t per frame
-    int64_t audio_dim = 0;    // latent channels (64)
-    int64_t patch = 0;        // frames per token
-    int64_t sliding_window = 0;
-    int64_t enc_hidden = 0;   // width of the condition encoder's states
-    float rope_theta = 0, eps = 0;
-    std::vector<bool> sliding;  // per layer: sliding-window (true) or full attention
-};
-
 class DiT {
   public:
-    DiT(const std::string &path, std::shared_ptr<Backend> backend);
+    // The file's decoder.*; FileError when it has none or its hyperparameters disagree.
+    DiT(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend);
     ~DiT();
 
-    const DiTConfig &config() const { return cfg_; }
+    const DiTHParams &hparams() const { return hp_; }
     size_t weight_bytes() const { return weights_->nbytes(); }
 
     // Per generation: the conditions go to the device once, with everything computed from them
     // alone (condition embedder, the cross-attention K/V of every layer).  All arrays row-major in
-    // PyTorch order: enc [Be, S, enc_hidden]; src_latents, chunk_mask [Bs, T, audio_dim].
+    // PyTorch order: enc [Be, S, encoder_hidden_size]; src_latents, chunk_mask
+    // [Bs, T, audio_acoustic_hidden_dim].
     // Throws InputError on shapes or values the model cannot take.
     void set_conditions(const float *enc, int64_t Be, int64_t S, const float *src_latents, const float *chunk_mask,
                         int64_t Bs, int64_t T);
-    // Per step: x_t [Bx, T, audio_dim] with Bx = 1 (shared by the batch) or B, t [B] -> v [B, T, audio_dim].
+    // Per step: x_t [Bx, T, A] with Bx = 1 (shared by the batch) or B, t [B] -> v [B, T, A].
     // Batch row b reads conditions row b (row 0 when Bs = 1), so a CFG pair set once as Be = 2
     // runs as B = 2, or B = 1 (conditional only) outside the guidance interval.
     std::vector<float> step(const float *x_t, int64_t Bx, int64_t T, const float *t, int64_t B);
@@ -62,7 +54,7 @@ class DiT {
 
     void build(int64_t B, int64_t Bx);
 
-    DiTConfig cfg_;
+    DiTHParams hp_;
     std::shared_ptr<Backend> backend_;
     std::unique_ptr<Weights> weights_;
     std::vector<Layer> layers_;

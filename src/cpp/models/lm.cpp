@@ -25,20 +25,14 @@ struct LM::Step {
     }
 };
 
-LM::LM(const std::string &path, std::shared_ptr<Backend> backend)
-    : file_(std::make_shared<GGUFFile>(path)), w_(file_, backend), runner_(backend) {
-    file_->expect_architecture("acestep-lm");
+LM::LM(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend)
+    : hp_(read_lm_hparams(*file)), dims_(hp_.dims()), w_(file, backend), runner_(backend) {
     w_.keep_bf16();  // decode reads each weight once per token: BF16 dot products were faster there
-    dims_ = qwen3_dims(*file_, "model.layers.");
-    embed_tokens_ = load_embedding(w_, "model.embed_tokens.weight", dims_.hidden, vocab_);
-    // Published files say whether the head is tied; a file without lm_head.weight can only be tied.
-    const bool tie = file_->get_bool("acestep.tie_word_embeddings", !w_.has("lm_head.weight"));
-    if (!tie && !w_.has("lm_head.weight"))
-        throw FileError(fmt("%s: acestep.tie_word_embeddings is false but lm_head.weight is missing", path.c_str()));
-    lm_head_ = tie ? embed_tokens_ : w_.get("lm_head.weight", {vocab_, dims_.hidden});
-    const int n = count_layers(*file_, "model.layers.");
-    layers_.resize(n);
-    for (int i = 0; i < n; i++) layers_[i].load(w_, "model.layers." + std::to_string(i) + ".", dims_);
+    const int64_t vocab = hp_.vocab_size;
+    embed_tokens_ = w_.get("model.embed_tokens.weight", {vocab, dims_.hidden});
+    lm_head_ = hp_.tie_word_embeddings ? embed_tokens_ : w_.get("lm_head.weight", {vocab, dims_.hidden});
+    layers_.resize(hp_.num_hidden_layers);
+    for (size_t i = 0; i < layers_.size(); i++) layers_[i].load(w_, "model.layers." + std::to_string(i) + ".", dims_);
     norm_.load(w_, "model.norm.weight", dims_.hidden, dims_.eps);
     w_.load();
 }
@@ -81,27 +75,27 @@ int64_t LM::length(int seq) const {
 std::vector<float> LM::prefill(int seq, const std::vector<int32_t> &ids) {
     if (len_.empty()) throw InputError("no KV cache: call reset() first");
     length(seq);
-    return forward(ids, seq, 1, 0, vocab_);
+    return forward(ids, seq, 1, 0, hp_.vocab_size);
 }
 
 std::vector<float> LM::decode(const std::vector<int32_t> &tokens, int64_t lo, int64_t hi) {
     if (len_.empty()) throw InputError("no KV cache: call reset() first");
     if ((int)tokens.size() != n_seq())
         throw InputError(fmt("decode takes one token per sequence: got %zu for %d sequences", tokens.size(), n_seq()));
-    if (hi < 0) hi = vocab_;
-    if (lo < 0 || lo >= hi || hi > vocab_)
+    if (hi < 0) hi = hp_.vocab_size;
+    if (lo < 0 || lo >= hi || hi > hp_.vocab_size)
         throw InputError(fmt("logit rows [%lld, %lld) are not a range inside the vocabulary of %lld", (long long)lo,
-                             (long long)hi, (long long)vocab_));
+                             (long long)hi, (long long)hp_.vocab_size));
     return forward(tokens, 0, n_seq(), lo, hi);
 }
 
 std::vector<float> LM::extend(const std::vector<int32_t> &ids, int64_t lo, int64_t hi) {
     if (len_.empty()) throw InputError("no KV cache: call reset() first");
     if (ids.empty()) throw InputError("extend takes at least one token");
-    if (hi < 0) hi = vocab_;
-    if (lo < 0 || lo >= hi || hi > vocab_)
+    if (hi < 0) hi = hp_.vocab_size;
+    if (lo < 0 || lo >= hi || hi > hp_.vocab_size)
         throw InputError(fmt("logit rows [%lld, %lld) are not a range inside the vocabulary of %lld", (long long)lo,
-                             (long long)hi, (long long)vocab_));
+                             (long long)hi, (long long)hp_.vocab_size));
     std::vector<int32_t> all;
     for (int s = 0; s < n_seq(); s++) all.insert(all.end(), ids.begin(), ids.end());
     return forward(all, 0, n_seq(), lo, hi);
@@ -146,9 +140,9 @@ std::unique_ptr<LM::Step> LM::build(int64_t t, int seq0, int ns, int64_t n_kv, i
     // Only each sequence's last position.
     if (t > 1) x = ggml_cont(ctx, ggml_view_2d(ctx, x, x->ne[0], ns, t * x->nb[1], (t - 1) * x->nb[1]));
     // Only the head rows asked for: in the audio-code phase 64000 of the 215669.
-    ggml_tensor *head = lo == 0 && hi == vocab_ ? lm_head_
-                                                : ggml_view_2d(ctx, lm_head_, lm_head_->ne[0], hi - lo,
-                                                               lm_head_->nb[1], lo * lm_head_->nb[1]);
+    ggml_tensor *head = lm_head_;
+    if (lo != 0 || hi != hp_.vocab_size)
+        head = ggml_view_2d(ctx, lm_head_, lm_head_->ne[0], hi - lo, lm_head_->nb[1], lo * lm_head_->nb[1]);
     st->logits = ggml_mul_mat(ctx, head, norm_(ctx, x));  // [hi - lo, ns]
     g.output(st->logits);
     return st;
@@ -164,7 +158,7 @@ void LM::zero_kv_to(int64_t n_kv) {
 }
 
 std::vector<float> LM::forward(const std::vector<int32_t> &ids, int seq0, int ns, int64_t lo, int64_t hi) {
-    check_token_ids(ids, vocab_, "token ids");
+    check_token_ids(ids, hp_.vocab_size, "token ids");
     // Every sequence takes t consecutive ids of the batch.
     const int64_t t = (int64_t)ids.size() / ns, n = (int64_t)ids.size();
     int64_t longest = 0;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/graph.h"
+#include "core/hparams.h"
 #include "core/state.h"
 #include "nn/qwen3.h"
 
@@ -13,7 +14,7 @@ namespace ace {
 
 class LM {
   public:
-    LM(const std::string &path, std::shared_ptr<Backend> backend);
+    LM(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend);
     ~LM();
     LM(const LM &) = delete;
     LM &operator=(const LM &) = delete;
@@ -33,8 +34,8 @@ class LM {
     int64_t length(int seq) const;
     int n_seq() const { return (int)len_.size(); }
     int64_t n_ctx() const { return n_ctx_; }
-    int64_t vocab_size() const { return vocab_; }
-    const Dims &dims() const { return dims_; }
+    const LMHParams &hparams() const { return hp_; }
+    int64_t vocab_size() const { return hp_.vocab_size; }
     bool tied() const { return lm_head_ == embed_tokens_; }
 
   private:
@@ -50,10 +51,9 @@ class LM {
     // length n_kv under a mask, and a masked product is only zero when the key and value are finite.
     void zero_kv_to(int64_t n_kv);
 
-    std::shared_ptr<GGUFFile> file_;
+    LMHParams hp_;
+    Dims dims_;  // hp_.dims()
     Weights w_;
-    Dims dims_;
-    int64_t vocab_ = 0;
     ggml_tensor *embed_tokens_ = nullptr, *lm_head_ = nullptr;
     std::vector<Qwen3Layer> layers_;
     RMSNorm norm_;

@@ -2,24 +2,21 @@
 #include "models/text_encoder.h"
 
 #include "core/error.h"
-#include "core/format.h"
 
 namespace ace {
 
-TextEncoder::TextEncoder(const std::string &path, std::shared_ptr<Backend> backend)
-    : file_(std::make_shared<GGUFFile>(path)), w_(file_, backend), runner_(backend) {
-    file_->expect_architecture("acestep-text-enc");
-    dims_ = qwen3_dims(*file_, "layers.");
-    embed_tokens_ = load_embedding(w_, "embed_tokens.weight", dims_.hidden, vocab_);
-    int n = count_layers(*file_, "layers.");
-    layers_.resize(n);
-    for (int i = 0; i < n; i++) layers_[i].load(w_, "layers." + std::to_string(i) + ".", dims_);
-    norm_.load(w_, "norm.weight", dims_.hidden, dims_.eps);
+TextEncoder::TextEncoder(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend)
+    : hp_(read_text_enc_hparams(*file)), w_(file, backend), runner_(backend) {
+    const Dims d = hp_.dims();
+    embed_tokens_ = w_.get("embed_tokens.weight", {hp_.vocab_size, d.hidden});
+    layers_.resize(hp_.num_hidden_layers);
+    for (size_t i = 0; i < layers_.size(); i++) layers_[i].load(w_, "layers." + std::to_string(i) + ".", d);
+    norm_.load(w_, "norm.weight", d.hidden, d.eps);
     w_.load();
 }
 
 std::vector<float> TextEncoder::run(const std::vector<int32_t> &ids, bool with_layers) {
-    check_token_ids(ids, vocab_, "token ids");
+    check_token_ids(ids, hp_.vocab_size, "token ids");
     const int64_t t = (int64_t)ids.size();
     Graph g;
     ggml_context *ctx = g.ctx();

@@ -27,47 +27,12 @@
 #include "core/error.h"
 #include "core/format.h"
 #include "core/graph.h"
+#include "core/hparams.h"
 #include "core/types.h"
 #include "core/weights.h"
 #include "models/vae_kernels.h"
 
 namespace ace {
-
-int VAEConfig::hop_length() const {
-    int h = 1;
-    for (int r : ratios) h *= r;
-    return h;
-}
-
-namespace {
-
-VAEConfig read_config(const GGUFFile &f) {
-    VAEConfig c;  // the ACE-Step 1.5 VAE, for files that carry no config
-    Config js = f.config();
-    auto ints = [](const std::vector<int64_t> &v) { return std::vector<int>(v.begin(), v.end()); };
-    c.encoder_hidden_size = (int)js.get_int("encoder_hidden_size", c.encoder_hidden_size);
-    c.ratios = ints(js.get_int_list("downsampling_ratios", {c.ratios.begin(), c.ratios.end()}));
-    c.channel_multiples = ints(js.get_int_list("channel_multiples", {c.channel_multiples.begin(), c.channel_multiples.end()}));
-    c.decoder_channels = (int)js.get_int("decoder_channels", c.decoder_channels);
-    c.latent_channels = (int)js.get_int("decoder_input_channels", c.latent_channels);
-    c.audio_channels = (int)js.get_int("audio_channels", c.audio_channels);
-    c.sampling_rate = (int)js.get_int("sampling_rate", c.sampling_rate);
-    auto bad = [&](const char *what) {
-        return FileError(fmt("%s: acestep.config_json: %s", f.path().c_str(), what));
-    };
-    if (c.ratios.empty() || c.ratios.size() != c.channel_multiples.size())
-        throw bad("downsampling_ratios and channel_multiples must be non-empty and of equal length");
-    for (int r : c.ratios)
-        if (r < 2 || r % 2) throw bad("downsampling ratios must be even (odd ratios change the frame count)");
-    for (int m : c.channel_multiples)
-        if (m < 1) throw bad("channel_multiples must be positive");
-    if (c.encoder_hidden_size < 2 || c.encoder_hidden_size != 2 * c.latent_channels)
-        throw bad("encoder_hidden_size must be twice decoder_input_channels (mean and scale)");
-    if (c.decoder_channels < 1 || c.audio_channels < 1 || c.sampling_rate < 1) throw bad("non-positive size");
-    return c;
-}
-
-}  // namespace
 
 // ---------------------------------------------------------------------------
 // The module tree, named like diffusers' so that each member's GGUF name is its path.
@@ -131,7 +96,7 @@ constexpr int64_t kMaxPieces = 64;
 size_t tail_start(const Decoder &d) { return d.block.size() - std::min(d.block.size(), kTailBlocks); }
 
 // Output samples of the tail per input sample: a transposed conv of stride s with kernel 2s and
-// padding ceil(s / 2) makes exactly s outputs per input for the even ratios read_config allows.
+// padding ceil(s / 2) makes exactly s outputs per input for the even ratios read_vae_hparams allows.
 int64_t tail_upsampling(const Decoder &d, size_t first) {
     int64_t up = 1;
     for (size_t i = first; i < d.block.size(); i++) up *= d.block[i].conv_t1.geom.stride;
@@ -554,12 +519,11 @@ static bool runs_fused_kernels(const Backend &backend) {
 
 // ---------------------------------------------------------------------------
 
-VAE::VAE(const std::string &path, std::shared_ptr<Backend> backend) : m_(new Model) {
+VAE::VAE(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend)
+    : hp_(read_vae_hparams(*file)), m_(new Model) {
     m_->backend = std::move(backend);
-    m_->file = std::make_shared<GGUFFile>(path);
-    GGUFFile &f = *m_->file;
-    f.expect_architecture("acestep-vae");
-    cfg_ = read_config(f);
+    m_->file = std::move(file);
+    const GGUFFile &f = *m_->file;
 
     // F32 files compute in F32; BF16 and others in F16, which the CPU matmul
     // kernels take directly and which keeps bf16's 8-bit mantissa whole.
@@ -568,18 +532,21 @@ VAE::VAE(const std::string &path, std::shared_ptr<Backend> backend) : m_(new Mod
     m_->compute = probe->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
     m_->fused = runs_fused_kernels(*m_->backend);
 
-    const int n = (int)cfg_.ratios.size();
+    // Channel counts fit int: read_vae_hparams bounds them.
+    const int n = (int)hp_.downsampling_ratios.size(), latent = (int)hp_.decoder_input_channels;
+    const int audio = (int)hp_.audio_channels;
+    const std::vector<int> ratios(hp_.downsampling_ratios.begin(), hp_.downsampling_ratios.end());
     std::vector<int> mult = {1};
-    mult.insert(mult.end(), cfg_.channel_multiples.begin(), cfg_.channel_multiples.end());
+    mult.insert(mult.end(), hp_.channel_multiples.begin(), hp_.channel_multiples.end());
 
     m_->dec_w = std::make_unique<Weights>(m_->file, m_->backend);
     {
         Loader L(*m_->dec_w, m_->file, m_->compute, m_->fused);
         Decoder &d = m_->dec;
-        const int ch = cfg_.decoder_channels;
-        d.conv1 = L.conv("decoder.conv1", cfg_.latent_channels, ch * mult[n], {7, 1, 1, 3});
+        const int ch = (int)hp_.decoder_channels;
+        d.conv1 = L.conv("decoder.conv1", latent, ch * mult[n], {7, 1, 1, 3});
         for (int i = 0; i < n; i++) {
-            const int s = cfg_.ratios[n - 1 - i], c_in = ch * mult[n - i], c_out = ch * mult[n - i - 1];
+            const int s = ratios[n - 1 - i], c_in = ch * mult[n - i], c_out = ch * mult[n - i - 1];
             const std::string p = "decoder.block." + std::to_string(i);
             DecoderBlock b;
             b.snake1 = L.snake(p + ".snake1", c_in);
@@ -588,16 +555,16 @@ VAE::VAE(const std::string &path, std::shared_ptr<Backend> backend) : m_(new Mod
             d.block.push_back(b);
         }
         d.snake1 = L.snake("decoder.snake1", ch);
-        d.conv2 = L.conv("decoder.conv2", ch, cfg_.audio_channels, {7, 1, 1, 3}, /*bias=*/false);
+        d.conv2 = L.conv("decoder.conv2", ch, audio, {7, 1, 1, 3}, /*bias=*/false);
     }
     m_->enc_w = std::make_unique<Weights>(m_->file, m_->backend);
-    if (f.find("encoder.conv1.weight_v") || f.find("encoder.conv1.weight")) {
+    if (hp_.has_encoder) {
         Loader L(*m_->enc_w, m_->file, m_->compute, m_->fused);
         Encoder &e = m_->enc;
-        const int ch = cfg_.encoder_hidden_size;
-        e.conv1 = L.conv("encoder.conv1", cfg_.audio_channels, ch, {7, 1, 1, 3});
+        const int ch = (int)hp_.encoder_hidden_size;
+        e.conv1 = L.conv("encoder.conv1", audio, ch, {7, 1, 1, 3});
         for (int i = 0; i < n; i++) {
-            const int s = cfg_.ratios[i], c_in = ch * mult[i], c_out = ch * mult[i + 1];
+            const int s = ratios[i], c_in = ch * mult[i], c_out = ch * mult[i + 1];
             const std::string p = "encoder.block." + std::to_string(i);
             EncoderBlock b;
             for (int r = 0; r < 3; r++) b.res[r] = L.res_unit(p + ".res_unit" + std::to_string(r + 1), c_in, (int)std::pow(3, r));
@@ -623,7 +590,7 @@ int64_t VAE::default_chunk(int64_t cpu_chunk, int64_t sub_chunk) {
         // size does not grow with the tile: two graphs of several pieces measure both.
         auto bytes = [&](int64_t T) {
             Graph g;
-            ggml_tensor *z = g.input("latents", GGML_TYPE_F32, {T, (int64_t)cfg_.latent_channels});
+            ggml_tensor *z = g.input("latents", GGML_TYPE_F32, {T, hp_.decoder_input_channels});
             g.output(Builder(g, *m_->backend, m_->compute, m_->fused).decoder(z, m_->dec, sub_chunk));
             m_->runner->alloc(g);
             return (double)m_->runner->compute_bytes();
@@ -672,7 +639,7 @@ static void check_tiling(Tiling t) {
 
 std::vector<float> VAE::decode(const float *latents, int64_t B, int64_t T, Tiling tiling,
                                const TileProgress &progress) {
-    const int64_t C = cfg_.latent_channels, A = cfg_.audio_channels, hop = cfg_.hop_length();
+    const int64_t C = hp_.decoder_input_channels, A = hp_.audio_channels, hop = hp_.hop_length;
     if (B < 1 || T < 1) throw InputError(fmt("latents are empty (batch %lld, %lld frames)", (long long)B, (long long)T));
     check_tiling(tiling);
     check_finite(latents, (size_t)(B * T * C), "latents");
@@ -706,7 +673,7 @@ std::vector<float> VAE::decode(const float *latents, int64_t B, int64_t T, Tilin
 
 void VAE::encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::vector<float> &mean,
                  std::vector<float> &stdev, const TileProgress &progress) {
-    const int64_t A = cfg_.audio_channels, L = cfg_.latent_channels, hop = cfg_.hop_length();
+    const int64_t A = hp_.audio_channels, L = hp_.decoder_input_channels, hop = hp_.hop_length;
     if (B < 1 || N < 1) throw InputError(fmt("audio is empty (batch %lld, %lld samples)", (long long)B, (long long)N));
     if (N < hop)
         throw InputError(fmt("audio has %lld samples, fewer than one latent frame (%lld samples)", (long long)N,

@@ -11,19 +11,9 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/hparams.h"
 
 namespace ace {
-
-struct VAEConfig {
-    int encoder_hidden_size = 128;          // encoder width; its output is mean ‖ scale
-    std::vector<int> ratios = {2, 4, 4, 6, 10};  // encoder downsampling; decoder runs them reversed
-    std::vector<int> channel_multiples = {1, 2, 4, 8, 16};
-    int decoder_channels = 128;
-    int latent_channels = 64;  // decoder_input_channels
-    int audio_channels = 2;
-    int sampling_rate = 48000;
-    int hop_length() const;
-};
 
 // Tiling along time: windows of `chunk` frames plus `overlap` frames of context on
 // each side, whose centres are stitched together.  chunk <= 0 decodes in one pass.
@@ -37,10 +27,10 @@ struct Tiling {
 
 class VAE {
   public:
-    VAE(const std::string &path, std::shared_ptr<Backend> backend);
+    VAE(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend);
     ~VAE();
 
-    const VAEConfig &config() const { return cfg_; }
+    const VAEHParams &hparams() const { return hp_; }
     // "f32" or "f16": the matmul weight and activation type, from the file's weights.
     std::string compute_type() const;
 
@@ -54,17 +44,17 @@ class VAE {
     // throw to stop the pass (a Ctrl-C seen by the Python binding).
     using TileProgress = std::function<void(int64_t, int64_t)>;
 
-    // latents: (B, T, latent_channels) -> audio (B, audio_channels, T * hop).
+    // latents: (B, T, decoder_input_channels) -> audio (B, audio_channels, T * hop_length).
     std::vector<float> decode(const float *latents, int64_t B, int64_t T, Tiling tiling,
                               const TileProgress &progress = nullptr);
-    // audio: (B, audio_channels, N) -> mean and std, each (B, N / hop, latent_channels).
+    // audio: (B, audio_channels, N) -> mean and std, each (B, N / hop_length, decoder_input_channels).
     void encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::vector<float> &mean,
                 std::vector<float> &std, const TileProgress &progress = nullptr);
 
     struct Model;
 
   private:
-    VAEConfig cfg_;
+    VAEHParams hp_;
     std::unique_ptr<Model> m_;
 };
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/hparams.h"
 #include "nn/layers.h"
 
 namespace ace {
@@ -18,11 +19,6 @@ namespace ace {
 // Returns [D * H, Tq, B].  K and V may be views into a cache: only their strides matter.
 ggml_tensor *attention(ggml_context *ctx, ggml_tensor *q, ggml_tensor *k, ggml_tensor *v, ggml_tensor *mask,
                        float scale);
-
-struct Dims {
-    int64_t hidden = 0, n_head = 0, n_kv_head = 0, head_dim = 0, intermediate = 0;
-    float eps = 1e-6f, rope_theta = 1e6f;
-};
 
 // Qwen3-style attention: q/k/v/o projections, RMSNorm per head on q and k.  Serves as
 // self-attention (operator(), RoPE at pos), cross-attention (query(x, null), key/value of the

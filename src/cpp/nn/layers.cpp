@@ -44,15 +44,6 @@ ggml_tensor *SwiGLU::operator()(ggml_context *ctx, ggml_tensor *x) const {
     return down_proj(ctx, ggml_swiglu_split(ctx, gate_proj(ctx, x), up_proj(ctx, x)));
 }
 
-ggml_tensor *load_embedding(Weights &w, const std::string &name, int64_t hidden, int64_t &vocab) {
-    auto e = w.file().require(name).torch_shape();
-    if (e.size() != 2 || e[1] != hidden)
-        throw FileError(fmt("%s: %s has shape %s, expected [vocab, %lld]", w.file().path().c_str(), name.c_str(),
-                            shape_str(e).c_str(), (long long)hidden));
-    vocab = e[0];
-    return w.get(name, {vocab, hidden});
-}
-
 std::vector<int32_t> iota(int64_t n) {
     std::vector<int32_t> v(n);
     for (int64_t i = 0; i < n; i++) v[i] = (int32_t)i;

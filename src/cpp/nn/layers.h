@@ -37,8 +37,6 @@ struct SwiGLU {
 // Rotate-half (NEOX) RoPE over head_dim.  x: [head_dim, n_head, T, B], pos: I32 [T].
 ggml_tensor *rope_neox(ggml_context *ctx, ggml_tensor *x, ggml_tensor *pos, float theta);
 
-// A token-embedding table [vocab, hidden]; sets vocab from the file, checks the width.
-ggml_tensor *load_embedding(Weights &w, const std::string &name, int64_t hidden, int64_t &vocab);
 // InputError naming `what` unless ids is non-empty and every id indexes a table of vocab rows.
 void check_token_ids(const std::vector<int32_t> &ids, int64_t vocab, const char *what);
 

@@ -6,11 +6,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
+#include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "core/backend.h"
 #include "core/error.h"
 #include "core/format.h"
+#include "core/gguf_file.h"
 
 namespace py = pybind11;
 
@@ -29,7 +34,34 @@ std::vector<int32_t> token_ids(const py::handle &obj, const char *what, int64_t 
 // A float32 numpy array of the given shape holding data.
 py::array_t<float> to_numpy(const std::vector<float> &data, const std::vector<ssize_t> &shape);
 
+// A model's file as Python passes it: a path (str or os.PathLike), opened when the model is
+// built, or an open `_core.GGUFFile`, shared with the other models built from it so that a
+// pipeline opens each file once.
+class FileArg {
+  public:
+    explicit FileArg(const py::handle &obj);  // with the GIL
+    std::shared_ptr<GGUFFile> open() const;    // without it
+  private:
+    std::shared_ptr<GGUFFile> file_;
+    std::string path_;
+};
+
+// The one constructor of every model binding: Model(files..., backend) with the backend of
+// (device, n_threads) and each file a path or a GGUFFile.  Files are opened and weights loaded
+// without the GIL (seconds), so other Python threads run meanwhile.
+template <class Model, class... Files>
+std::shared_ptr<Model> make_model(const std::string &device, int n_threads, const Files &...files) {
+    std::shared_ptr<Backend> backend = Backend::get(device, n_threads);
+    const std::array<FileArg, sizeof...(Files)> args{FileArg(files)...};
+    py::gil_scoped_release nogil;
+    return std::apply([&](const auto &...a) { return std::make_shared<Model>(a.open()..., backend); }, args);
+}
+
+// GGUFFile.hparams: the typed hyperparameters of the file's architecture.
+py::object hparams_of(const GGUFFile &f);
+
 void bind_core(py::module_ &m);
+void bind_hparams(py::module_ &m);
 void bind_gguf(py::module_ &m);
 void bind_types(py::module_ &m);
 void bind_dit(py::module_ &m);

@@ -81,6 +81,7 @@ void bind_core(py::module_ &m) {
 PYBIND11_MODULE(_core, m) {
     m.doc() = "acestep-ggml native core: ggml graphs for ACE-Step 1.5";
     ace::bind_core(m);
+    ace::bind_hparams(m);
     ace::bind_gguf(m);
     ace::bind_types(m);
     ace::bind_dit(m);

@@ -5,12 +5,11 @@
 namespace ace {
 
 void bind_audio_tokenizer(py::module_ &m) {
-    py::class_<AudioTokenizer>(m, "_AudioTokenizer")
-        .def(py::init([](const std::string &dit, const std::string &device, int n_threads) {
-            auto backend = Backend::get(device, n_threads);
-            py::gil_scoped_release nogil;  // loading weights takes seconds: let other threads run
-            return new AudioTokenizer(dit, backend);
+    py::class_<AudioTokenizer, std::shared_ptr<AudioTokenizer>>(m, "_AudioTokenizer")
+        .def(py::init([](const py::object &dit, const std::string &device, int n_threads) {
+            return make_model<AudioTokenizer>(device, n_threads, dit);
         }), py::arg("dit_path"), py::arg("device"), py::arg("n_threads"))
+        .def_property_readonly("hparams", &AudioTokenizer::hparams)
         .def_property_readonly("codebook_size", &AudioTokenizer::codebook_size)
         .def_property_readonly("pool", &AudioTokenizer::pool)
         .def_property_readonly("in_dim", &AudioTokenizer::in_dim)

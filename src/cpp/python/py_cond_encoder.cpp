@@ -21,12 +21,12 @@ static std::vector<float> rows(const py::handle &obj, const char *what, int64_t 
 }
 
 void bind_cond_encoder(py::module_ &m) {
-    py::class_<ConditionEncoder>(m, "_ConditionEncoder")
-        .def(py::init([](const std::string &dit, const std::string &text, const std::string &device, int n_threads) {
-            auto backend = Backend::get(device, n_threads);
-            py::gil_scoped_release nogil;  // loading weights takes seconds: let other threads run
-            return new ConditionEncoder(dit, text, backend);
+    py::class_<ConditionEncoder, std::shared_ptr<ConditionEncoder>>(m, "_ConditionEncoder")
+        .def(py::init([](const py::object &dit, const py::object &text, const std::string &device, int n_threads) {
+            return make_model<ConditionEncoder>(device, n_threads, dit, text);
         }), py::arg("dit_path"), py::arg("text_encoder_path"), py::arg("device"), py::arg("n_threads"))
+        .def_property_readonly("hparams", &ConditionEncoder::hparams)
+        .def_property_readonly("text_hparams", &ConditionEncoder::text_hparams)
         .def_property_readonly("hidden", &ConditionEncoder::hidden)
         .def_property_readonly("text_dim", &ConditionEncoder::text_dim)
         .def_property_readonly("timbre_dim", &ConditionEncoder::timbre_dim)

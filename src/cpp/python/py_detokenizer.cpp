@@ -5,12 +5,11 @@
 namespace ace {
 
 void bind_detokenizer(py::module_ &m) {
-    py::class_<Detokenizer>(m, "_Detokenizer")
-        .def(py::init([](const std::string &dit, const std::string &device, int n_threads) {
-            auto backend = Backend::get(device, n_threads);
-            py::gil_scoped_release nogil;  // loading weights takes seconds: let other threads run
-            return new Detokenizer(dit, backend);
+    py::class_<Detokenizer, std::shared_ptr<Detokenizer>>(m, "_Detokenizer")
+        .def(py::init([](const py::object &dit, const std::string &device, int n_threads) {
+            return make_model<Detokenizer>(device, n_threads, dit);
         }), py::arg("dit_path"), py::arg("device"), py::arg("n_threads"))
+        .def_property_readonly("hparams", &Detokenizer::hparams)
         .def_property_readonly("codebook_size", &Detokenizer::codebook_size)
         .def_property_readonly("pool", &Detokenizer::pool)
         .def_property_readonly("out_dim", &Detokenizer::out_dim)

@@ -49,11 +49,26 @@ static py::object kv_value(gguf_context *g, int64_t id, size_t max_array) {
     return out;
 }
 
+FileArg::FileArg(const py::handle &obj) {
+    if (py::isinstance<GGUFFile>(obj)) file_ = obj.cast<std::shared_ptr<GGUFFile>>();
+    else path_ = py::module_::import("os").attr("fspath")(obj).cast<std::string>();
+}
+
+std::shared_ptr<GGUFFile> FileArg::open() const { return file_ ? file_ : std::make_shared<GGUFFile>(path_); }
+
 void bind_gguf(py::module_ &m) {
     py::class_<GGUFFile, std::shared_ptr<GGUFFile>>(m, "GGUFFile")
-        .def(py::init<const std::string &>(), py::arg("path"))
+        .def(py::init([](const py::object &path) {
+                 const std::string p = py::module_::import("os").attr("fspath")(path).cast<std::string>();
+                 py::gil_scoped_release nogil;  // an LM's tokenizer arrays take a while to parse
+                 return std::make_shared<GGUFFile>(p);
+             }),
+             py::arg("path"), "Opens a GGUF file (str or os.PathLike): metadata and tensor index only.")
         .def_property_readonly("path", &GGUFFile::path)
         .def_property_readonly("architecture", &GGUFFile::architecture)
+        .def_property_readonly("hparams", &hparams_of,
+                               "The typed hyperparameters of the file's kind (DiTHParams, TextEncHParams, LMHParams or "
+                               "VAEHParams), read and checked against the tensors; ModelFileError where they disagree.")
         .def("expect_architecture", &GGUFFile::expect_architecture, py::arg("kind"))
         .def("metadata", [](const GGUFFile &f, size_t max_array) {
             py::dict d;

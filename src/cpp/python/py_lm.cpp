@@ -17,12 +17,11 @@ static py::array seq_logits(const LM &lm, Call &&call) {
 }
 
 void bind_lm(py::module_ &m) {
-    py::class_<LM>(m, "_LM")
-        .def(py::init([](const std::string &path, const std::string &device, int n_threads) {
-            auto backend = Backend::get(device, n_threads);
-            py::gil_scoped_release nogil;  // loading weights takes seconds: let other threads run
-            return new LM(path, backend);
+    py::class_<LM, std::shared_ptr<LM>>(m, "_LM")
+        .def(py::init([](const py::object &path, const std::string &device, int n_threads) {
+            return make_model<LM>(device, n_threads, path);
         }), py::arg("path"), py::arg("device"), py::arg("n_threads"))
+        .def_property_readonly("hparams", &LM::hparams)
         .def_property_readonly("vocab_size", &LM::vocab_size)
         .def_property_readonly("n_seq", &LM::n_seq)
         .def_property_readonly("n_ctx", &LM::n_ctx)

@@ -18,12 +18,11 @@ static auto ids_to_rows(std::vector<float> (TextEncoder::*method)(const std::vec
 }
 
 void bind_text_encoder(py::module_ &m) {
-    py::class_<TextEncoder>(m, "_TextEncoder")
-        .def(py::init([](const std::string &path, const std::string &device, int n_threads) {
-            auto backend = Backend::get(device, n_threads);
-            py::gil_scoped_release nogil;  // loading weights takes seconds: let other threads run
-            return new TextEncoder(path, backend);
+    py::class_<TextEncoder, std::shared_ptr<TextEncoder>>(m, "_TextEncoder")
+        .def(py::init([](const py::object &path, const std::string &device, int n_threads) {
+            return make_model<TextEncoder>(device, n_threads, path);
         }), py::arg("path"), py::arg("device"), py::arg("n_threads"))
+        .def_property_readonly("hparams", &TextEncoder::hparams)
         .def_property_readonly("hidden", &TextEncoder::hidden)
         .def_property_readonly("vocab_size", &TextEncoder::vocab_size)
         .def("encode", ids_to_rows(&TextEncoder::encode))
