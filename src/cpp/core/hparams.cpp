@@ -444,6 +444,9 @@ DiTHParams read_dit_hparams(const GGUFFile &f) {
                    (long long)h.hidden_size, s.name(embedding_length).c_str(), (long long)h.encoder_hidden_size,
                    s.name(encoder_hidden_size).c_str()));
 
+    for (const K *k : {&block_count, &num_lyric_layers, &num_timbre_layers, &num_pooler_layers})
+        c.at_most(*k, s.integer(*k), kMaxLayers);
+
     // Layer types: one per layer index, shared by every stack, as the reference's config has them.
     const int64_t longest = std::max({h.num_hidden_layers, h.num_lyric_encoder_hidden_layers,
                                       h.num_timbre_encoder_hidden_layers, h.num_attention_pooler_hidden_layers,
@@ -473,16 +476,16 @@ DiTHParams read_dit_hparams(const GGUFFile &f) {
     size(patch_size, h.patch_size, kMaxPatch, h.has_decoder);
     size(sliding_window, h.sliding_window, kMaxWindow, attn);
     size(encoder_hidden_size, h.encoder_hidden_size, kMaxWidth, h.has_encoder);
-    size(encoder_intermediate_size, h.encoder_intermediate_size, kMaxWidth, h.has_encoder);
-    size(encoder_num_attention_heads, h.encoder_num_attention_heads, kMaxHeads, h.has_encoder);
-    size(encoder_num_key_value_heads, h.encoder_num_key_value_heads, kMaxHeads, h.has_encoder);
+    // The condition encoder's heads and MLP width are the tokenizer's and detokenizer's too.
+    const bool encoder_like = h.has_encoder || h.has_tokenizer || h.has_detokenizer;
+    size(encoder_intermediate_size, h.encoder_intermediate_size, kMaxWidth, encoder_like);
+    size(encoder_num_attention_heads, h.encoder_num_attention_heads, kMaxHeads, encoder_like);
+    size(encoder_num_key_value_heads, h.encoder_num_key_value_heads, kMaxHeads, encoder_like);
     size(text_hidden_dim, h.text_hidden_dim, kMaxWidth, h.has_encoder);
     size(timbre_hidden_dim, h.timbre_hidden_dim, kMaxWidth, h.has_encoder);
     size(timbre_fix_frame, h.timbre_fix_frame, 1 << 20, h.has_encoder);
     size(fsq_dim, h.fsq_dim, kMaxWidth, h.has_tokenizer || h.has_detokenizer);
     size(pool_window_size, h.pool_window_size, kMaxPool, h.has_tokenizer || h.has_detokenizer);
-    for (const K *k : {&block_count, &num_lyric_layers, &num_timbre_layers, &num_pooler_layers})
-        c.at_most(*k, s.integer(*k), kMaxLayers);
     c.real(rms_eps, h.rms_norm_eps, 1.0);
     c.real(rope_freq_base, h.rope_theta, 1e12);
     c.heads(head_count, h.num_attention_heads, head_count_kv, h.num_key_value_heads);
@@ -497,9 +500,10 @@ DiTHParams read_dit_hparams(const GGUFFile &f) {
         if (l < 2 || l > 65536)
             s.fail(fmt("%s holds %lld; levels must be in [2, 65536]", s.name(fsq_input_levels).c_str(), (long long)l));
         h.codebook_size *= l;
+        if (h.codebook_size > INT32_MAX)
+            s.fail(fmt("%s multiply to over 2^31 codes", s.name(fsq_input_levels).c_str()));
     }
-    if (h.fsq_input_levels.empty() || h.codebook_size > INT32_MAX)
-        s.fail(fmt("%s must hold 1 or more levels whose product fits 31 bits", s.name(fsq_input_levels).c_str()));
+    if (h.fsq_input_levels.empty()) s.fail(fmt("%s is empty", s.name(fsq_input_levels).c_str()));
     if (s.integer(fsq_input_num_quantizers) != 1)
         s.fail(fmt("%s is not 1; ACE-Step 1.5 codes hold one FSQ index per frame",
                    s.name(fsq_input_num_quantizers).c_str()));
@@ -526,7 +530,7 @@ DiTHParams read_dit_hparams(const GGUFFile &f) {
         const Want T = c.of(text_hidden_dim, h.text_hidden_dim);
         c.stack("encoder.lyric_encoder.layers.", h.encoder_dims(), h.num_lyric_encoder_hidden_layers, encoder_keys,
                 qwen3_norms);
-        Checker::StackKeys timbre_keys = {encoder_hidden_size, encoder_intermediate_size, encoder_num_attention_heads,
+        const Checker::StackKeys timbre_keys{encoder_hidden_size, encoder_intermediate_size, encoder_num_attention_heads,
                                           encoder_num_key_value_heads, num_timbre_layers};
         c.stack("encoder.timbre_encoder.layers.", h.encoder_dims(), h.num_timbre_encoder_hidden_layers, timbre_keys,
                 qwen3_norms);
