@@ -1,0 +1,31 @@
+// env.h: the ACESTEP_GGML_* environment switches, each parsed here and nowhere else.
+//
+// A flag is on when its variable is set, non-empty and not "0".  Switches that tests flip per
+// test (strict device, BF16, VAE ops) are read at every use; those that shape every graph of
+// the process (attention, profiling) once.
+#pragma once
+
+namespace ace::env {
+
+// ACESTEP_GGML_VERBOSE: ggml's own log goes to stderr (read when the log handler is installed).
+bool verbose();
+// ACESTEP_GGML_STRICT_DEVICE: every graph node of every model must run on the model's device
+// (input uploads and output downloads are the only copies allowed), else Runner::alloc throws
+// DeviceError naming the op.
+bool strict_device();
+// ACESTEP_GGML_KEEP_BF16: BF16 matmul weights stay BF16 wherever the device multiplies them,
+// also on a CPU that multiplies F16 faster (see Backend::weight_type).
+bool keep_bf16();
+// ACESTEP_GGML_PROFILE: 0 off; 1 times every node, totals per op at exit; 2 per op and shape.
+int profile();
+// ACESTEP_GGML_ATTN=matmul: attention as mul_mat + soft_max instead of flash attention, for
+// measurements.
+bool matmul_attention();
+
+// ACESTEP_GGML_VAE_OPS=fused|stock: the VAE's fused CPU kernels or stock ggml ops regardless of
+// the device (to compare the two on the CPU, and to prove that the strict-device check catches a
+// CPU-only op on a GPU); unset: chosen by what the device runs.  Any other value: InputError.
+enum class VaeOps { Auto, Fused, Stock };
+VaeOps vae_ops();
+
+}  // namespace ace::env

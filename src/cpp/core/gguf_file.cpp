@@ -1,0 +1,205 @@
+// gguf_file.cpp: GGUF metadata, tensor index and tensor reads.
+#include "core/gguf_file.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/format.h"
+#include "core/log.h"
+#include "core/types.h"
+
+namespace ace {
+
+std::vector<int64_t> TensorInfo::torch_shape() const {
+    std::vector<int64_t> s;
+    for (int i = n_dims - 1; i >= 0; i--) s.push_back(ne[i]);
+    return s;
+}
+
+GGUFFile::GGUFFile(const std::string &path) : path_(path) {
+    FILE *f = std::fopen(path.c_str(), "rb");
+    if (!f) throw FileError(fmt("%s: cannot open model file (%s)", path.c_str(), std::strerror(errno)));
+    char magic[4] = {0, 0, 0, 0};
+    size_t got = std::fread(magic, 1, 4, f);
+    std::fseek(f, 0, SEEK_END);
+    long long file_size = (long long)ftello(f);
+    std::fclose(f);
+    if (got != 4 || std::memcmp(magic, "GGUF", 4) != 0)
+        throw FileError(fmt("%s: not a GGUF file (no GGUF magic at the start)", path.c_str()));
+
+    ggml_context *meta = nullptr;
+    gguf_init_params params = {/*no_alloc=*/true, /*ctx=*/&meta};
+    last_ggml_error();
+    gguf_ = gguf_init_from_file(path.c_str(), params);
+    if (!gguf_) {
+        std::string why = last_ggml_error();
+        throw FileError(fmt("%s: corrupt or truncated GGUF file%s%s", path.c_str(), why.empty() ? "" : ": ",
+                            why.c_str()));
+    }
+    size_t data_offset = gguf_get_data_offset(gguf_);
+    int64_t n = gguf_get_n_tensors(gguf_);
+    tensors_.reserve(n);
+    for (int64_t i = 0; i < n; i++) {
+        TensorInfo t;
+        t.name = gguf_get_tensor_name(gguf_, i);
+        t.type = gguf_get_tensor_type(gguf_, i);
+        t.offset = data_offset + gguf_get_tensor_offset(gguf_, i);
+        t.nbytes = gguf_get_tensor_size(gguf_, i);
+        ggml_tensor *mt = ggml_get_tensor(meta, t.name.c_str());
+        t.n_dims = ggml_n_dims(mt);
+        for (int d = 0; d < GGML_MAX_DIMS; d++) t.ne[d] = mt->ne[d];
+        if ((long long)(t.offset + t.nbytes) > file_size) {
+            ggml_free(meta);
+            gguf_free(gguf_);
+            gguf_ = nullptr;
+            throw FileError(fmt("%s: truncated GGUF file: tensor '%s' ends at byte %zu but the file has %lld bytes",
+                                path.c_str(), t.name.c_str(), t.offset + t.nbytes, file_size));
+        }
+        index_[t.name] = tensors_.size();
+        tensors_.push_back(std::move(t));
+    }
+    ggml_free(meta);
+}
+
+GGUFFile::~GGUFFile() {
+    if (gguf_) gguf_free(gguf_);
+}
+
+std::string GGUFFile::architecture() const { return get_str("general.architecture", ""); }
+
+void GGUFFile::expect_architecture(const std::string &kind) const {
+    std::string arch = architecture();
+    if (arch != kind)
+        throw FileError(fmt("%s: wrong kind of model file: general.architecture is '%s', expected '%s'",
+                            path_.c_str(), arch.empty() ? "(missing)" : arch.c_str(), kind.c_str()));
+}
+
+bool GGUFFile::has_key(const std::string &key) const { return gguf_find_key(gguf_, key.c_str()) >= 0; }
+
+int64_t GGUFFile::key_id(const std::string &key) const {
+    int64_t id = gguf_find_key(gguf_, key.c_str());
+    if (id < 0) throw FileError(fmt("%s: metadata key '%s' is missing", path_.c_str(), key.c_str()));
+    return id;
+}
+
+static bool is_int_type(gguf_type t) {
+    switch (t) {
+        case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16:
+        case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64:
+            return true;
+        default:
+            return false;
+    }
+}
+
+static int64_t int_value(gguf_context *g, int64_t id, gguf_type t, size_t i, bool array) {
+    const void *p = array ? gguf_get_arr_data(g, id) : gguf_get_val_data(g, id);
+    switch (t) {
+        case GGUF_TYPE_UINT8: return ((const uint8_t *)p)[i];
+        case GGUF_TYPE_INT8: return ((const int8_t *)p)[i];
+        case GGUF_TYPE_UINT16: return ((const uint16_t *)p)[i];
+        case GGUF_TYPE_INT16: return ((const int16_t *)p)[i];
+        case GGUF_TYPE_UINT32: return ((const uint32_t *)p)[i];
+        case GGUF_TYPE_INT32: return ((const int32_t *)p)[i];
+        case GGUF_TYPE_UINT64: return (int64_t)((const uint64_t *)p)[i];
+        case GGUF_TYPE_INT64: return ((const int64_t *)p)[i];
+        default: return 0;
+    }
+}
+
+uint32_t GGUFFile::get_u32(const std::string &key) const {
+    int64_t id = key_id(key);
+    gguf_type t = gguf_get_kv_type(gguf_, id);
+    if (!is_int_type(t))
+        throw FileError(fmt("%s: metadata key '%s' is a %s, expected an integer", path_.c_str(), key.c_str(),
+                            gguf_type_name(t)));
+    int64_t v = int_value(gguf_, id, t, 0, false);
+    if (v < 0 || v > (int64_t)UINT32_MAX)
+        throw FileError(fmt("%s: metadata key '%s' = %lld is out of range", path_.c_str(), key.c_str(), (long long)v));
+    return (uint32_t)v;
+}
+
+float GGUFFile::get_f32(const std::string &key) const {
+    int64_t id = key_id(key);
+    gguf_type t = gguf_get_kv_type(gguf_, id);
+    if (t == GGUF_TYPE_FLOAT32) return gguf_get_val_f32(gguf_, id);
+    if (t == GGUF_TYPE_FLOAT64) return (float)gguf_get_val_f64(gguf_, id);
+    if (is_int_type(t)) return (float)int_value(gguf_, id, t, 0, false);
+    throw FileError(fmt("%s: metadata key '%s' is a %s, expected a number", path_.c_str(), key.c_str(),
+                        gguf_type_name(t)));
+}
+
+bool GGUFFile::get_bool(const std::string &key) const {
+    int64_t id = key_id(key);
+    gguf_type t = gguf_get_kv_type(gguf_, id);
+    if (t == GGUF_TYPE_BOOL) return gguf_get_val_bool(gguf_, id);
+    if (is_int_type(t)) return int_value(gguf_, id, t, 0, false) != 0;
+    throw FileError(fmt("%s: metadata key '%s' is a %s, expected a bool", path_.c_str(), key.c_str(),
+                        gguf_type_name(t)));
+}
+
+std::string GGUFFile::get_str(const std::string &key) const {
+    int64_t id = key_id(key);
+    gguf_type t = gguf_get_kv_type(gguf_, id);
+    if (t != GGUF_TYPE_STRING)
+        throw FileError(fmt("%s: metadata key '%s' is a %s, expected a string", path_.c_str(), key.c_str(),
+                            gguf_type_name(t)));
+    return gguf_get_val_str(gguf_, id);
+}
+
+std::string GGUFFile::get_str(const std::string &key, const std::string &fallback) const {
+    return has_key(key) ? get_str(key) : fallback;
+}
+
+std::vector<int64_t> GGUFFile::get_int_array(const std::string &key) const {
+    int64_t id = key_id(key);
+    gguf_type at = gguf_get_kv_type(gguf_, id) == GGUF_TYPE_ARRAY ? gguf_get_arr_type(gguf_, id) : GGUF_TYPE_COUNT;
+    if (!is_int_type(at))
+        throw FileError(fmt("%s: metadata key '%s' is not an integer array", path_.c_str(), key.c_str()));
+    std::vector<int64_t> out(gguf_get_arr_n(gguf_, id));
+    for (size_t i = 0; i < out.size(); i++) out[i] = int_value(gguf_, id, at, i, true);
+    return out;
+}
+
+std::vector<std::string> GGUFFile::get_str_array(const std::string &key) const {
+    int64_t id = key_id(key);
+    if (gguf_get_kv_type(gguf_, id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(gguf_, id) != GGUF_TYPE_STRING)
+        throw FileError(fmt("%s: metadata key '%s' is not a string array", path_.c_str(), key.c_str()));
+    std::vector<std::string> out(gguf_get_arr_n(gguf_, id));
+    for (size_t i = 0; i < out.size(); i++) out[i] = gguf_get_arr_str(gguf_, id, i);
+    return out;
+}
+
+const TensorInfo *GGUFFile::find(const std::string &name) const {
+    auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+const TensorInfo &GGUFFile::require(const std::string &name) const {
+    const TensorInfo *t = find(name);
+    if (!t) throw FileError(fmt("%s: tensor '%s' is missing", path_.c_str(), name.c_str()));
+    return *t;
+}
+
+void GGUFFile::read(const TensorInfo &t, void *dst) const {
+    FILE *f = std::fopen(path_.c_str(), "rb");
+    if (!f) throw FileError(fmt("%s: cannot open model file (%s)", path_.c_str(), std::strerror(errno)));
+    bool ok = fseeko(f, (off_t)t.offset, SEEK_SET) == 0 && std::fread(dst, 1, t.nbytes, f) == t.nbytes;
+    std::fclose(f);
+    if (!ok) throw FileError(fmt("%s: could not read tensor '%s'", path_.c_str(), t.name.c_str()));
+}
+
+std::vector<float> GGUFFile::read_f32(const TensorInfo &t) const {
+    if (!is_weight_type(t.type))
+        throw FileError(fmt("%s: tensor '%s' has type %s, which is not a float or quantized type", path_.c_str(),
+                            t.name.c_str(), ggml_type_name(t.type)));
+    std::vector<uint8_t> raw(t.nbytes);
+    read(t, raw.data());
+    std::vector<float> out(t.numel());
+    to_float(t.type, raw.data(), out.data(), t.numel());
+    return out;
+}
+
+}  // namespace ace

@@ -1,0 +1,59 @@
+// weights.h: the backend tensors of one model, declared by name, then loaded in one go.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/gguf_file.h"
+
+namespace ace {
+
+enum class Store {
+    Keep,  // the file's type (BF16, Q8_0, ...): matmul weights, in a type the device
+           // multiplies (see Backend::weight_type, Weights::keep_bf16)
+    F32,   // converted to F32 at load: norms, biases, tables used in element-wise ops
+    F16,   // converted to F16 at load: convolution kernels
+};
+
+class Weights {
+  public:
+    Weights(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend);
+    ~Weights();
+    Weights(const Weights &) = delete;
+    Weights &operator=(const Weights &) = delete;
+
+    // A tensor from the file, checked against the expected PyTorch-order shape.
+    ggml_tensor *get(const std::string &name, const std::vector<int64_t> &torch_shape, Store store = Store::Keep);
+    // Keep BF16 matmul weights as BF16 even where the CPU would prefer F16: for
+    // memory-bound decoding (one or two rows), where BF16 dot products measured faster.
+    void keep_bf16() { keep_bf16_ = true; }
+    // A tensor computed at load time from file data (e.g. folding weight norm).
+    ggml_tensor *derived(const std::string &name, ggml_type type, const std::vector<int64_t> &torch_shape,
+                         std::function<std::vector<float>()> compute);
+    // Allocates one backend buffer and fills every declared tensor.
+    void load();
+
+    GGUFFile &file() const { return *file_; }
+    const std::shared_ptr<Backend> &backend() const { return backend_; }
+    size_t nbytes() const;
+
+  private:
+    struct Entry {
+        ggml_tensor *tensor;
+        const TensorInfo *info;                      // from the file, or null for derived
+        std::function<std::vector<float>()> compute;  // derived only
+    };
+    ggml_tensor *new_tensor(const std::string &name, ggml_type type, const std::vector<int64_t> &torch_shape);
+
+    std::shared_ptr<GGUFFile> file_;
+    std::shared_ptr<Backend> backend_;
+    ggml_context *ctx_ = nullptr;
+    ggml_backend_buffer_t buffer_ = nullptr;
+    std::vector<Entry> entries_;
+    bool keep_bf16_ = false;
+};
+
+}  // namespace ace

@@ -1,0 +1,39 @@
+// qwen3.h: the pre-norm Qwen3 decoder layer and the bidirectional encoder stacks built of it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "nn/attention.h"
+
+namespace ace {
+
+// Pre-norm decoder layer (Qwen3DecoderLayer, AceStepEncoderLayer).
+struct Qwen3Layer {
+    RMSNorm input_layernorm, post_attention_layernorm;
+    Attention self_attn;
+    SwiGLU mlp;
+    void load(Weights &w, const std::string &prefix, const Dims &d);
+    // x: [C, T, B] -> [C, T, B]
+    ggml_tensor *operator()(ggml_context *ctx, ggml_tensor *x, ggml_tensor *pos, ggml_tensor *mask) const;
+};
+
+// A stack of bidirectional Qwen3 layers, each sliding-window or full attention
+// (AceStepLyricEncoder / AceStepTimbreEncoder / the tokenizer's attention pooler / the
+// detokenizer's layers).
+struct EncoderStack {
+    Linear embed_tokens;
+    std::vector<Qwen3Layer> layers;
+    std::vector<bool> sliding;  // per layer
+    RMSNorm norm;
+    int64_t window = 0;
+    // The input projection in_dim -> d.hidden, one layer per entry of `sliding` (sliding-window
+    // or full attention: DiTHParams::sliding_layers), the final norm.
+    void load(Weights &w, const std::string &prefix, int64_t in_dim, const Dims &d, std::vector<bool> sliding,
+              int64_t window);
+    // x: [C, T, B] -> [C, T, B]; masks are F16 [T, T] (null: no masking).
+    ggml_tensor *layers_and_norm(ggml_context *ctx, ggml_tensor *x, ggml_tensor *pos, ggml_tensor *window_mask,
+                                 ggml_tensor *full_mask) const;
+};
+
+}  // namespace ace
