@@ -102,9 +102,10 @@ class LM:
     def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
                  kv_type: str = "f16"):
         self.path = str(path)
-        self._lm = _core._LM(self.path, device, resolve_threads(n_threads))
+        file = _core.GGUFFile(self.path)  # opened once, for the weights and the tokenizer
+        self._lm = _core._LM(file, device, resolve_threads(n_threads))
         self.kv_type = kv_type
-        self.tokenizer = Tokenizer.from_gguf(self.path)
+        self.tokenizer = Tokenizer.from_gguf(file)
         tok = self.tokenizer.tokenizer
         self.eos = tok.token_to_id(IM_END)
         self.first_code = tok.token_to_id(AUDIO_CODE_TOKEN.format(0))

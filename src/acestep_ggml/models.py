@@ -4,7 +4,7 @@ diffusion transformer and the VAE.  The 5 Hz LM, with its generation loop, is ac
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -55,6 +55,15 @@ def _int_array(values, what: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+ModelFile = Union[str, os.PathLike, _core.GGUFFile]
+
+
+def _file(source: ModelFile):
+    """What the core's constructors take: an open GGUFFile (shared by the models of one file, so that
+    it is opened once) or a path."""
+    return source if isinstance(source, _core.GGUFFile) else os.fspath(source)
+
+
 class TextEncoder:
     """Qwen3 text encoder (GGUF architecture ``acestep-text-enc``).
 
@@ -63,8 +72,8 @@ class TextEncoder:
     ``embed(ids)``: ``(T,)`` -> ``(T, hidden)`` embedding-table rows only (the lyric input).
     """
 
-    def __init__(self, path: str, device: str = "cpu", n_threads: Optional[int] = None):
-        self._m = _core._TextEncoder(str(path), device, resolve_threads(n_threads))
+    def __init__(self, path: ModelFile, device: str = "cpu", n_threads: Optional[int] = None):
+        self._m = _core._TextEncoder(_file(path), device, resolve_threads(n_threads))
 
     @property
     def hidden_size(self) -> int:
@@ -92,9 +101,9 @@ class ConditionEncoder:
     reads the first 750 frames of ``silence_latent``.
     """
 
-    def __init__(self, dit_path: str, text_encoder_path: str, device: str = "cpu",
+    def __init__(self, dit_path: ModelFile, text_encoder_path: ModelFile, device: str = "cpu",
                  n_threads: Optional[int] = None):
-        self._m = _core._ConditionEncoder(str(dit_path), str(text_encoder_path), device, resolve_threads(n_threads))
+        self._m = _core._ConditionEncoder(_file(dit_path), _file(text_encoder_path), device, resolve_threads(n_threads))
 
     @property
     def hidden_size(self) -> int:
@@ -122,8 +131,8 @@ class Detokenizer:
     """Audio-code detokenizer (``tokenizer.quantizer.project_out`` and ``detokenizer.*`` of an
     ``acestep-dit`` GGUF): ``decode(codes (N,) ints in [0, 64000))`` -> 25 Hz latents ``(5N, 64)``."""
 
-    def __init__(self, dit_path: str, device: str = "cpu", n_threads: Optional[int] = None):
-        self._m = _core._Detokenizer(str(dit_path), device, resolve_threads(n_threads))
+    def __init__(self, dit_path: ModelFile, device: str = "cpu", n_threads: Optional[int] = None):
+        self._m = _core._Detokenizer(_file(dit_path), device, resolve_threads(n_threads))
 
     @property
     def codebook_size(self) -> int:
@@ -138,8 +147,8 @@ class AudioTokenizer:
     Detokenizer: ``tokenize(latents (T, 64))`` -> 5 Hz codes ``(ceil(T / 5),)`` int64 in [0, 64000),
     a last short window filled from the silence latent as diffusers' ``AceStepAudioTokenizer.tokenize``."""
 
-    def __init__(self, dit_path: str, device: str = "cpu", n_threads: Optional[int] = None):
-        self._m = _core._AudioTokenizer(str(dit_path), device, resolve_threads(n_threads))
+    def __init__(self, dit_path: ModelFile, device: str = "cpu", n_threads: Optional[int] = None):
+        self._m = _core._AudioTokenizer(_file(dit_path), device, resolve_threads(n_threads))
 
     @property
     def codebook_size(self) -> int:
@@ -156,8 +165,8 @@ class DiT:
     ``sample`` uploads a generation's conditions once and reuses one step graph across steps.
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None):
-        self._m = _core.DiT(os.fspath(path), device, resolve_threads(n_threads))
+    def __init__(self, path: ModelFile, device: str = "cpu", n_threads: Optional[int] = None):
+        self._m = _core.DiT(_file(path), device, resolve_threads(n_threads))
         self.config: dict = self._m.config
 
     def forward(self, x_t, t, encoder_states, src_latents, chunk_mask=None) -> np.ndarray:
@@ -262,8 +271,8 @@ class VAE:
     ``default_chunk`` frames.
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: int | None = None):
-        self._vae = _core.VAE(os.fspath(path), device, resolve_threads(n_threads))
+    def __init__(self, path: ModelFile, device: str = "cpu", n_threads: int | None = None):
+        self._vae = _core.VAE(_file(path), device, resolve_threads(n_threads))
 
     @property
     def sample_rate(self) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import warnings
@@ -27,13 +26,11 @@ from .constants import (
     BASE_STEPS,
     LATENTS_PER_CODE,
     MAX_DURATION,
-    SAMPLE_RATE,
     SHIFT,
     TASK_INSTRUCTIONS,
     TURBO_STEPS,
-    VAE_DOWNSAMPLING_RATIOS,
 )
-from .errors import InputError, ModelFileError
+from .errors import InputError
 from .hub import SYNTH_KINDS, ModelSet, find_models, is_repo_id, resolve
 from .models import VAE, AudioTokenizer, ConditionEncoder, Detokenizer, DiT, TextEncoder
 from .request import AudioInput, Controls, Request, check_for_synth, check_task, given_metadata
@@ -101,21 +98,27 @@ class Synthesizer:
         }
         self._loaded: dict[str, object] = {}
         self._tokenizer: Optional[Tokenizer] = None
-        # Read once from the files' metadata: every call needs them, and they cannot change.
-        self.is_turbo = self._read_is_turbo()
-        self.sample_rate, self.latents_per_second = self._read_vae_rates()
+        # Each file is opened once, here, and shared by the models built from it (the DiT file feeds
+        # four: the DiT, the condition encoder, the audio tokenizer and the detokenizer); the core
+        # reads and checks its hyperparameters on opening.
+        self.files = {name: GGUFFile(str(path)) for name, path in self.paths.items()}
+        self.files["dit"].expect_architecture("acestep-dit")
+        self.files["vae"].expect_architecture("acestep-vae")
+        self.is_turbo = self.files["dit"].hparams.is_turbo
+        vae = self.files["vae"].hparams
+        self.sample_rate, self.latents_per_second = vae.sampling_rate, vae.sampling_rate / vae.hop_length
 
     # -- model lifetime ---------------------------------------------------------------
     def _model(self, name: str):
         if name not in self._loaded:
-            p, kw = self.paths, dict(device=self.device, n_threads=self.n_threads)
+            f, kw = self.files, dict(device=self.device, n_threads=self.n_threads)
             make = {
-                "text": lambda: TextEncoder(str(p["text"]), **kw),
-                "condition": lambda: ConditionEncoder(str(p["dit"]), str(p["text"]), **kw),
-                "detokenizer": lambda: Detokenizer(str(p["dit"]), **kw),
-                "audio_tokenizer": lambda: AudioTokenizer(str(p["dit"]), **kw),
-                "dit": lambda: DiT(p["dit"], **kw),
-                "vae": lambda: VAE(str(p["vae"]), **kw),
+                "text": lambda: TextEncoder(f["text"], **kw),
+                "condition": lambda: ConditionEncoder(f["dit"], f["text"], **kw),
+                "detokenizer": lambda: Detokenizer(f["dit"], **kw),
+                "audio_tokenizer": lambda: AudioTokenizer(f["dit"], **kw),
+                "dit": lambda: DiT(f["dit"], **kw),
+                "vae": lambda: VAE(f["vae"], **kw),
             }[name]
             self._loaded[name] = make()
         return self._loaded[name]
@@ -127,28 +130,8 @@ class Synthesizer:
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer.from_gguf(str(self.paths["text"]))
+            self._tokenizer = Tokenizer.from_gguf(self.files["text"])
         return self._tokenizer
-
-    def _read_is_turbo(self) -> bool:
-        """acestep.cpp's converter writes acestep.is_turbo only when true: absent is false."""
-        f = GGUFFile(str(self.paths["dit"]))
-        try:
-            return bool(f.get("acestep.is_turbo"))
-        except KeyError:
-            return False
-
-    def _read_vae_rates(self) -> tuple[int, float]:
-        """The audio sample rate, and that over the VAE's hop (25 latents per second for ACE-Step 1.5),
-        read from the VAE file's config."""
-        f = GGUFFile(str(self.paths["vae"]))
-        try:
-            cfg = json.loads(f.get("acestep.config_json"))
-            rate = int(cfg.get("sampling_rate", SAMPLE_RATE))
-            return rate, rate / math.prod(cfg.get("downsampling_ratios", VAE_DOWNSAMPLING_RATIOS))
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
-            raise ModelFileError(f"{self.paths['vae']}: acestep.config_json is missing or not a VAE config "
-                                 f"({e.__class__.__name__}: {e})") from None
 
     def _load_audio(self, source, what: str) -> Optional[np.ndarray]:
         if source is None:

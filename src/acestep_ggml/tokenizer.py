@@ -2,6 +2,7 @@
 ACE-Step text and lyric prompt formats."""
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Sequence
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
@@ -61,7 +62,7 @@ class Tokenizer:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_gguf(cls, path: str) -> "Tokenizer":
+    def from_gguf(cls, path: "str | os.PathLike | _core.GGUFFile") -> "Tokenizer":
         """The tokenizer a GGUF carries.  A bad ``tokenizer.huggingface.json`` (not UTF-8, not a
         tokenizer) raises ModelFileError naming the file and the key.
 
@@ -69,7 +70,8 @@ class Tokenizer:
         entries of vocab.json: the vocabulary is completed as acestep.cpp's runtime assumes it,
         Qwen3's added tokens at 151643..151668 and ``<|audio_code_N|>`` at 151669 + N, up to the
         model's vocabulary (the rows of its token embedding)."""
-        f = _core.GGUFFile(str(path))
+        f = path if isinstance(path, _core.GGUFFile) else _core.GGUFFile(os.fspath(path))
+        path = f.path
         try:
             hf_json = _optional(f, HF_JSON)
         except UnicodeDecodeError as e:

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import _core
 from ..errors import InputError, ModelFileError, ModelsNotFound
 from .checkpoint import FLOAT_SOURCE_DTYPES, SafetensorsFile, as_f32, f32_to_bf16_bits, load_torch_tensor
 from .gguf_writer import GGUFWriter, iter_rows
@@ -25,27 +26,6 @@ ARCHITECTURES = {"dit": "acestep-dit", "vae": "acestep-vae", "text-enc": "aceste
 
 # Written as acestep.<key> (uint32) when the DiT config has them; the encoder_* keys
 # only exist for the XL models, whose condition encoder is narrower than the DiT.
-DIT_UINT32_KEYS = (
-    "in_channels", "audio_acoustic_hidden_dim", "patch_size", "sliding_window", "fsq_dim", "text_hidden_dim",
-    "timbre_hidden_dim", "num_lyric_encoder_hidden_layers", "num_timbre_encoder_hidden_layers",
-    "num_audio_decoder_hidden_layers", "num_attention_pooler_hidden_layers",
-    "encoder_hidden_size", "encoder_intermediate_size", "encoder_num_attention_heads", "encoder_num_key_value_heads",
-)
-
-# Standard keys under the architecture prefix, from the config key of the same meaning.
-STANDARD_KEYS = (
-    ("num_hidden_layers", "block_count", "u32"),
-    ("hidden_size", "embedding_length", "u32"),
-    ("intermediate_size", "feed_forward_length", "u32"),
-    ("num_attention_heads", "attention.head_count", "u32"),
-    ("num_key_value_heads", "attention.head_count_kv", "u32"),
-    ("head_dim", "attention.key_length", "u32"),
-    ("vocab_size", "vocab_size", "u32"),
-    ("max_position_embeddings", "context_length", "u32"),
-    ("rms_norm_eps", "attention.layer_norm_rms_epsilon", "f32"),
-    ("rope_theta", "rope.freq_base", "f32"),
-)
-
 # diffusers splits the original AceStepConditionGenerationModel into sub-models; each
 # gets back its original prefix.
 DIFFUSERS_DIT_PARTS = {
@@ -275,26 +255,22 @@ def _rope_theta(cfg: dict):
 
 
 def _add_metadata(w: GGUFWriter, comp: Component) -> None:
+    """The hyperparameters under the GGUF keys the core reads them from: its own key table
+    (``_core.hparam_keys``), so that the writer and the reader cannot drift apart."""
     cfg, arch = comp.config, ARCHITECTURES[comp.kind]
     w.add_string("general.name", comp.name)
     values = dict(cfg, rope_theta=_rope_theta(cfg))
-    for src_key, key, kind in STANDARD_KEYS:
-        v = values.get(src_key)
-        if v is None or isinstance(v, bool):
-            continue
-        (w.add_uint32 if kind == "u32" else w.add_float32)(f"{arch}.{key}", v)
     if comp.kind == "dit":
-        for key in DIT_UINT32_KEYS:
-            if key in cfg:
-                w.add_uint32(f"acestep.{key}", cfg[key])
-        w.add_bool("acestep.is_turbo", bool(cfg.get("is_turbo", False)))
-        if cfg.get("fsq_input_levels"):
-            w.add_int32_array("acestep.fsq_input_levels", cfg["fsq_input_levels"])
-    if comp.kind == "lm":
-        tied = cfg.get("tie_word_embeddings")
-        if tied is None:
-            tied = not any(t.name == "lm_head.weight" for t in comp.tensors)
-        w.add_bool("acestep.tie_word_embeddings", bool(tied))
+        values["is_turbo"] = bool(cfg.get("is_turbo", False))  # acestep.cpp writes it only when true
+    if comp.kind == "lm" and values.get("tie_word_embeddings") is None:
+        values["tie_word_embeddings"] = not any(t.name == "lm_head.weight" for t in comp.tensors)
+    add = {"u32": w.add_uint32, "f32": w.add_float32, "bool": lambda k, v: w.add_bool(k, bool(v)),
+           "int_array": w.add_int32_array}
+    for key, kind, config_key, _fallback, _value in _core.hparam_keys(arch):
+        v = values.get(config_key) if key and config_key else None
+        if v is None or (kind in ("u32", "f32") and isinstance(v, bool)) or (kind == "int_array" and not v):
+            continue
+        add[kind](key, v)
     w.add_string("acestep.config_json", json.dumps(cfg, separators=(",", ":")))
     if comp.kind in ("lm", "text-enc"):
         _add_tokenizer(w, comp)
