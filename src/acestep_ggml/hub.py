@@ -51,6 +51,16 @@ class ModelSet:
 
     folder: Path
     files: dict[str, list[Path]] = field(default_factory=dict)
+    # The files as the scan opened them: the models take them from here, so that a file is parsed
+    # once per set, not once per model built from it.
+    opened: dict[Path, GGUFFile] = field(default_factory=dict, repr=False, compare=False)
+
+    def open(self, path: str | os.PathLike) -> GGUFFile:
+        """The open file at ``path``: the scan's own, else opened now and kept."""
+        path = Path(path)
+        if path not in self.opened:
+            self.opened[path] = GGUFFile(str(path))
+        return self.opened[path]
 
     def get(self, kind: str, prefer: str | None = None) -> Path:
         """The best file of that kind by `rank`; with `prefer` (an LM size like "1.7B" or a DiT
@@ -158,11 +168,12 @@ def find_models(folder: str | os.PathLike) -> ModelSet:
     result = ModelSet(folder)
     for path in sorted(folder.glob("*.gguf")):
         try:
-            arch = GGUFFile(str(path)).architecture
+            f = GGUFFile(str(path))
         except ModelFileError:
             continue  # a partial download or an unrelated file: not ours to use
-        if arch in KINDS:
-            result.files.setdefault(arch, []).append(path)
+        if f.architecture in KINDS:
+            result.files.setdefault(f.architecture, []).append(path)
+            result.opened[path] = f
     return result
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from .errors import InputError, ModelFileError
 from .request import Request, given_metadata
 from .token_sampling import check_params, guided, sample
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from .hub import ModelSet
 
 # Without the FSM the LM may ramble: the original caps the codes phase at 5 * duration + 500
 # new tokens, and at 5 * 600 + 500 without a duration.
@@ -99,10 +102,11 @@ class LM:
     appends a prompt to one of them and ``decode(tokens)`` feeds one token to each; both return
     next-token logits.  ``generate(request)`` does the whole job."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
+    def __init__(self, path: str | os.PathLike | _core.GGUFFile, device: str = "cpu", n_threads: Optional[int] = None,
                  kv_type: str = "f16"):
-        self.path = str(path)
-        file = _core.GGUFFile(self.path)  # opened once, for the weights and the tokenizer
+        # opened once, for the weights and the tokenizer (or already open: a ModelSet's)
+        file = path if isinstance(path, _core.GGUFFile) else _core.GGUFFile(os.fspath(path))
+        self.path = file.path
         self._lm = _core._LM(file, device, resolve_threads(n_threads))
         self.kv_type = kv_type
         self.tokenizer = Tokenizer.from_gguf(file)
@@ -119,7 +123,7 @@ class LM:
         self._cot = _fsm.CotConstraints(self.tokenizer)
 
     @classmethod
-    def from_models(cls, models: str | os.PathLike, which: Optional[str] = None, device: str = "cpu",
+    def from_models(cls, models: "str | os.PathLike | ModelSet", which: Optional[str] = None, device: str = "cpu",
                     n_threads: Optional[int] = None) -> "LM":
         """The LM of a model folder (or checkpoint folder / hub repo, see ``hub.resolve``): ``which``
         is a size in the file name ("0.6B", "1.7B", "4B") or a GGUF path; by default the largest
@@ -128,12 +132,12 @@ class LM:
 
         if which and os.path.isfile(which):
             return cls(which, device, n_threads)
-        found = hub.find_models(hub.resolve(models))
+        found = models if isinstance(models, hub.ModelSet) else hub.find_models(hub.resolve(models))
         if which:
-            return cls(found.get("acestep-lm", prefer=which), device, n_threads)
+            return cls(found.open(found.get("acestep-lm", prefer=which)), device, n_threads)
         found.get("acestep-lm")  # raises, saying how to get models, when there is none
         path = hub.choose_lm(found.files["acestep-lm"], hub.available_memory(device))
-        return cls(path, device, n_threads)
+        return cls(found.open(path), device, n_threads)
 
     @property
     def vocab_size(self) -> int:

@@ -20,7 +20,6 @@ import numpy as np
 
 from . import audio as audio_io
 from . import flow, tasks
-from ._core import GGUFFile
 from .constants import (
     BASE_GUIDANCE,
     BASE_STEPS,
@@ -101,7 +100,7 @@ class Synthesizer:
         # Each file is opened once, here, and shared by the models built from it (the DiT file feeds
         # four: the DiT, the condition encoder, the audio tokenizer and the detokenizer); the core
         # reads and checks its hyperparameters on opening.
-        self.files = {name: GGUFFile(str(path)) for name, path in self.paths.items()}
+        self.files = {name: self.models.open(path) for name, path in self.paths.items()}
         self.files["dit"].expect_architecture("acestep-dit")
         self.files["vae"].expect_architecture("acestep-vae")
         self.is_turbo = self.files["dit"].hparams.is_turbo
@@ -470,7 +469,12 @@ class Pipeline:
             self.synth  # noqa: B018 (the synth models are fetched before the LM, so a failed fetch costs no LM run)
             if self._lm_folder is None:
                 self._lm_folder = self._resolve(kinds=("acestep-lm",))
-            lm = self._lm or LM.from_models(self._lm_folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
+            # One folder for both stages: the LM takes its file from the synth stage's scan, opened once
+            # (unless the LM arrived after that scan, as a hub download of the LM alone does).
+            same = ("synth" in self.__dict__ and self._lm_folder == self.synth.models.folder
+                    and self.synth.models.files.get("acestep-lm"))
+            source = self.synth.models if same else self._lm_folder
+            lm = self._lm or LM.from_models(source, self.lm_choice, device=self.device, n_threads=self.n_threads)
             self._lm = lm if self.keep_loaded else None
             request = lm.generate(request, seed=seed, rewrite_caption=rewrite_caption,
                                   negative_prompt=negative_prompt, legacy_cfg_prompt=legacy_cfg_prompt,

@@ -5,6 +5,10 @@
 #include <cstdio>
 #include <cstring>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "core/error.h"
 #include "core/format.h"
 #include "core/log.h"
@@ -19,15 +23,22 @@ std::vector<int64_t> TensorInfo::torch_shape() const {
 }
 
 GGUFFile::GGUFFile(const std::string &path) : path_(path) {
-    FILE *f = std::fopen(path.c_str(), "rb");
-    if (!f) throw FileError(fmt("%s: cannot open model file (%s)", path.c_str(), std::strerror(errno)));
+    fd_ = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) throw FileError(fmt("%s: cannot open model file (%s)", path.c_str(), std::strerror(errno)));
+    struct Guard {  // closes the descriptor when the constructor throws (the destructor does not run)
+        int &fd;
+        bool armed = true;
+        ~Guard() {
+            if (armed) close(fd);
+        }
+    } guard{fd_};
     char magic[4] = {0, 0, 0, 0};
-    size_t got = std::fread(magic, 1, 4, f);
-    std::fseek(f, 0, SEEK_END);
-    long long file_size = (long long)ftello(f);
-    std::fclose(f);
-    if (got != 4 || std::memcmp(magic, "GGUF", 4) != 0)
+    struct stat st {};
+    const bool got = pread(fd_, magic, 4, 0) == 4;
+    const long long file_size = fstat(fd_, &st) == 0 ? (long long)st.st_size : 0;
+    if (!got || std::memcmp(magic, "GGUF", 4) != 0)
         throw FileError(fmt("%s: not a GGUF file (no GGUF magic at the start)", path.c_str()));
+    if (!S_ISREG(st.st_mode)) throw FileError(fmt("%s: not a regular file", path.c_str()));
 
     ggml_context *meta = nullptr;
     gguf_init_params params = {/*no_alloc=*/true, /*ctx=*/&meta};
@@ -61,10 +72,12 @@ GGUFFile::GGUFFile(const std::string &path) : path_(path) {
         tensors_.push_back(std::move(t));
     }
     ggml_free(meta);
+    guard.armed = false;
 }
 
 GGUFFile::~GGUFFile() {
     if (gguf_) gguf_free(gguf_);
+    if (fd_ >= 0) close(fd_);
 }
 
 std::string GGUFFile::architecture() const { return get_str("general.architecture", ""); }
@@ -184,11 +197,13 @@ const TensorInfo &GGUFFile::require(const std::string &name) const {
 }
 
 void GGUFFile::read(const TensorInfo &t, void *dst) const {
-    FILE *f = std::fopen(path_.c_str(), "rb");
-    if (!f) throw FileError(fmt("%s: cannot open model file (%s)", path_.c_str(), std::strerror(errno)));
-    bool ok = fseeko(f, (off_t)t.offset, SEEK_SET) == 0 && std::fread(dst, 1, t.nbytes, f) == t.nbytes;
-    std::fclose(f);
-    if (!ok) throw FileError(fmt("%s: could not read tensor '%s'", path_.c_str(), t.name.c_str()));
+    size_t got = 0;
+    while (got < t.nbytes) {
+        const ssize_t r = pread(fd_, static_cast<uint8_t *>(dst) + got, t.nbytes - got, (off_t)(t.offset + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) throw FileError(fmt("%s: could not read tensor '%s'", path_.c_str(), t.name.c_str()));
+        got += (size_t)r;
+    }
 }
 
 std::vector<float> GGUFFile::read_f32(const TensorInfo &t) const {

@@ -53,12 +53,16 @@ class GGUFFile {
     const TensorInfo *find(const std::string &name) const;
     const TensorInfo &require(const std::string &name) const;  // throws FileError naming the tensor
 
+    // The descriptor the file stays open on from construction to destruction: every read of its
+    // tensors (here and by Weights' pread workers) goes through it, so a file is opened once.
+    int fd() const { return fd_; }
     void read(const TensorInfo &t, void *dst) const;  // raw bytes
     std::vector<float> read_f32(const TensorInfo &t) const;  // dequantized
     std::vector<float> read_f32(const std::string &name) const { return read_f32(require(name)); }
 
   private:
     std::string path_;
+    int fd_ = -1;
     gguf_context *gguf_ = nullptr;
     std::vector<TensorInfo> tensors_;
     std::map<std::string, size_t> index_;

@@ -6,7 +6,6 @@
 #include <cstring>
 #include <thread>
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -148,12 +147,7 @@ void Weights::load() {
     }
     if (buffer_) ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     bool host = buffer_ && ggml_backend_buffer_is_host(buffer_);
-    const int fd = open(file_->path().c_str(), O_RDONLY);
-    if (fd < 0) throw FileError(fmt("%s: cannot open model file (%s)", file_->path().c_str(), std::strerror(errno)));
-    struct Closer {
-        int fd;
-        ~Closer() { close(fd); }
-    } closer{fd};
+    const int fd = file_->fd();
     std::vector<uint8_t> staging;
     for (auto &e : entries_) {
         if (!e.info) {
