@@ -227,12 +227,15 @@ def run(lm: LM, request: Request, lm_mode: str = "generate", *, instrumental: bo
         **kwargs) -> Request:
     """One LM mode on a request (the `lm` CLI's ``--lm-mode``): generate (``LM.generate``, the
     metadata and audio codes), inspire (the caption is the query; the request's language is
-    forced) or format.  Keyword arguments go to the mode's function."""
+    forced; bpm, duration, keyscale and time signature the request gives replace the LM's,
+    as a user edits the fields upstream's "create sample" fills) or format.  Keyword arguments
+    go to the mode's function."""
     if lm_mode == "generate":
         return lm.generate(request, **kwargs)
     if lm_mode == "inspire":
-        return _keep_task(request, inspire(lm, request.caption, instrumental=instrumental,
-                                           language=request.language, **kwargs))
+        out = inspire(lm, request.caption, instrumental=instrumental, language=request.language, **kwargs)
+        mine = {k: getattr(request, k) for k in ("bpm", "duration", "keyscale", "timesignature")}
+        return _keep_task(request, dataclasses.replace(out, **{k: v for k, v in mine.items() if v is not None}))
     if lm_mode == "format":
         return format_request(lm, request, **kwargs)
     raise InputError(f"unknown lm_mode {lm_mode!r}: choose one of {', '.join(LM_MODES)}")

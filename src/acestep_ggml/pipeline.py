@@ -40,7 +40,8 @@ from .request import AudioInput, Request, check_for_synth, check_task, given_met
 from .tokenizer import Tokenizer
 
 # progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
-# thought; total 0 as its length is not known ahead), "lm-codes" (audio codes written), "encode"
+# thought; total 0 as its length is not known ahead), "lm-answer" (LM tokens of understand,
+# inspire and format; total 0), "lm-codes" (audio codes written), "encode"
 # (VAE-encoded tiles of source and reference audio), "text", "condition", "tokenize" (source
 # latents to codes, cover), "codes" (detokenizer), "dit" (sampler steps), "vae" (decoded tiles).
 Progress = Callable[[str, int, int], None]
@@ -150,6 +151,31 @@ class Synthesizer:
         vae = self._model("vae")
         return vae.encode(wave, sample=posterior == "sample", seed=seed,
                           progress=lambda done, total: report("encode", done, total))
+
+    def audio_codes(self, audio: AudioInput, *, seed: Optional[int] = None, posterior: str = "sample",
+                    progress: Optional[Progress] = None) -> list[int]:
+        """The 5 Hz codes of ``audio`` (a file or (2, N) samples), as upstream's
+        ``convert_src_audio_to_codes``: VAE encode (a seeded posterior draw, or its mean), then the
+        audio tokenizer.  InputError for silent audio ("appears to be silent": every sample
+        below 1e-6) and for audio shorter than one latent frame or longer than 600 s."""
+        tasks.check_fields("text2music", has_source=False, has_codes=False, repainting_start=None,
+                           repainting_end=None, track_name=None, track_classes=None, audio_cover_strength=1.0,
+                           posterior=posterior)
+        wave = self._load_audio(audio, "audio")
+        rate, lps = self.sample_rate, self.latents_per_second
+        if not 1 / lps <= wave.shape[1] / rate <= MAX_DURATION:
+            raise InputError(f"audio lasts {wave.shape[1] / rate:.3f} s; understand takes {1 / lps:g} s "
+                             f"(one latent frame) to {MAX_DURATION} s")
+        if not np.any(np.abs(wave) >= 1e-6):
+            raise InputError("audio appears to be silent")
+        report = progress or (lambda stage, done, total: None)
+        latents = self._encode(wave, posterior, new_seed() if seed is None else seed, report)
+        self._done("vae")
+        report("tokenize", 0, 1)
+        codes = self._model("audio_tokenizer").tokenize(latents)
+        self._done("audio_tokenizer")
+        report("tokenize", 1, 1)
+        return [int(c) for c in codes]
 
     # -- the job ------------------------------------------------------------------------
     def __call__(self, request: Request, *, seed: Optional[int] = None, steps: Optional[int] = None,
@@ -368,7 +394,8 @@ class Pipeline:
                  track_name: Optional[str] = None, track_classes: Optional[list[str]] = None,
                  audio_cover_strength: float = 1.0, posterior: str = "sample",
                  rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
-                 legacy_cfg_prompt: bool = False, progress: Optional[Progress] = None) -> SynthResult:
+                 legacy_cfg_prompt: bool = False, lm_mode: str = "generate", instrumental: bool = False,
+                 progress: Optional[Progress] = None) -> SynthResult:
         """The 5 Hz LM writes the missing metadata, its caption and language and the audio codes,
         then the synth stage renders them (see ``LM.generate`` for ``rewrite_caption``,
         ``negative_prompt``, ``legacy_cfg_prompt``); ``use_lm=False`` synthesises from noise with
@@ -377,9 +404,17 @@ class Pipeline:
         ``task`` and its inputs (audio as a file path or (2, N) samples at 48 kHz) are those of
         :class:`Request`; see acestep_ggml.tasks.  With source audio the LM does not run, as
         upstream skips it for cover and repaint: the source gives the audio context, a cover's
-        codes come from it."""
-        from .lm import LM
+        codes come from it.
 
+        ``lm_mode="inspire"`` first lets the LM write a whole song from the caption as a query
+        (upstream's create_sample: caption, lyrics, metadata; ``instrumental`` and ``language``
+        as its options), ``"format"`` first rewrites caption and lyrics (format_sample, the
+        given metadata kept); then the LM writes the codes of the result as usual (see
+        acestep_ggml.lm_modes)."""
+        from . import lm_modes
+
+        if lm_mode not in lm_modes.LM_MODES:
+            raise InputError(f"unknown lm_mode {lm_mode!r}: choose one of {', '.join(lm_modes.LM_MODES)}")
         if seed is None:
             seed = new_seed()
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
@@ -400,16 +435,47 @@ class Pipeline:
                 except InputError as e:
                     raise InputError(f"ref_audio: {e}") from None
             self.synth  # noqa: B018 (the synth models are fetched before the LM, so a failed fetch costs no LM run)
-            if self._lm_folder is None:
-                self._lm_folder = self._resolve(kinds=("acestep-lm",))
-            lm = self._lm or LM.from_models(self._lm_folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
-            self._lm = lm if self.keep_loaded else None
+            lm = self._load_lm()
+            if lm_mode != "generate":
+                request = lm_modes.run(lm, request, lm_mode, instrumental=instrumental, seed=seed,
+                                       progress=progress)
             request = lm.generate(request, seed=seed, rewrite_caption=rewrite_caption,
                                   negative_prompt=negative_prompt, legacy_cfg_prompt=legacy_cfg_prompt,
                                   progress=progress)
             del lm
+        elif lm_mode != "generate":
+            raise InputError(f"lm_mode {lm_mode!r} needs the LM: not with use_lm=False or source audio")
         return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, posterior=posterior,
                           progress=progress)
+
+    def _load_lm(self):
+        from .lm import LM
+
+        if self._lm_folder is None:
+            self._lm_folder = self._resolve(kinds=("acestep-lm",))
+        lm = self._lm or LM.from_models(self._lm_folder, self.lm_choice, device=self.device, n_threads=self.n_threads)
+        self._lm = lm if self.keep_loaded else None
+        return lm
+
+    def understand(self, audio: Optional[AudioInput] = None, *, codes: Optional[list[int]] = None,
+                   seed: Optional[int] = None, posterior: str = "sample", progress: Optional[Progress] = None,
+                   **kwargs) -> Request:
+        """Audio (a file or (2, N) samples) or its 5 Hz ``codes`` -> a Request with the LM's
+        caption, lyrics, bpm, duration, keyscale, language and time signature, and the codes,
+        as upstream's understand_music: VAE encode, audio tokenizer, then the LM's understand
+        mode (see ``acestep_ggml.lm_modes.understand`` for ``temperature``, ``top_p``, ``top_k``,
+        ``fsm``, ``max_new_tokens``).  The synth stage renders the result again."""
+        from . import lm_modes
+
+        if (audio is None) == (codes is None):
+            raise InputError("understand takes audio or codes (exactly one)")
+        if seed is None:
+            seed = new_seed()
+        if codes is None:
+            codes = self.synth.audio_codes(audio, seed=seed, posterior=posterior, progress=progress)
+        else:
+            lm_modes.understand_prompt(codes)  # checks the codes before the LM loads
+        return lm_modes.understand(self._load_lm(), codes, seed=seed, progress=progress, **kwargs)
 
 
 def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",
@@ -417,3 +483,9 @@ def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, devic
              **kwargs) -> SynthResult:
     """One song in one call: ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)``."""
     return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet).generate(caption, lyrics, **kwargs)
+
+
+def understand(models: str | os.PathLike, audio: Optional[AudioInput] = None, *, device: str = "cpu",
+               n_threads: Optional[int] = None, lm: Optional[str] = None, quiet: bool = False, **kwargs) -> Request:
+    """A song's caption, lyrics and metadata in one call: ``Pipeline(models, ...).understand(audio, **kwargs)``."""
+    return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet).understand(audio, **kwargs)
