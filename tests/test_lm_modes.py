@@ -163,3 +163,23 @@ def test_understand_rejects_silence_and_ambiguous_input(synth_models, tmp_path):
         pipe.understand()
     with pytest.raises(InputError, match="outside"):
         pipe.understand(codes=[70000])
+
+
+def test_cover_nofsq_takes_the_source_latents_as_context(synth_models):
+    """cover-nofsq (upstream PR #1142, acestep.cpp run_cover_nofsq): the DiT's context is the
+    source's own latents with a mask of ones; cover's is the 5 Hz round trip of them."""
+    from test_tasks import random_audio
+
+    from acestep_ggml import Request, Synthesizer
+
+    synth = Synthesizer(synth_models[2]["f32"], keep_loaded=True)
+    src = random_audio(np.random.default_rng(fresh_seed("input")), 2.0)
+    run = lambda task, **kw: synth(Request(caption="x", task=task, src_audio=src, **kw), steps=1, seed=4,  # noqa: E731
+                                   keep_stages=True).stages
+    raw, cover = run("cover-nofsq"), run("cover")
+    np.testing.assert_array_equal(raw["context"][:, :64], raw["src_latents"])
+    np.testing.assert_array_equal(raw["context"][:, 64:], 1.0)
+    assert "codes" not in raw and "codes" in cover
+    assert not np.allclose(cover["context"][:, :64], cover["src_latents"])
+    blended = run("cover-nofsq", audio_cover_strength=0.3)
+    assert "enc_hidden_non_cover" in blended  # the text2music condition after the cover steps, as cover

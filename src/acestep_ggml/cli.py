@@ -21,8 +21,10 @@ from .constants import (
     UNDERSTAND_TEMPERATURE,
 )
 
-_STEPS_HELP = f"sampler steps (default {TURBO_STEPS} turbo, {BASE_STEPS} base/SFT)"
+_STEPS_HELP = f"sampler steps (default {TURBO_STEPS} turbo, 50 SFT, {BASE_STEPS} base)"
 _GUIDANCE_HELP = f"DiT guidance scale (default 1 turbo, {BASE_GUIDANCE:g} base/SFT)"
+_SHIFT_HELP = (f"timestep shift (default per checkpoint: {SHIFT:g}, 1 for turbo-shift1; "
+               "see acestep_ggml.checkpoints)")
 _TIMESIGNATURE_HELP = f"beats per bar: {', '.join(TIMESIGNATURES[:-1])} or {TIMESIGNATURES[-1]}"
 
 # Set by the CLI's SIGINT handler.  The first Ctrl-C raises KeyboardInterrupt as usual; if some
@@ -293,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
     s.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
     s.add_argument("--steps", type=int, default=None, help=_STEPS_HELP)
-    s.add_argument("--shift", type=float, default=SHIFT, help=f"timestep shift (default {SHIFT})")
+    s.add_argument("--shift", type=float, default=None, help=_SHIFT_HELP)
     s.add_argument("--guidance", type=float, default=None, help=_GUIDANCE_HELP)
     s.add_argument("--init-noise", default=None, help="initial noise as a (T, 64) float32 .npy file")
     _add_device_flags(s)
@@ -362,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="seed of the LM sampling and the noise (default random)")
     s.add_argument("--steps", type=int, default=None, help=_STEPS_HELP)
     s.add_argument("--guidance", type=float, default=None, help=_GUIDANCE_HELP)
-    s.add_argument("--shift", type=float, default=SHIFT)
+    s.add_argument("--shift", type=float, default=None, help=_SHIFT_HELP)
     s.add_argument("--no-lm", action="store_true", help="skip the LM: synthesise from noise, no audio codes")
     s.add_argument("--lm", default=None, help="LM size in the file name (0.6B, 1.7B, 4B) or a GGUF file")
     s.add_argument("--models", default=None,

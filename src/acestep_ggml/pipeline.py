@@ -22,13 +22,11 @@ import numpy as np
 from . import audio as audio_io
 from . import flow, tasks
 from ._core import GGUFFile
+from .checkpoints import sampler_defaults
 from .constants import (
-    BASE_GUIDANCE,
-    BASE_STEPS,
     LATENTS_PER_CODE,
     MAX_DURATION,
     SAMPLE_RATE,
-    SHIFT,
     TASK_INSTRUCTIONS,
     TURBO_STEPS,
     VAE_DOWNSAMPLING_RATIOS,
@@ -91,6 +89,7 @@ class Synthesizer:
         self._tokenizer: Optional[Tokenizer] = None
         # Read once from the files' metadata: every call needs them, and they cannot change.
         self.is_turbo = self._read_is_turbo()
+        self.defaults = sampler_defaults(Path(self.paths["dit"]).name, self.is_turbo)
         self.sample_rate, self.latents_per_second = self._read_vae_rates()
 
     # -- model lifetime ---------------------------------------------------------------
@@ -179,7 +178,7 @@ class Synthesizer:
 
     # -- the job ------------------------------------------------------------------------
     def __call__(self, request: Request, *, seed: Optional[int] = None, steps: Optional[int] = None,
-                 shift: float = SHIFT, guidance: Optional[float] = None, timesteps=None,
+                 shift: Optional[float] = None, guidance: Optional[float] = None, timesteps=None,
                  cfg_interval: tuple[float, float] = (0.0, 1.0), init_noise: Optional[np.ndarray] = None,
                  posterior: str = "sample", progress: Optional[Progress] = None,
                  keep_stages: bool = False) -> SynthResult:
@@ -188,6 +187,8 @@ class Synthesizer:
         Source and reference audio are encoded as a draw from the VAE posterior seeded from
         ``seed``, as the original does, or at its mean with ``posterior="mean"``."""
         check_for_synth(request, posterior)
+        d = self.defaults  # steps, shift and guidance per checkpoint (acestep_ggml.checkpoints)
+        shift = d.shift if shift is None else shift
         if steps is not None and steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
         if not (math.isfinite(shift) and shift > 0):
@@ -196,8 +197,12 @@ class Synthesizer:
         # Codes without a task are the LM's: a cover of them, as diffusers switches its task.
         task = "cover" if has_codes else request.task
         turbo = self.is_turbo
-        steps = steps if steps is not None else (TURBO_STEPS if turbo else BASE_STEPS)
-        guidance = guidance if guidance is not None else (1.0 if turbo else BASE_GUIDANCE)
+        steps = steps if steps is not None else d.steps
+        guidance = guidance if guidance is not None else d.guidance
+        if d.shift_range and not d.shift_range[0] <= shift <= d.shift_range[1]:
+            warnings.warn(f"this {d.variant} DiT was distilled for shift {d.shift_range[0]:g}"
+                          + ("" if d.shift_range[0] == d.shift_range[1] else f" to {d.shift_range[1]:g}")
+                          + f"; shift {shift:g} may sound out of tune", stacklevel=2)
         if turbo and steps > TURBO_STEPS:
             warnings.warn(f"a turbo DiT is distilled for {TURBO_STEPS} steps; {steps} steps may sound worse",
                           stacklevel=2)
@@ -239,7 +244,7 @@ class Synthesizer:
 
         # Text: the caption prompt through the whole encoder, the lyrics through its embedding table only.
         # A cover blended with text2music (audio_cover_strength < 1) also conditions on the text2music prompt.
-        blend = task == "cover" and request.audio_cover_strength < 1.0
+        blend = task in tasks.COVER_TASKS and request.audio_cover_strength < 1.0
         instructions = [tasks.instruction(task, request.track_name, request.track_classes)]
         if blend:
             instructions.append(TASK_INSTRUCTIONS["text2music"])
@@ -269,6 +274,7 @@ class Synthesizer:
         report("condition", 1, 1)
 
         codes = request.codes
+        # cover-nofsq skips this round trip: the source latents are the context as they are.
         if task == "cover" and src_latents is not None:
             report("tokenize", 0, 1)
             codes = self._model("audio_tokenizer").tokenize(src_latents)
@@ -388,7 +394,7 @@ class Pipeline:
                  keyscale: Optional[str] = None, timesignature: Optional[int] = None,
                  language: Optional[str] = None, seed: Optional[int] = None, steps: Optional[int] = None,
                  guidance: Optional[float] = None,
-                 shift: float = SHIFT, use_lm: bool = True, task: str = "text2music",
+                 shift: Optional[float] = None, use_lm: bool = True, task: str = "text2music",
                  src_audio: Optional[AudioInput] = None, ref_audio: Optional[AudioInput] = None,
                  repainting_start: Optional[float] = None, repainting_end: Optional[float] = None,
                  track_name: Optional[str] = None, track_classes: Optional[list[str]] = None,
