@@ -40,12 +40,11 @@ def test_continuous_turbo_takes_any_shift_from_1_to_5():
 def test_synthesizer_takes_the_files_defaults(synth_models, tmp_path):
     folder = tmp_path / "m"
     shutil.copytree(synth_models[2]["f32"], folder)
-    dit = next(p for p in folder.iterdir() if "dit" in p.name)
+    dit = folder / "acestep-v15-turbo-F32.gguf"
     dit.rename(folder / "acestep-v15-turbo-shift1-F32.gguf")
     synth = Synthesizer(folder, n_threads=1)
-    assert synth.defaults.variant == ("turbo-shift1" if synth.is_turbo else "base")
-    if synth.is_turbo:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            synth(Request(caption="x", duration=1), steps=1, seed=0, shift=3.0)
-        assert any("distilled for shift 1" in str(w.message) for w in caught)
+    assert synth.is_turbo and synth.defaults.variant == "turbo-shift1" and synth.defaults.shift == 1.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        synth(Request(caption="x", duration=1), steps=1, seed=0, shift=3.0)
+    assert any("distilled for shift 1" in str(w.message) for w in caught)
