@@ -183,3 +183,13 @@ def test_cover_nofsq_takes_the_source_latents_as_context(synth_models):
     assert not np.allclose(cover["context"][:, :64], cover["src_latents"])
     blended = run("cover-nofsq", audio_cover_strength=0.3)
     assert "enc_hidden_non_cover" in blended  # the text2music condition after the cover steps, as cover
+
+
+def test_generate_with_inspire_renders_the_lms_song(synth_models, tmp_path):
+    """`generate --lm-mode inspire`: the LM writes a song from the query, then its codes (the
+    duration the user gave kept), then the synth stage renders it."""
+    out = tmp_path / "song.wav"
+    _cli("generate", "--lm-mode", "inspire", "--caption", "a soft love song", "--duration", 10, "--models",
+         synth_models[2]["f32"], "-o", out, "--seed", 2, "--steps", 1, "--threads", 1, "--quiet")
+    wave, rate = ace.read_audio(out)
+    assert wave.shape[-1] == 10 * rate
