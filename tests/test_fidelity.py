@@ -307,4 +307,118 @@ def test_value_sets_and_instructions_are_the_originals():
     assert [int(t) for t in constants.TIMESIGNATURES] == c.VALID_TIME_SIGNATURES
     assert constants.LM_INSTRUCTION == c.DEFAULT_LM_INSTRUCTION
     assert constants.DIT_INSTRUCTION == c.DEFAULT_DIT_INSTRUCTION
-    assert constants.TASK_INSTRUCTIONS == c.TASK_INSTRUCTIONS
+    # cover-nofsq came after the package: upstream ACE-Step-1.5 acestep/constants.py (PR #1142)
+    # gives it the cover instruction, as acestep.cpp src/task-types.h does.
+    ours = dict(constants.TASK_INSTRUCTIONS)
+    assert ours.pop("cover-nofsq") == c.TASK_INSTRUCTIONS["cover"]
+    assert ours == c.TASK_INSTRUCTIONS
+    assert constants.LM_UNDERSTAND_INSTRUCTION == c.DEFAULT_LM_UNDERSTAND_INSTRUCTION
+    assert constants.LM_INSPIRED_INSTRUCTION == c.DEFAULT_LM_INSPIRED_INSTRUCTION
+    assert constants.LM_REWRITE_INSTRUCTION == c.DEFAULT_LM_REWRITE_INSTRUCTION
+
+
+# -- the LM's other modes: understand, inspire, format ---------------------------------------
+# Answers shaped as the LM writes them (the original's own docstring example among them), and
+# malformed ones: no </think>, no <think>, a "# Lyric" header, "# Lyrics" (kept by upstream's
+# regex), N/A values, a field without a value, unindented junk, code tokens.
+ANSWERS = [
+    "<think>\nbpm: 73\ncaption: A calm piano melody\nduration: 273\ngenres: Chinese folk\nkeyscale: G major\n"
+    "language: en\ntimesignature: 4\n</think>\n\n# Lyric\n[Verse]\nla la\n<|im_end|>",
+    "<think>\nbpm: 120\ncaption: Energetic rock with distorted guitars, pounding drums, a shouted chorus\n"
+    "  and a long fade-out\nduration: 45\ngenres: rock, punk\nkeyscale: F# minor\nlanguage: ja\n"
+    "timesignature: 3\n</think>\n# Lyrics\n[Chorus]\nyes: no<|im_end|>",
+    "<think>\nbpm: N/A\ncaption:\n  multi\n  line\nduration: fast\nkeyscale: H major\njunk line\n"
+    "language:\n</think>\n<|im_end|>",
+    "bpm: 90\ncaption: no think tags at all\n<|audio_code_5|><|audio_code_7|>",
+    "<think>\nbpm: 100\ncaption: unfinished",
+    "<think>\n\n</think>\n\ncaption: after an empty think\n[Verse]\nwords",
+    "",
+    "<|im_end|>",
+    "<think>\nBPM: 80\nCaption: upper-case keys\n</think>\n# lyric\n  indented lyrics  \n",
+]
+QUERIES = ["a soft Bengali love song for a quiet evening", "", "   ", "中文流行歌曲，温柔的女声"]
+
+
+def _capture(h, answer):
+    """Replaces the original's generation by a recorder that answers ``answer``."""
+    seen = {}
+
+    def fake(formatted_prompt, cfg=None, **kw):
+        seen.update(prompt=formatted_prompt, cfg=cfg, **kw)
+        return answer, "ok"
+
+    h.generate_from_formatted_prompt = fake
+    h.llm_initialized = True
+    return seen
+
+
+def test_understand_prompt_and_parsing_are_the_originals(original, ours, lm_tokenizer_dir):
+    """The token ids are compared with a transformers tokenizer that knows the audio-code
+    tokens: the published checkpoint's tokenizer_config.json lists them; our test tokenizer's
+    does not, and transformers' Qwen2Tokenizer takes its added tokens from there."""
+    from transformers import AddedToken
+
+    from acestep_ggml import lm_modes
+
+    h = original[0]
+    with_codes = AutoTokenizer.from_pretrained(str(lm_tokenizer_dir))
+    with_codes.add_tokens([AddedToken(constants.AUDIO_CODE_TOKEN.format(i), special=False, normalized=False)
+                           for i in range(constants.N_AUDIO_CODES)])
+    rng = __import__("numpy").random.default_rng(fresh_seed())
+    for answer in ANSWERS:
+        codes = [int(c) for c in rng.integers(0, constants.N_AUDIO_CODES, size=int(rng.integers(1, 40)))]
+        seen = _capture(h, answer)
+        meta, _ = h.understand_audio_from_codes("".join(f"<|audio_code_{c}|>" for c in codes))
+        _same(lm_modes.understand_prompt(codes), seen["prompt"], ours, with_codes, codes)
+        assert len(ours.encode(seen["prompt"])) == 24 + len(codes) + 5  # one id per code
+        assert seen["cfg"]["generation_phase"] == "understand" and not seen["cfg"]["skip_genres"]
+        assert seen["cfg"]["user_metadata"] is None and seen["stop_at_reasoning"] is False
+        assert lm_modes.parse_answer(answer, "understand") == meta, answer
+
+
+def test_inspire_prompt_and_parsing_are_the_originals(original, ours):
+    from acestep_ggml import lm_modes
+
+    h = original[0]
+    for (query, instrumental, language), answer in zip(
+            itertools.product(QUERIES, (False, True), (None, "bn", "unknown", " ")), itertools.cycle(ANSWERS)):
+        seen = _capture(h, answer)
+        meta, _ = h.create_sample_from_query(query, instrumental=instrumental, vocal_language=language)
+        _same(lm_modes.inspire_prompt(query, instrumental), seen["prompt"], ours, h.llm_tokenizer, query)
+        want = {"language": "bn"} if language == "bn" else None
+        assert seen["cfg"]["user_metadata"] == want and not seen["cfg"]["skip_language"]
+        assert seen["cfg"]["generation_phase"] == "understand" and not seen["cfg"]["skip_genres"]
+        assert lm_modes.parse_answer(answer, "inspire", instrumental=instrumental) == meta, answer
+
+
+def test_format_prompt_and_parsing_are_the_originals(original, ours):
+    from acestep_ggml import lm_modes
+
+    h = original[0]
+    for (caption, lyrics), answer in zip(itertools.product(CAPTIONS + ["", "  "], LYRICS + ["  "]),
+                                         itertools.cycle(ANSWERS)):
+        seen = _capture(h, answer)
+        meta, _ = h.format_sample_from_input(caption, lyrics)
+        _same(lm_modes.format_prompt(caption, lyrics), seen["prompt"], ours, h.llm_tokenizer, (caption, lyrics))
+        assert seen["cfg"]["generation_phase"] == "understand" and not seen["cfg"]["skip_genres"]
+        assert lm_modes.parse_answer(answer, "format", lyrics=lyrics) == meta, answer
+    # Given metadata is forced; a given language leaves the language line out.
+    seen = _capture(h, ANSWERS[0])
+    h.format_sample_from_input("x", "y", user_metadata={"bpm": 90, "language": "en", "keyscale": "C major"})
+    assert seen["cfg"]["user_metadata"] == {"bpm": 90, "language": "en", "keyscale": "C major"}
+    assert seen["cfg"]["skip_language"] is True
+
+
+def test_lm_mode_defaults_are_upstreams(original):
+    import inspect
+
+    from acestep_ggml import lm_modes
+
+    h = original[0]
+    for ours_fn, orig_fn in ((lm_modes.understand, h.understand_audio_from_codes),
+                             (lm_modes.inspire, h.create_sample_from_query),
+                             (lm_modes.format_request, h.format_sample_from_input)):
+        a, b = inspect.signature(ours_fn).parameters, inspect.signature(orig_fn).parameters
+        for name in ("temperature", "top_p", "top_k"):
+            assert a[name].default == b[name].default, (ours_fn.__name__, name)
+        assert b["use_constrained_decoding"].default is True and a["fsm"].default is True

@@ -149,7 +149,9 @@ def test_posterior_sample_is_seeded_and_mean_is_the_mean(synth_models, rng):
     assert not np.allclose(a, c) and not np.allclose(a, mean)
 
 
-@pytest.mark.parametrize("task", TASKS)
+# diffusers 0.42 has no cover-nofsq (its fallback is the text2music line); upstream's
+# constants.py gives it the cover instruction (tests/test_fidelity.py checks that).
+@pytest.mark.parametrize("task", [t for t in TASKS if t != "cover-nofsq"])
 @pytest.mark.parametrize("track_name, track_classes", [(None, None), ("backing_vocals", ["drums", "Bass"])])
 def test_instructions_match_diffusers(task, track_name, track_classes):
     want = AceStepPipeline._get_task_instruction(task_type=task, track_name=track_name,

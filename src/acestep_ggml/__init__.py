@@ -78,7 +78,7 @@ def backends() -> list[dict]:
 from .audio import check_output_path, load_audio, read_audio, write_audio  # noqa: E402
 from .lm import LM  # noqa: E402
 from .models import VAE, AudioTokenizer, ConditionEncoder, Detokenizer, DiT, TextEncoder  # noqa: E402
-from .pipeline import Pipeline, Synthesizer, SynthResult, generate  # noqa: E402
+from .pipeline import Pipeline, Synthesizer, SynthResult, generate, understand  # noqa: E402
 from .request import Request  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
@@ -86,5 +86,5 @@ __all__ = [
     "AcestepError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError", "ModelsNotFound",
     "GGUFFile", "backends", "__version__", "AudioTokenizer", "ConditionEncoder", "Detokenizer", "DiT", "LM", "Pipeline",
     "Request", "SynthResult", "Synthesizer", "TextEncoder", "Tokenizer", "VAE", "check_output_path", "generate",
-    "load_audio", "read_audio", "write_audio",
+    "load_audio", "read_audio", "understand", "write_audio",
 ]

@@ -11,16 +11,20 @@ from .constants import (
     BASE_STEPS,
     DURATION_RANGE,
     LM_CFG_SCALE,
+    LM_MODE_MAX_NEW_TOKENS,
     LM_NEGATIVE_PROMPT,
     LM_TEMPERATURE,
     LM_TOP_P,
     SHIFT,
     TIMESIGNATURES,
     TURBO_STEPS,
+    UNDERSTAND_TEMPERATURE,
 )
 
-_STEPS_HELP = f"sampler steps (default {TURBO_STEPS} turbo, {BASE_STEPS} base/SFT)"
+_STEPS_HELP = f"sampler steps (default {TURBO_STEPS} turbo, 50 SFT, {BASE_STEPS} base)"
 _GUIDANCE_HELP = f"DiT guidance scale (default 1 turbo, {BASE_GUIDANCE:g} base/SFT)"
+_SHIFT_HELP = (f"timestep shift (default per checkpoint: {SHIFT:g}, 1 for turbo-shift1; "
+               "see acestep_ggml.checkpoints)")
 _TIMESIGNATURE_HELP = f"beats per bar: {', '.join(TIMESIGNATURES[:-1])} or {TIMESIGNATURES[-1]}"
 
 # Set by the CLI's SIGINT handler.  The first Ctrl-C raises KeyboardInterrupt as usual; if some
@@ -232,6 +236,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                       seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
                       use_lm=not args.no_lm, lm=args.lm, device=args.device, n_threads=args.threads,
                       progress=_progress(args.quiet), quiet=args.quiet, **_lm_prompt_args(args),
+                      lm_mode=args.lm_mode, instrumental=args.instrumental,
                       **{k: v for k, v in _task_args(args).items() if v is not None}, **_control_args(args))
     from .pipeline import batch_paths
 
@@ -258,6 +263,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_lm(args: argparse.Namespace) -> int:
+    from . import lm_modes
     from .exchange import check_writable, write_request
     from .lm import LM
     from .request import Request, given_metadata
@@ -267,12 +273,52 @@ def _cmd_lm(args: argparse.Namespace) -> int:
     # Before the LM loads (or downloads): the metadata it is given and where its output goes.
     given_metadata(req)
     check_writable(args.output_dir)
-    out = LM.from_models(args.models, args.lm, device=args.device, n_threads=args.threads).generate(
-        req, cfg_scale=args.cfg_scale, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        seed=args.seed, fsm=args.fsm, progress=_progress(args.quiet), **_lm_prompt_args(args))
+    common = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed, fsm=args.fsm,
+                  progress=_progress(args.quiet))
+    if args.lm_mode == "generate":
+        kwargs = dict(cfg_scale=args.cfg_scale, top_p=LM_TOP_P if args.top_p is None else args.top_p,
+                      **_lm_prompt_args(args))
+    else:  # upstream's inspire and format: no CFG, no top-p unless given
+        kwargs = dict(top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    lm = LM.from_models(args.models, args.lm, device=args.device, n_threads=args.threads)
+    out = lm_modes.run(lm, req, args.lm_mode, instrumental=args.instrumental, **common, **kwargs)
     write_request(args.output_dir, out)
     print(args.output_dir)
     return 0
+
+
+def _cmd_understand(args: argparse.Namespace) -> int:
+    from .exchange import check_writable, parse_codes, write_request
+    from .pipeline import understand
+
+    if (args.audio is None) == (args.codes is None):
+        from .errors import InputError
+
+        raise InputError("give an audio file or --codes FILE (exactly one)")
+    codes = None
+    if args.codes:
+        with open(args.codes, encoding="utf-8") as f:
+            codes = parse_codes(f.read(), args.codes)
+    check_writable(args.output_dir)
+    out = understand(args.models, args.audio, codes=codes, lm=args.lm, device=args.device, n_threads=args.threads,
+                     quiet=args.quiet, seed=args.seed, posterior=args.posterior, temperature=args.temperature,
+                     top_p=args.top_p, top_k=args.top_k, fsm=args.fsm, max_new_tokens=args.max_new_tokens,
+                     progress=_progress(args.quiet))
+    write_request(args.output_dir, out)
+    print(args.output_dir)
+    return 0
+
+
+def _add_lm_mode_options(s: argparse.ArgumentParser, generate: bool) -> None:
+    """--lm-mode and its option (see acestep_ggml.lm_modes)."""
+    from .lm_modes import LM_MODES
+
+    s.add_argument("--lm-mode", choices=LM_MODES, default="generate",
+                   help="generate: metadata and audio codes (default); inspire: the caption is a query the LM "
+                        "turns into a song (caption, lyrics, metadata)" + ("" if generate else ", no codes")
+                        + "; format: the LM rewrites caption and lyrics and writes the metadata"
+                        + (", then the codes" if generate else ", no codes"))
+    s.add_argument("--instrumental", action="store_true", help="inspire: an instrumental song")
 
 
 def _lm_prompt_args(args: argparse.Namespace) -> dict:
@@ -313,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")
     s.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
     s.add_argument("--steps", type=int, default=None, help=_STEPS_HELP)
-    s.add_argument("--shift", type=float, default=SHIFT, help=f"timestep shift (default {SHIFT})")
+    s.add_argument("--shift", type=float, default=None, help=_SHIFT_HELP)
     s.add_argument("--guidance", type=float, default=None, help=_GUIDANCE_HELP)
     s.add_argument("--init-noise", default=None, help="initial noise as a (T, 64) float32 .npy file")
     _add_device_flags(s)
@@ -334,16 +380,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--language", default=None, help="vocal language code (default: the LM chooses)")
     s.add_argument("--cfg-scale", type=float, default=LM_CFG_SCALE)
     s.add_argument("--temperature", type=float, default=LM_TEMPERATURE)
-    s.add_argument("--top-p", type=float, default=LM_TOP_P)
+    s.add_argument("--top-p", type=float, default=None, help=f"default {LM_TOP_P} (generate), off (inspire, format)")
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--fsm", action=argparse.BooleanOptionalAction, default=True,
                    help="constrained decoding (default on)")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--max-new-tokens", type=int, default=LM_MODE_MAX_NEW_TOKENS,
+                   help=f"inspire, format: the longest answer in tokens (default {LM_MODE_MAX_NEW_TOKENS})")
     _add_device_flags(s)
     s.add_argument("--output-dir", required=True, help="exchange directory to write")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     _add_lm_prompt_options(s)
+    _add_lm_mode_options(s, generate=False)
     s.set_defaults(func=_cmd_lm)
+
+    s = sub.add_parser("understand", help="audio (or its 5 Hz codes) -> caption, lyrics and metadata in an exchange "
+                                          "directory that `synth` renders again")
+    s.add_argument("audio", nargs="?", default=None, help="audio file (wav, flac, ogg, mp3)")
+    s.add_argument("--codes", default=None, help="a codes file (comma-separated 0..63999) instead of audio")
+    s.add_argument("--models", required=True, help="folder of GGUFs (or checkpoints / hub repo)")
+    s.add_argument("--lm", default=None, help="LM size in the file name (0.6B, 1.7B, 4B) or a GGUF file")
+    s.add_argument("--temperature", type=float, default=UNDERSTAND_TEMPERATURE)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--fsm", action=argparse.BooleanOptionalAction, default=True,
+                   help="constrained decoding (default on)")
+    s.add_argument("--max-new-tokens", type=int, default=LM_MODE_MAX_NEW_TOKENS,
+                   help=f"the longest answer in tokens (default {LM_MODE_MAX_NEW_TOKENS})")
+    s.add_argument("--seed", type=int, default=None, help="seed of the VAE posterior draw and the LM sampling")
+    s.add_argument("--posterior", choices=("sample", "mean"), default="sample",
+                   help="encode the audio as a seeded posterior draw (default, as upstream) or its mean")
+    _add_device_flags(s)
+    s.add_argument("--output-dir", required=True, help="exchange directory to write")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=_cmd_understand)
 
     s = sub.add_parser("generate", help="caption (+ lyrics) -> song: the LM, then the synth stage")
     s.add_argument("--caption", required=True, help="what the music sounds like")
@@ -359,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="seed of the LM sampling and the noise (default random)")
     s.add_argument("--steps", type=int, default=None, help=_STEPS_HELP)
     s.add_argument("--guidance", type=float, default=None, help=_GUIDANCE_HELP)
-    s.add_argument("--shift", type=float, default=SHIFT)
+    s.add_argument("--shift", type=float, default=None, help=_SHIFT_HELP)
     s.add_argument("--no-lm", action="store_true", help="skip the LM: synthesise from noise, no audio codes")
     s.add_argument("--lm", default=None, help="LM size in the file name (0.6B, 1.7B, 4B) or a GGUF file")
     s.add_argument("--models", default=None,
@@ -371,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_flags(s)
     _add_control_flags(s)
     _add_lm_prompt_options(s)
+    _add_lm_mode_options(s, generate=True)
     s.set_defaults(func=_cmd_generate)
 
     s = sub.add_parser("serve", help="HTTP server: acestep.cpp's job API, progress events, a web page at /")

@@ -37,6 +37,9 @@ TASK_INSTRUCTIONS = {
     "text2music": DIT_INSTRUCTION,
     "repaint": "Repaint the mask area based on the given conditions:",
     "cover": LM_INSTRUCTION,
+    # Upstream ACE-Step-1.5 (newer than the package, PR #1142) and acestep.cpp: a cover whose
+    # context is the source's own latents, without the 5 Hz code round trip; same instruction.
+    "cover-nofsq": LM_INSTRUCTION,
     "extract": "Extract the {TRACK_NAME} track from the audio:",
     "extract_default": "Extract the track from the audio:",
     "lego": "Generate the {TRACK_NAME} track based on the audio context:",
@@ -44,6 +47,14 @@ TASK_INSTRUCTIONS = {
     "complete": "Complete the input track with {TRACK_CLASSES}:",
     "complete_default": "Complete the input track:",
 }
+# The system instructions of the LM's other modes (DEFAULT_LM_UNDERSTAND_INSTRUCTION,
+# DEFAULT_LM_INSPIRED_INSTRUCTION, DEFAULT_LM_REWRITE_INSTRUCTION; see acestep_ggml.lm_modes).
+LM_UNDERSTAND_INSTRUCTION = "Understand the given musical conditions and describe the audio semantics accordingly:"
+LM_INSPIRED_INSTRUCTION = "Expand the user's input into a more detailed and specific musical description:"
+LM_REWRITE_INSTRUCTION = "Format the user's input into a more detailed and specific musical description:"
+# What inspire and format put in place of a blank query, caption or lyrics (llm_inference.py
+# create_sample_from_query, format_sample_from_input).
+LM_INSTRUMENTAL_LYRICS = "[Instrumental]"
 # The LM's unconditional user message when no negative prompt is given (the original's default
 # negative_prompt, acestep/llm_inference.py).
 LM_NEGATIVE_PROMPT = "NO USER INPUT"
@@ -107,6 +118,15 @@ REPAINT_CROSSFADE_SECONDS = 0.05
 LM_CFG_SCALE = 2.0
 LM_TEMPERATURE = 0.85
 LM_TOP_P = 0.9
+# Understand samples cooler (LLMHandler.understand_audio_from_codes: temperature 0.3, no top-p);
+# inspire and format take 0.85 without top-p (create_sample_from_query, format_sample_from_input).
+UNDERSTAND_TEMPERATURE = 0.3
+# The answer of understand, inspire and format: at most max_model_len (4096) - 64 new tokens
+# (llm_inference.py, the pt backend's bound).
+LM_MODE_MAX_NEW_TOKENS = 4096 - 64
+# A genres line is free text when no vocabulary constrains it (upstream without genres_vocab.txt);
+# our bound keeps a model that never writes a line break from running on.
+MAX_GENRES_TOKENS = 64
 
 
 def resolve_threads(n_threads: Optional[int]) -> int:

@@ -9,9 +9,14 @@ tokens and EOS; with a duration the user set, EOS exactly when ``5 * duration`` 
 
 The FSMs work on token ids: ``allowed()`` is an int array of the ids the model may emit next
 (already computed when the FSM is built or advanced), ``advance(id)`` moves on.
+
+The LM's other modes (understand, inspire, format; acestep_ggml.lm_modes) run the original's
+"understand" phase: the same chain of thought with a ``genres`` line between duration and
+keyscale, then free text (the lyrics) up to EOS with the audio codes masked.
 """
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -24,12 +29,17 @@ from .constants import (
     KEYSCALES,
     LANGUAGES,
     MAX_CAPTION_TOKENS,
+    MAX_GENRES_TOKENS,
     THINK,
     TIMESIGNATURES,
 )
 from .errors import ConstraintError, InputError
 
 FIELDS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
+# The understand phase's fields (constrained_logits_processor.py _get_next_field_state, field_order).
+UNDERSTAND_FIELDS = ("bpm", "caption", "duration", "genres", "keyscale", "language", "timesignature")
+# Byte-level BPE spells a space U+0120, a tab U+0109, a line feed U+010A, a carriage return U+010D.
+_BLANK = "\u0120\u0109\u010a\u010d"
 
 
 def choices(field: str) -> List[str]:
@@ -74,15 +84,22 @@ def join_caption(text: str) -> str:
     return " ".join(line.strip() for line in text.split("\n") if line.strip())
 
 
-def parse_cot(text: str) -> Dict[str, str]:
-    """The fields of a chain of thought as the original's ``parse_lm_output`` reads them: a line
-    that starts without whitespace and holds ``:`` opens a field, indented lines continue it."""
-    body = text.split(THINK, 1)[-1].split(END_THINK, 1)[0].strip()
+def read_fields(text: str) -> Dict[str, str]:
+    """Every ``key: value`` field of an LM answer, values stripped, as the original's
+    ``parse_lm_output`` reads them: the text inside the first ``<think>..</think>`` (else the
+    text before the first audio code), lines starting with ``<`` skipped, a line that starts
+    without whitespace and holds ``:`` opens a field (key lower-cased), lines starting with a
+    space or tab continue it, a field without a value line is dropped; a caption's lines are
+    joined (``postprocess_caption``)."""
+    m = re.search(r"<think>(.*?)</think>", text, re.DOTALL)
+    body = m.group(1).strip() if m else ""
+    if not body:
+        body = text.split("<|audio_code_")[0].strip()
     out: Dict[str, str] = {}
     key, lines = None, []
 
     def flush():
-        if key in FIELDS and lines:
+        if key and lines:
             value = "\n".join(lines)
             out[key] = join_caption(value) if key == "caption" else value.strip()
 
@@ -93,10 +110,15 @@ def parse_cot(text: str) -> Dict[str, str]:
             flush()
             name, first = line.split(":", 1)
             key, lines = name.strip().lower(), ([first] if first.strip() else [])
-        elif key is not None and line.strip():
+        elif line.startswith((" ", "\t")) and key:
             lines.append(line)
     flush()
     return out
+
+
+def parse_cot(text: str) -> Dict[str, str]:
+    """The metadata fields of a chain of thought (see ``read_fields``)."""
+    return {k: v for k, v in read_fields(text).items() if k in FIELDS}
 
 
 class _Trie:
@@ -158,20 +180,28 @@ class CotConstraints:
 
     def caption_sets(self):
         """(ids a caption may use, those that continue it after a line break, a mask of the ids
-        that hold a line break).  The caption is text: the BPE tokens only (no special or
-        added tokens, so no audio codes), none holding a backtick (the original blocks the
-        backtick so that no code block starts).  A continuation line starts with a space or
-        a tab, as YAML indents it."""
+        that hold a line break, the ids that hold more than white space).  The caption is text:
+        the BPE tokens only (no special or added tokens, so no audio codes), none holding a
+        backtick (the original blocks the backtick so that no code block starts).  A
+        continuation line starts with a space or a tab, as YAML indents it."""
         if self._caption_sets is None:
             n = max(self._vocab.values()) + 1
-            ok, cont, newline = (np.zeros(n, dtype=bool) for _ in range(3))
+            ok, cont, newline, visible = (np.zeros(n, dtype=bool) for _ in range(4))
             for text, i in self._vocab.items():
-                # Byte-level BPE spells a space U+0120, a tab U+0109, a line feed U+010A.
                 ok[i] = "`" not in text
                 cont[i] = ok[i] and text[0] in "\u0120\u0109"
                 newline[i] = "\u010a" in text
-            self._caption_sets = (np.flatnonzero(ok), np.flatnonzero(cont), newline)
+                visible[i] = ok[i] and text.strip(_BLANK) != ""
+            self._caption_sets = (np.flatnonzero(ok), np.flatnonzero(cont), newline, np.flatnonzero(visible))
         return self._caption_sets
+
+    def line_sets(self):
+        """(ids of a one-line free value that hold more than white space, the ids it may go on
+        with: text without line breaks or backticks)."""
+        _, _, newline, visible = self.caption_sets()
+        text = self.caption_sets()[0]
+        rest = text[~newline[text]]
+        return visible[~newline[visible]], rest
 
 
 class CotFSM:
@@ -183,21 +213,38 @@ class CotFSM:
     original bounds it: at most 512 tokens, no backticks, no audio codes, continuation lines
     indented; without it the caption line is left out (the original's ``skip_caption``).  The
     first token of a language the LM chooses is taken greedily (``greedy``), as the original's
-    LANGUAGE_VALUE state does."""
+    LANGUAGE_VALUE state does.  A caption starts with a token that is more than white space, so
+    that it is never empty.
 
-    def __init__(self, constraints: CotConstraints, given: Dict[str, Optional[str]], rewrite_caption: bool = True):
+    The understand phase (``understand=True``, the original's ``generation_phase="understand"``
+    with ``skip_genres=False``) adds a ``genres`` line after duration: one line of free text
+    (the original constrains it to its genres_vocab.txt where it finds that file; here it is
+    bounded by MAX_GENRES_TOKENS), and after ``</think>`` free text up to EOS
+    (``text_ids``: the ids it may use, the audio codes excluded).  ``skip_language`` leaves the
+    language line out (format with a given language)."""
+
+    def __init__(self, constraints: CotConstraints, given: Dict[str, Optional[str]], rewrite_caption: bool = True,
+                 understand: bool = False, skip_language: bool = False, text_ids: Optional[np.ndarray] = None,
+                 eos: Optional[int] = None):
         c = self.c = constraints
         self.values: Dict[str, str] = {}
         self._steps: List = [("forced", [c.think] + c.newline_ids)]
-        for f in FIELDS:
+        for f in UNDERSTAND_FIELDS if understand else FIELDS:
             if f == "caption":
                 if rewrite_caption:
                     self._steps += [("forced", c.caption_prefix), ("caption", None)]
-            else:
+            elif f == "genres":
+                self._steps += [("forced", c.encode("genres:")), ("line", "genres")]
+            elif not (f == "language" and skip_language):
                 self._steps.append((f, c.trie(f, given.get(f))))
         self._steps.append(("forced", [c.end_think]))
+        if understand:
+            if text_ids is None or eos is None:
+                raise ConstraintError("the understand phase needs the ids of its free text and the EOS id")
+            self._steps.append(("text", (np.asarray(text_ids, dtype=np.int64), int(eos))))
         self._step, self._pos, self._node = 0, 0, None
         self._caption: List[int] = []
+        self._visible = False  # the caption (or line) holds more than white space
         self._after_newline = False
         self._enter()
 
@@ -212,12 +259,16 @@ class CotFSM:
 
     def _enter(self) -> None:
         self._pos = 0
-        if not self.done and self._steps[self._step][0] not in ("forced", "caption"):
+        self._caption, self._visible, self._after_newline = [], False, False
+        if not self.done and self._steps[self._step][0] not in ("forced", "caption", "line", "text"):
             self._node = self._steps[self._step][1]
 
     def _first(self, step: int) -> np.ndarray:
         kind, data = self._steps[step]
         return np.array([data[0]], dtype=np.int64) if kind == "forced" else data.allowed()
+
+    def _newline(self) -> np.ndarray:
+        return np.array(self.c.newline_ids[:1], dtype=np.int64)
 
     def allowed(self) -> np.ndarray:
         if self.done:
@@ -226,13 +277,26 @@ class CotFSM:
         if kind == "forced":
             return np.array([data[self._pos]], dtype=np.int64)
         if kind == "caption":
-            text, cont, _ = self.c.caption_sets()
+            text, cont, _, visible = self.c.caption_sets()
             full = len(self._caption) >= MAX_CAPTION_TOKENS
+            if not self._visible:
+                return visible
             if self._after_newline:
                 nxt = self._first(self._step + 1)
                 return nxt if full else np.union1d(cont, nxt)
-            return np.array(self.c.newline_ids[:1], dtype=np.int64) if full else text
+            return self._newline() if full else text
+        if kind == "line":
+            first, rest = self.c.line_sets()
+            if not self._visible:
+                return first
+            return self._newline() if len(self._caption) >= MAX_GENRES_TOKENS else np.union1d(rest, self._newline())
+        if kind == "text":
+            return data[0]
         return self._node.allowed()
+
+    def _next_step(self) -> None:
+        self._step += 1
+        self._enter()
 
     def advance(self, token: int) -> None:
         if self.done:
@@ -244,21 +308,37 @@ class CotFSM:
                 raise ConstraintError(f"token {token} is not allowed here (expected {data[self._pos]})")
             self._pos += 1
             if self._pos == len(data):
-                self._step += 1
-                self._enter()
+                self._next_step()
             return
         if kind == "caption":
             if self._after_newline and token in self._first(self._step + 1):
                 # A line that does not start with whitespace: the next field, the caption is over.
                 self.values["caption"] = join_caption(self.c.decode(self._caption))
-                self._step += 1
-                self._enter()
+                self._next_step()
                 self.advance(token)
                 return
             if token not in self.allowed():
                 raise ConstraintError(f"token {token} is not allowed in the caption")
             self._caption.append(token)
+            self._visible = True
             self._after_newline = bool(self.c.caption_sets()[2][token])
+            return
+        if kind == "line":
+            if token not in self.allowed():
+                raise ConstraintError(f"token {token} is not allowed in the {data} line")
+            if self._visible and token == self.c.newline_ids[0]:
+                self.values[data] = self.c.decode(self._caption).strip()
+                self._next_step()
+                return
+            self._caption.append(token)
+            self._visible = True
+            return
+        if kind == "text":
+            ids, eos = data
+            if token == eos:
+                self._next_step()
+            elif not np.isin(token, ids):
+                raise ConstraintError(f"token {token} is not allowed in the text after {END_THINK}")
             return
         nxt = self._node.children.get(token)
         if nxt is None:
@@ -266,8 +346,7 @@ class CotFSM:
         self._node = nxt
         if nxt.value is not None:
             self.values[kind] = nxt.value
-            self._step += 1
-            self._enter()
+            self._next_step()
 
 
 class CodesFSM:

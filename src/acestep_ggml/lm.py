@@ -19,6 +19,7 @@ from .constants import (
     KEYSCALES,
     LM_CFG_SCALE,
     LM_INSTRUCTION,
+    LM_MODE_MAX_NEW_TOKENS,
     LM_NEGATIVE_PROMPT,
     LM_TEMPERATURE,
     LM_TOP_P,
@@ -43,10 +44,10 @@ EXTRA_NEW_TOKENS = 500
 ALL_METAS = ("bpm", "duration", "keyscale", "timesignature")
 
 
-def chat(user: str) -> str:
+def chat(user: str, instruction: str = LM_INSTRUCTION) -> str:
     """The original's system and user messages through the Qwen3 chat template, the assistant
     turn opened (``add_generation_prompt=True``)."""
-    return (f"<|im_start|>system\n# Instruction\n{LM_INSTRUCTION}\n\n<|im_end|>\n"
+    return (f"<|im_start|>system\n# Instruction\n{instruction}\n\n<|im_end|>\n"
             f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
 
 
@@ -197,6 +198,29 @@ class LM:
             rows = list(self._lm.extend(run, lo, -1 if hi is None else hi))
             run = []
         return out
+
+    def answer(self, prompt: str, given: Optional[dict] = None, skip_language: bool = False,
+               temperature: float = LM_TEMPERATURE, top_p: Optional[float] = None, top_k: Optional[int] = None,
+               seed: Optional[int] = None, fsm: bool = True, max_new_tokens: int = LM_MODE_MAX_NEW_TOKENS,
+               progress: Optional[Callable[[str, int, int], None]] = None) -> str:
+        """The LM's answer to ``prompt`` in the original's "understand" phase, as text (special
+        tokens kept, as the original decodes with ``skip_special_tokens=False``): a chain of
+        thought with a genres line (the ``given`` values forced, the language line left out
+        with ``skip_language``), then free text without audio codes up to EOS or
+        ``max_new_tokens``.  No CFG, as understand, inspire and format run.  Used by
+        acestep_ggml.lm_modes; ``progress("lm-answer", n, 0)`` follows the tokens."""
+        check_params(temperature, top_p, top_k)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        text_ids = np.arange(self.first_code, dtype=np.int64)  # every id below the audio codes
+        constraint = _fsm.CotFSM(self._cot, given or {}, understand=True, skip_language=skip_language,
+                                 text_ids=text_ids, eos=self.eos) if fsm else None
+        tick = (lambda n: progress("lm-answer", n, 0)) if progress else None
+        if progress:
+            progress("lm-answer", 0, 0)
+        out = self._run([self.tokenizer.encode(prompt)], max_new_tokens, 1.0, constraint, self.eos,
+                        np.random.default_rng(seed), temperature, top_p, top_k, tick=tick)
+        return self.tokenizer.decode(out)
 
     def generate(self, request: Request, cfg_scale: float = LM_CFG_SCALE, temperature: float = LM_TEMPERATURE,
                  top_p: Optional[float] = LM_TOP_P, top_k: Optional[int] = None, seed: Optional[int] = None,

@@ -20,12 +20,10 @@ import numpy as np
 
 from . import audio as audio_io
 from . import flow, tasks
+from .checkpoints import sampler_defaults
 from .constants import (
-    BASE_GUIDANCE,
-    BASE_STEPS,
     LATENTS_PER_CODE,
     MAX_DURATION,
-    SHIFT,
     TASK_INSTRUCTIONS,
     TURBO_STEPS,
 )
@@ -36,7 +34,8 @@ from .request import AudioInput, Controls, Request, check_for_synth, check_task,
 from .tokenizer import Tokenizer
 
 # progress(stage, done, total), in the order they run: "lm-metadata" (LM tokens of the chain of
-# thought; total 0 as its length is not known ahead), "lm-codes" (audio codes written), "encode"
+# thought; total 0 as its length is not known ahead), "lm-answer" (LM tokens of understand,
+# inspire and format; total 0), "lm-codes" (audio codes written), "encode"
 # (VAE-encoded tiles of source and reference audio), "text", "condition", "tokenize" (source
 # latents to codes, cover), "codes" (detokenizer), "dit" (sampler steps), "vae" (decoded tiles).
 Progress = Callable[[str, int, int], None]
@@ -106,6 +105,7 @@ class Synthesizer:
         self.is_turbo = self.files["dit"].hparams.is_turbo
         vae = self.files["vae"].hparams
         self.sample_rate, self.latents_per_second = vae.sampling_rate, vae.sampling_rate / vae.hop_length
+        self.defaults = sampler_defaults(Path(self.paths["dit"]).name, self.is_turbo)
 
     # -- model lifetime ---------------------------------------------------------------
     def _model(self, name: str):
@@ -146,9 +146,34 @@ class Synthesizer:
         return vae.encode(wave, sample=posterior == "sample", seed=seed,
                           progress=lambda done, total: report("encode", done, total))
 
+    def audio_codes(self, audio: AudioInput, *, seed: Optional[int] = None, posterior: str = "sample",
+                    progress: Optional[Progress] = None) -> list[int]:
+        """The 5 Hz codes of ``audio`` (a file or (2, N) samples), as upstream's
+        ``convert_src_audio_to_codes``: VAE encode (a seeded posterior draw, or its mean), then the
+        audio tokenizer.  InputError for silent audio ("appears to be silent": every sample
+        below 1e-6) and for audio shorter than one latent frame or longer than 600 s."""
+        tasks.check_fields("text2music", has_source=False, has_codes=False, repainting_start=None,
+                           repainting_end=None, track_name=None, track_classes=None, audio_cover_strength=1.0,
+                           posterior=posterior)
+        wave = self._load_audio(audio, "audio")
+        rate, lps = self.sample_rate, self.latents_per_second
+        if not 1 / lps <= wave.shape[1] / rate <= MAX_DURATION:
+            raise InputError(f"audio lasts {wave.shape[1] / rate:.3f} s; understand takes {1 / lps:g} s "
+                             f"(one latent frame) to {MAX_DURATION} s")
+        if not np.any(np.abs(wave) >= 1e-6):
+            raise InputError("audio appears to be silent")
+        report = progress or (lambda stage, done, total: None)
+        latents = self._encode(wave, posterior, new_seed() if seed is None else seed, report)
+        self._done("vae")
+        report("tokenize", 0, 1)
+        codes = self._model("audio_tokenizer").tokenize(latents)
+        self._done("audio_tokenizer")
+        report("tokenize", 1, 1)
+        return [int(c) for c in codes]
+
     # -- the job ------------------------------------------------------------------------
     def __call__(self, request: Request, *, seed: Optional[int] = None, steps: Optional[int] = None,
-                 shift: float = SHIFT, guidance: Optional[float] = None, timesteps=None,
+                 shift: Optional[float] = None, guidance: Optional[float] = None, timesteps=None,
                  init_noise: Optional[np.ndarray] = None, posterior: str = "sample",
                  progress: Optional[Progress] = None, keep_stages: bool = False,
                  controls: Optional[Controls] = None, batch_size: Optional[int] = None,
@@ -175,6 +200,8 @@ class Synthesizer:
         check_for_synth(request, posterior)
         if controls.repaint_mode != Controls.repaint_mode and request.task not in tasks.WINDOW_TASKS:
             raise InputError(f"repaint_mode applies to repaint and lego, not '{request.task}'")
+        d = self.defaults  # steps, shift and guidance per checkpoint (acestep_ggml.checkpoints)
+        shift = d.shift if shift is None else shift
         if steps is not None and steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
         if not (math.isfinite(shift) and shift > 0):
@@ -183,8 +210,12 @@ class Synthesizer:
         # Codes without a task are the LM's: a cover of them, as diffusers switches its task.
         task = "cover" if has_codes else request.task
         turbo = self.is_turbo
-        steps = steps if steps is not None else (TURBO_STEPS if turbo else BASE_STEPS)
-        guidance = guidance if guidance is not None else (1.0 if turbo else BASE_GUIDANCE)
+        steps = steps if steps is not None else d.steps
+        guidance = guidance if guidance is not None else d.guidance
+        if d.shift_range and not d.shift_range[0] <= shift <= d.shift_range[1]:
+            warnings.warn(f"this {d.variant} DiT was distilled for shift {d.shift_range[0]:g}"
+                          + ("" if d.shift_range[0] == d.shift_range[1] else f" to {d.shift_range[1]:g}")
+                          + f"; shift {shift:g} may sound out of tune", stacklevel=2)
         if turbo and steps > TURBO_STEPS:
             warnings.warn(f"a turbo DiT is distilled for {TURBO_STEPS} steps; {steps} steps may sound worse",
                           stacklevel=2)
@@ -226,7 +257,7 @@ class Synthesizer:
 
         # Text: the caption prompt through the whole encoder, the lyrics through its embedding table only.
         # A cover blended with text2music (audio_cover_strength < 1) also conditions on the text2music prompt.
-        blend = task == "cover" and request.audio_cover_strength < 1.0
+        blend = task in tasks.COVER_TASKS and request.audio_cover_strength < 1.0
         instructions = [tasks.instruction(task, request.track_name, request.track_classes)]
         if blend:
             instructions.append(TASK_INSTRUCTIONS["text2music"])
@@ -256,6 +287,7 @@ class Synthesizer:
         report("condition", 1, 1)
 
         codes = request.codes
+        # cover-nofsq skips this round trip: the source latents are the context as they are.
         if task == "cover" and src_latents is not None:
             report("tokenize", 0, 1)
             codes = self._model("audio_tokenizer").tokenize(src_latents)
@@ -413,15 +445,15 @@ class Pipeline:
                  keyscale: Optional[str] = None, timesignature: Optional[int] = None,
                  language: Optional[str] = None, seed: Optional[int] = None, steps: Optional[int] = None,
                  guidance: Optional[float] = None,
-                 shift: float = SHIFT, use_lm: bool = True, task: str = "text2music",
+                 shift: Optional[float] = None, use_lm: bool = True, task: str = "text2music",
                  src_audio: Optional[AudioInput] = None, ref_audio: Optional[AudioInput] = None,
                  repainting_start: Optional[float] = None, repainting_end: Optional[float] = None,
                  track_name: Optional[str] = None, track_classes: Optional[list[str]] = None,
                  audio_cover_strength: float = 1.0, posterior: str = "sample",
                  rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
-                 legacy_cfg_prompt: bool = False, progress: Optional[Progress] = None,
-                 controls: Optional[Controls] = None, batch_size: Optional[int] = None,
-                 **options) -> SynthResult | list[SynthResult]:
+                 legacy_cfg_prompt: bool = False, lm_mode: str = "generate", instrumental: bool = False,
+                 progress: Optional[Progress] = None, controls: Optional[Controls] = None,
+                 batch_size: Optional[int] = None, **options) -> SynthResult | list[SynthResult]:
         """The 5 Hz LM writes the missing metadata, its caption and language and the audio codes,
         then the synth stage renders them (see ``LM.generate`` for ``rewrite_caption``,
         ``negative_prompt``, ``legacy_cfg_prompt``); ``use_lm=False`` synthesises from noise with
@@ -432,9 +464,17 @@ class Pipeline:
         upstream skips it for cover and repaint: the source gives the audio context, a cover's
         codes come from it.  ``controls`` / ``options``: how the DiT samples, as for
         :meth:`Synthesizer.__call__`.  ``batch_size=N`` returns a list of N songs, item i the song of
-        ``seed + i``, the LM included (items run one after another)."""
-        from .lm import LM
+        ``seed + i``, the LM included (items run one after another).
 
+        ``lm_mode="inspire"`` first lets the LM write a whole song from the caption as a query
+        (upstream's create_sample: caption, lyrics, metadata; ``instrumental`` and ``language``
+        as its options), ``"format"`` first rewrites caption and lyrics (format_sample, the
+        given metadata kept); then the LM writes the codes of the result as usual (see
+        acestep_ggml.lm_modes)."""
+        from . import lm_modes
+
+        if lm_mode not in lm_modes.LM_MODES:
+            raise InputError(f"unknown lm_mode {lm_mode!r}: choose one of {', '.join(lm_modes.LM_MODES)}")
         controls = Controls.of(controls, **options)  # checked before any model runs
         if seed is None:
             seed = new_seed()
@@ -447,7 +487,8 @@ class Pipeline:
                                   repainting_end=repainting_end, track_name=track_name, track_classes=track_classes,
                                   audio_cover_strength=audio_cover_strength, posterior=posterior,
                                   rewrite_caption=rewrite_caption, negative_prompt=negative_prompt,
-                                  legacy_cfg_prompt=legacy_cfg_prompt, progress=progress, controls=controls)
+                                  legacy_cfg_prompt=legacy_cfg_prompt, lm_mode=lm_mode, instrumental=instrumental,
+                                  progress=progress, controls=controls)
                     for i in range(n)]
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
                           timesignature=timesignature, language=language, task=task, src_audio=src_audio,
@@ -467,21 +508,52 @@ class Pipeline:
                 except InputError as e:
                     raise InputError(f"ref_audio: {e}") from None
             self.synth  # noqa: B018 (the synth models are fetched before the LM, so a failed fetch costs no LM run)
-            if self._lm_folder is None:
-                self._lm_folder = self._resolve(kinds=("acestep-lm",))
-            # One folder for both stages: the LM takes its file from the synth stage's scan, opened once
-            # (unless the LM arrived after that scan, as a hub download of the LM alone does).
-            same = ("synth" in self.__dict__ and self._lm_folder == self.synth.models.folder
-                    and self.synth.models.files.get("acestep-lm"))
-            source = self.synth.models if same else self._lm_folder
-            lm = self._lm or LM.from_models(source, self.lm_choice, device=self.device, n_threads=self.n_threads)
-            self._lm = lm if self.keep_loaded else None
+            lm = self._load_lm()
+            if lm_mode != "generate":
+                request = lm_modes.run(lm, request, lm_mode, instrumental=instrumental, seed=seed,
+                                       progress=progress)
             request = lm.generate(request, seed=seed, rewrite_caption=rewrite_caption,
                                   negative_prompt=negative_prompt, legacy_cfg_prompt=legacy_cfg_prompt,
                                   progress=progress)
             del lm
+        elif lm_mode != "generate":
+            raise InputError(f"lm_mode {lm_mode!r} needs the LM: not with use_lm=False or source audio")
         return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, posterior=posterior,
                           progress=progress, controls=controls)
+
+    def _load_lm(self):
+        from .lm import LM
+
+        if self._lm_folder is None:
+            self._lm_folder = self._resolve(kinds=("acestep-lm",))
+        # One folder for both stages: the LM takes its file from the synth stage's scan, opened once
+        # (unless the LM arrived after that scan, as a hub download of the LM alone does).
+        same = ("synth" in self.__dict__ and self._lm_folder == self.synth.models.folder
+                and self.synth.models.files.get("acestep-lm"))
+        source = self.synth.models if same else self._lm_folder
+        lm = self._lm or LM.from_models(source, self.lm_choice, device=self.device, n_threads=self.n_threads)
+        self._lm = lm if self.keep_loaded else None
+        return lm
+
+    def understand(self, audio: Optional[AudioInput] = None, *, codes: Optional[list[int]] = None,
+                   seed: Optional[int] = None, posterior: str = "sample", progress: Optional[Progress] = None,
+                   **kwargs) -> Request:
+        """Audio (a file or (2, N) samples) or its 5 Hz ``codes`` -> a Request with the LM's
+        caption, lyrics, bpm, duration, keyscale, language and time signature, and the codes,
+        as upstream's understand_music: VAE encode, audio tokenizer, then the LM's understand
+        mode (see ``acestep_ggml.lm_modes.understand`` for ``temperature``, ``top_p``, ``top_k``,
+        ``fsm``, ``max_new_tokens``).  The synth stage renders the result again."""
+        from . import lm_modes
+
+        if (audio is None) == (codes is None):
+            raise InputError("understand takes audio or codes (exactly one)")
+        if seed is None:
+            seed = new_seed()
+        if codes is None:
+            codes = self.synth.audio_codes(audio, seed=seed, posterior=posterior, progress=progress)
+        else:
+            lm_modes.understand_prompt(codes)  # checks the codes before the LM loads
+        return lm_modes.understand(self._load_lm(), codes, seed=seed, progress=progress, **kwargs)
 
 
 def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",
@@ -490,3 +562,9 @@ def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, devic
     """One song (or, with ``batch_size``, a list of them) in one call:
     ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)``."""
     return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet).generate(caption, lyrics, **kwargs)
+
+
+def understand(models: str | os.PathLike, audio: Optional[AudioInput] = None, *, device: str = "cpu",
+               n_threads: Optional[int] = None, lm: Optional[str] = None, quiet: bool = False, **kwargs) -> Request:
+    """A song's caption, lyrics and metadata in one call: ``Pipeline(models, ...).understand(audio, **kwargs)``."""
+    return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet).understand(audio, **kwargs)

@@ -6,6 +6,7 @@ task        audio context the DiT sees                  chunk mask (1 = generate
 ==========  ==========================================  =======================================
 text2music  the silence latent (or detokenized codes)   ones
 cover       source -> tokenizer -> detokenizer (5 Hz)   ones
+cover-nofsq source latents (no 5 Hz round trip)         ones
 repaint     source, the silence latent in the window    ones in the window, zeros outside
 extract     source latents                              ones
 lego        source latents                              ones in the window (all without one)
@@ -15,6 +16,11 @@ complete    source latents                              ones
 Repaint and lego windows may reach past the source (outpainting): the source audio is padded
 with digital silence before the VAE encodes it, as the original handler and acestep.cpp do,
 and the window is shifted by the left padding.
+
+cover-nofsq is upstream's later addition (ACE-Step-1.5 PR #1142, "Remix (Raw)"; acestep.cpp
+commit bdf4d98, ``run_cover_nofsq``): the cover instruction with the source's raw VAE latents
+as context, skipping the FSQ round trip; off the DiT's training distribution by design, so
+acestep.cpp recommends low ``audio_cover_strength``.  diffusers has no such task.
 """
 from __future__ import annotations
 
@@ -27,8 +33,9 @@ import numpy as np
 from .constants import TASK_INSTRUCTIONS
 from .errors import InputError
 
-TASKS = ("text2music", "cover", "repaint", "extract", "lego", "complete")
-SOURCE_TASKS = ("cover", "repaint", "extract", "lego", "complete")  # cover may use codes instead
+TASKS = ("text2music", "cover", "cover-nofsq", "repaint", "extract", "lego", "complete")
+SOURCE_TASKS = ("cover", "cover-nofsq", "repaint", "extract", "lego", "complete")  # cover may use codes instead
+COVER_TASKS = ("cover", "cover-nofsq")  # audio_cover_strength blends in text2music
 WINDOW_TASKS = ("repaint", "lego")
 POSTERIORS = ("sample", "mean")
 
@@ -76,7 +83,7 @@ def check_fields(task: str, *, has_source: bool, has_codes: bool, repainting_sta
         raise InputError(f"track_classes must be a list of track names, e.g. ['drums', 'bass'], got {track_classes!r}")
     if track_classes and task != "complete":
         raise InputError(f"track_classes applies to complete, not '{task}'")
-    if s != 1.0 and task != "cover" and not has_codes:
+    if s != 1.0 and task not in COVER_TASKS and not has_codes:
         raise InputError(f"audio_cover_strength applies to cover, not '{task}'")
     for name, v in (("repainting_start", repainting_start), ("repainting_end", repainting_end)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
