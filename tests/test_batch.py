@@ -171,6 +171,12 @@ def test_a_cut_file_is_rendered_again(tmp_path, models):
     assert again.skipped == 0 and again.rendered == 1 and (out / "a.wav").read_bytes() == whole
 
 
+def test_an_output_option_that_does_not_fit_the_format_is_refused_naming_the_row(tmp_path, models):
+    table = write_jsonl(tmp_path / "t.jsonl", [{"id": "loud", "caption": "x", "bitrate": 128}])
+    with pytest.raises(ace.InputError, match="id 'loud': .*bitrate applies to .mp3"):
+        batch.render_table(table, models, tmp_path / "out", quiet=True)
+
+
 def test_options_that_need_ray_are_refused_without_it(tmp_path, models):
     table = write_jsonl(tmp_path / "t.jsonl", [{"id": "a", "caption": "x"}])
     for kwargs in ({"address": "auto"}, {"workers": 2}):

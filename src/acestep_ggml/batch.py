@@ -49,7 +49,7 @@ MAX_ID = 200  # characters; leaves room for the extension within a file system's
 # A row whose worker process died this many times while rendering it is recorded as failed
 # (a row that crashes its worker every time must not take the pool down with it).
 RAY_TRIES = 3
-RAY_INSTALL = 'pip install "acestep-ggml[ray]"  (or: pip install "ray[data]")'
+RAY_INSTALL = 'pip install "acestep-ggml[ray]"'
 
 
 class RayNotInstalled(InputError, ImportError):
@@ -265,10 +265,10 @@ class Renderer:
             if not isinstance(e, AcestepError):  # not a refused input: a bug, whose trace is wanted
                 traceback.print_exc(file=sys.stderr)
             error = f"{type(e).__name__}: {e}"
-        return record(row, error=error, seconds=time.monotonic() - start, worker=self.worker, node=self.node)
+        return manifest_line(row, error=error, seconds=time.monotonic() - start, worker=self.worker, node=self.node)
 
 
-def record(row: dict, *, error: Optional[str] = None, seconds: Optional[float] = None,
+def manifest_line(row: dict, *, error: Optional[str] = None, seconds: Optional[float] = None,
            worker: Optional[str] = None, node: Optional[str] = None) -> dict:
     """A manifest line: the row rendered into its file (no error), or the error that stopped it."""
     return {"id": row["id"], "status": "failed" if error else "ok", "output": None if error else output_name(row),
@@ -312,8 +312,9 @@ def render_table(table: str | os.PathLike, models: str | os.PathLike, output_dir
     (default: ``RAY_ADDRESS``, a local cluster, or a new one in this process; ``"auto"``: the
     local cluster) on ``workers`` actors (default: as many as the cluster's CPUs and GPUs hold),
     each given ``cpus_per_worker`` CPUs (its ggml threads) and ``gpus_per_worker`` GPUs (default
-    1 with a GPU ``device`` on a cluster with GPUs, else 0).  A row without a seed gets a random one, recorded in the
-    manifest.  Raises InputError for a malformed table before anything renders."""
+    1 with a GPU ``device`` on a cluster with GPUs, else 0).  A row without a seed gets a random
+    one, recorded in the manifest.  Raises InputError for a malformed table before anything
+    renders, and a models error (ModelsNotFound, ModelFileError) before any row is tried."""
     if not ray and (address is not None or workers is not None):
         raise InputError("address and workers apply to a run on Ray (ray=True, --ray)")
     if workers is not None and workers < 1:
@@ -324,7 +325,10 @@ def render_table(table: str | os.PathLike, models: str | os.PathLike, output_dir
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for row in rows:
-        check_output_path(out / output_name(row), bitrate=row.get("bitrate"))
+        try:
+            check_output_path(out / output_name(row), bitrate=row.get("bitrate"))
+        except InputError as e:
+            raise InputError(f"{table}: id {row['id']!r}: {e}") from None
         if "seed" not in row:
             row["seed"] = secrets.randbits(32)
     todo = [row for row in rows if not is_whole(out / output_name(row))]
@@ -411,7 +415,8 @@ def _render_on_ray(todo: list[dict], finished: Callable[[dict], None], *, models
         kwargs = dict(models=str(models), output_dir=str(output_dir.resolve()), device=device,
                       n_threads=max(1, int(cpus)), lm=lm)
         actors = [remote.remote(**kwargs) for _ in range(workers)]
-        # A worker takes rows once its models have loaded: one the cluster cannot place (yet) holds none.
+        # A worker takes rows once it has started and found the models: one that the cluster
+        # cannot place (yet) holds none back.
         calls = {a.ready.remote(): (a, None) for a in actors}
         queue = list(reversed(todo))
         while queue or any(row is not None for _, row in calls.values()):
@@ -424,7 +429,7 @@ def _render_on_ray(todo: list[dict], finished: Callable[[dict], None], *, models
             except ray.exceptions.RayActorError as e:
                 if row is None:  # the worker cannot start: the package or its import is broken
                     raise
-                done = record(row, error=f"its worker died {RAY_TRIES} times while rendering it ({type(e).__name__})")
+                done = manifest_line(row, error=f"its worker died {RAY_TRIES} times while rendering it ({type(e).__name__})")
             if row is not None:
                 finished(done)
             if queue:
