@@ -246,6 +246,7 @@ class Renderer:
     def __init__(self, models: str | os.PathLike, output_dir: str | os.PathLike, *, device: str = "cpu",
                  n_threads: Optional[int] = None, lm: Optional[str] = None, node: Optional[str] = None):
         self.pipe = Pipeline(models, device=device, n_threads=n_threads, keep_loaded=True, lm=lm, quiet=True)
+        self.pipe.synth  # noqa: B018 (the synth stage's files found, or fetched from a hub repo, before any row)
         self.output_dir = Path(output_dir)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.node = node
