@@ -45,17 +45,17 @@ def manifest(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / batch.MANIFEST).read_text().splitlines()]
 
 
-def single_run(models, row: dict) -> np.ndarray:
+def single_run(models, row: dict, device: str = "cpu") -> np.ndarray:
     """What `generate` renders for a table row (its fields, its seed), with one thread as the
     batch's workers have (the LM's sampling may tip another way at another thread count)."""
     fields = {k: v for k, v in row.items() if k not in batch.OUTPUT_COLUMNS}
-    return ace.generate(models, n_threads=1, **fields).audio
+    return ace.generate(models, device=device, n_threads=1, **fields).audio
 
 
-def assert_equals_single_run(models, out: Path, row: dict, seed: int) -> None:
+def assert_equals_single_run(models, out: Path, row: dict, seed: int, device: str = "cpu") -> None:
     """The row's file holds what `generate` renders with the row's fields and ``seed``."""
     audio, _ = sf.read(str(out / batch.output_name(row)), dtype="float32", always_2d=True)
-    expected = single_run(models, dict(row, seed=seed))
+    expected = single_run(models, dict(row, seed=seed), device)
     assert audio.T.shape == expected.shape, row["id"]
     assert cosine(audio.T, expected) >= COSINE, row["id"]
 

@@ -239,3 +239,13 @@ def test_ctrl_c_loses_only_the_row_in_flight_and_leaves_no_partial_file(tmp_path
     assert sorted(p.name for p in out.iterdir()) == sorted([batch.MANIFEST] + [f"{i}.wav" for i in done])
     again = batch.render_table(table, models, out, n_threads=1, quiet=True)
     assert again.skipped == len(done) and again.rendered == 4 - len(done) and not again.failed
+
+
+def test_rows_render_on_the_chosen_device(tmp_path, models, device):
+    """`--device` reaches every model of the worker (with `-m device --device X`: that device)."""
+    table = write_jsonl(tmp_path / "t.jsonl", [{"id": "a", "caption": "x", "use_lm": False, "duration": 4,
+                                                "seed": 5}])
+    out = tmp_path / "out"
+    result = batch.render_table(table, models, out, device=device, n_threads=1, quiet=True)
+    assert result.rendered == 1, result.failed
+    assert_equals_single_run(models, out, batch.read_table(table)[0], 5, device)
