@@ -254,6 +254,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from . import hub
+    from .batch import render_table
+
+    result = render_table(args.table, args.models or hub.GGUF_REPO, args.output_dir, ray=args.ray, address=args.address,
+                          workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                          gpus_per_worker=args.gpus_per_worker, device=args.device, n_threads=args.threads, lm=args.lm,
+                          quiet=args.quiet)
+    print(f"{result.rendered} rendered, {len(result.failed)} failed, {result.skipped} already there; "
+          f"manifest: {result.manifest}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
     from . import hub
 
@@ -449,6 +462,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(s)
     s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("batch", help="a table of songs (JSONL, CSV, Parquet) -> a file per row and a manifest; "
+                                     "resumable; here or on a Ray cluster")
+    s.add_argument("table", help="one row per song: an id and the API's fields (caption, lyrics, duration, seed, ...)")
+    s.add_argument("--models", default=None,
+                   help="GGUF folder, checkpoint folder or hub repo (default: the published GGUFs, from the cache)")
+    s.add_argument("--output-dir", required=True, help="folder for <id>.<format> per row and manifest.jsonl")
+    s.add_argument("--ray", action="store_true", help='render on a Ray cluster (pip install "acestep-ggml[ray]")')
+    s.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, the local one, or a new "
+                                                   "one in this process; auto: the local one)")
+    s.add_argument("--workers", type=int, default=None, help="Ray workers (default: as many as the cluster holds)")
+    s.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs a Ray worker takes: its threads (default 1)")
+    s.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs a Ray worker takes (default 1 with a GPU --device on a cluster with GPUs, else 0)")
+    s.add_argument("--lm", default=None, help="LM size in the file name (0.6B, 1.7B, 4B) or a GGUF file")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads without --ray (default: all cores)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_batch)
 
     s = sub.add_parser("download", help="fetch the default GGUF model set into the Hugging Face cache")
     s.add_argument("--repo", default=None, help="hub repo (default: the published ACE-Step 1.5 GGUFs)")
