@@ -4,6 +4,7 @@ resume, Ctrl-C leaves no partial file.  The Ray half is tests/test_batch_ray.py.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import os
 import signal
@@ -35,8 +36,11 @@ def source_wav(tmp_path_factory) -> Path:
 
 
 def test_columns_are_the_keywords_of_generate():
-    keywords = set(inspect.signature(ace.Pipeline.generate).parameters) - {"self", "progress"}
-    assert set(batch.COLUMNS) - set(batch.OUTPUT_COLUMNS) == keywords
+    # a row is one song (no batch_size), and the sampling controls are columns of their own
+    keywords = set(inspect.signature(ace.Pipeline.generate).parameters) - {
+        "self", "progress", "batch_size", "controls", "options"}
+    controls = {f.name for f in dataclasses.fields(ace.request.Controls)}
+    assert set(batch.COLUMNS) - set(batch.OUTPUT_COLUMNS) == keywords | controls
 
 
 def test_jsonl_csv_and_parquet_tables_read_alike(tmp_path):

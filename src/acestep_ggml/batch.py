@@ -113,6 +113,17 @@ def _names(v, name):
     return v
 
 
+def _pair(v, name):
+    """Two numbers: a JSON list, or text "a,b" (a CSV cell)."""
+    if isinstance(v, str):
+        v = [x.strip() for x in v.split(",")]
+    try:
+        a, b = (float(x) for x in v)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: expected two numbers, got {v!r}") from None
+    return (a, b)
+
+
 # The columns of a table and how each cell is read; all but id, format and bitrate are the
 # keyword arguments of Pipeline.generate, under the same names (tests/test_batch.py checks).
 COLUMNS: dict[str, Callable] = {
@@ -121,6 +132,12 @@ COLUMNS: dict[str, Callable] = {
     "use_lm": _bool, "task": _text, "src_audio": _text, "ref_audio": _text, "repainting_start": _float,
     "repainting_end": _float, "track_name": _text, "track_classes": _names, "audio_cover_strength": _float,
     "posterior": _text, "rewrite_caption": _bool, "negative_prompt": _text, "legacy_cfg_prompt": _bool,
+    "lm_mode": _text, "instrumental": _bool,
+    # the sampling controls (acestep_ggml.request.Controls), which generate takes by name
+    "solver": _text, "stork_substeps": _int, "use_adg": _bool, "cfg_interval": _pair,
+    "velocity_norm_threshold": _float, "velocity_ema_factor": _float, "dcw_mode": _text, "dcw_scaler": _float,
+    "dcw_high_scaler": _float, "repaint_mode": _text, "repaint_strength": _float, "retake_seed": _int,
+    "retake_variance": _float,
     "format": _text, "bitrate": _int,
 }
 OUTPUT_COLUMNS = ("id", "format", "bitrate")
