@@ -18,6 +18,7 @@ import numpy as np
 
 import acestep_ggml as ace
 from acestep_ggml import hub, tasks
+from acestep_ggml.errors import ModelsNotFound
 from acestep_ggml.request import given_metadata
 
 Report = Callable[[str, int, int], None]
@@ -95,17 +96,17 @@ class Models:
         return [p.name for p in sorted(files, key=lambda p: (p != default, p.name))]
 
     def pick(self, kind: str, name: str = "") -> Path:
-        """The file a request names (with or without .gguf), or the default of its kind; KeyError when absent."""
+        """The file a request names (with or without .gguf), or the default of its kind; ModelsNotFound when absent."""
         arch = KIND_NAMES[kind]
         files = self.set.files.get(arch, [])
         if name:
             for p in files:
                 if name in (p.name, p.stem):
                     return p
-            raise KeyError(name)
+            raise ModelsNotFound(f"no {kind} model named {name!r}")
         if kind == "lm":
             if not files:
-                raise KeyError("")
+                raise ModelsNotFound(f"no {kind} model")
             return Path(hub.choose_lm(files, hub.available_memory(self.device)))
         return self.set.get(arch)
 

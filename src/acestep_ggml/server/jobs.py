@@ -70,12 +70,13 @@ class Signal:
         return self.version != version
 
 
-class Cancelled(Exception):
-    """Raised from a job's progress callback once the job is cancelled: unwinds the model call."""
+class Cancelled(AcestepError):
+    """Raised from a job's progress callback once the job is cancelled: unwinds the model call (the
+    worker catches it before any other error, so a cancelled job ends cancelled, not failed)."""
 
 
-class QueueFull(Exception):
-    pass
+class QueueFull(AcestepError, RuntimeError):
+    """The queue holds its maximum of waiting jobs, or the server is shutting down (HTTP 429)."""
 
 
 @dataclass

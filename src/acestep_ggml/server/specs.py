@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import InputError, ModelsNotFound
 from . import engine as eng
 from .jobs import Job, Result
 from .schemas import MAX_SEED, AceRequest, UpstreamTask
@@ -41,7 +42,9 @@ UNSUPPORTED = {
 }
 
 
-class BadRequest(Exception):
+class BadRequest(InputError):
+    """A request the server refuses before queueing it (HTTP 400, or ``status``), naming the field."""
+
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
@@ -98,7 +101,7 @@ def _timesteps(text: Optional[str], field: str) -> Optional[list[float]]:
 def _model(models: eng.Models, kind: str, name: Optional[str], field: str):
     try:
         return models.pick(kind, name or "")
-    except KeyError:
+    except ModelsNotFound:
         if not models.names(kind):
             raise BadRequest(f"{field}: the server's models folder has no {kind} model") from None
         raise BadRequest(f"{field}: no {kind} model named {name!r} (have: {', '.join(models.names(kind))})") from None
