@@ -82,8 +82,9 @@ def run_ours(args) -> dict:
 
     clock = Clock()
     pipe = Pipeline(args.gguf, n_threads=args.threads, lm="0.6B", quiet=True)
+    # progress stages and the synth stage's model names, by the row they are timed in
     stage = {"lm-metadata": "LM", "lm-codes": "LM", "text": "text encoder", "condition": "condition encoder",
-             "codes": "detokenizer", "dit": "DiT", "vae": "VAE"}
+             "codes": "detokenizer", "detokenizer": "detokenizer", "dit": "DiT", "vae": "VAE"}
     tokens = {}
 
     def progress(name, done, total):
