@@ -158,11 +158,16 @@ def test_events_report_each_stage_and_a_rising_percentage(api):
     (json.dumps({**SONG, "seed": 2**32}).encode(), 400, "seed"),
     (json.dumps({**SONG, "caption": ""}).encode(), 400, "caption"),
     (json.dumps({**SONG, "output_format": "mp3"}).encode(), 400, "output_format"),
-    (json.dumps({**SONG, "solver": "sde"}).encode(), 400, "solver"),
-    (json.dumps({**SONG, "lm_mode": "inspire"}).encode(), 400, "lm_mode"),
-    (json.dumps({**SONG, "adapter": "singer.safetensors"}).encode(), 400, "adapter"),
-    (json.dumps({**SONG, "dcw_scaler": 0.1}).encode(), 400, "dcw_scaler"),
-    (json.dumps({**SONG, "task_type": "cover-nofsq"}).encode(), 400, "task_type"),
+    (json.dumps({**SONG, "solver": "rk4"}).encode(), 400, "solver"),
+    (json.dumps({**SONG, "solver": "stork4", "stork_substeps": 1}).encode(), 400, "stork_substeps"),
+    (json.dumps({**SONG, "dcw_scaler": -0.1}).encode(), 400, "dcw_scaler"),
+    (json.dumps({**SONG, "dcw_high_scaler": "high"}).encode(), 400, "dcw_high_scaler"),
+    (json.dumps({**SONG, "dcw_mode": "band", "dcw_scaler": 0.1}).encode(), 400, "dcw_mode"),
+    (json.dumps({**SONG, "lm_mode": "dream"}).encode(), 400, "lm_mode"),
+    (json.dumps({**SONG, "adapter": "singer.safetensors"}).encode(), 400, "adapter: this server has no adapters"),
+    (json.dumps({**SONG, "cover_noise_strength": 0.5}).encode(), 400, "cover_noise_strength"),
+    (json.dumps({**SONG, "latent_rescale": 0.9}).encode(), 400, "latent_rescale"),
+    (json.dumps({**SONG, "task_type": "cover-nofsq"}).encode(), 400, "audio"),
     (json.dumps({**SONG, "task_type": "repaint"}).encode(), 400, "audio"),
     (json.dumps({**SONG, "synth_model": "nope.gguf"}).encode(), 400, "synth_model"),
     (json.dumps({**SONG, "audio_codes": "1,2,x"}).encode(), 400, "audio_codes"),
@@ -188,7 +193,17 @@ def test_bad_requests_elsewhere_and_the_server_still_works(api):
     assert api.get("/job", params={"id": "0123456789abcdef"}).status_code == 404
     assert api.post("/job", params={"id": "0123456789abcdef", "cancel": "1"}).status_code == 404
     r = api.post("/understand", files={"audio": ("a.wav", b"RIFF")})
-    assert r.status_code == 501
+    assert r.status_code == 400 and r.json()["error"].startswith("audio: cannot decode")
+    assert api.post("/understand", json={}).status_code == 400  # multipart only, as acestep.cpp
+    r = api.post("/understand", files={"request": (None, "{}")})
+    assert r.status_code == 400 and "'audio' or 'src_latents'" in r.json()["error"]
+    r = api.post("/understand", files={"src_latents": ("z", b"\0" * 100)})
+    assert r.status_code == 400 and "src_latents" in r.json()["error"]
+    r = api.post("/understand", files={"audio": ("a.wav", wav_bytes(np.zeros((2, RATE), np.float32), RATE)),
+                                       "request": (None, json.dumps({"lm_model": "nope"}))})
+    assert r.status_code == 400 and "lm_model" in r.json()["error"]
+    r = api.post("/lm", json={**SONG, "lm_mode": "inspire", "caption": " "})
+    assert r.status_code == 400 and "caption" in r.json()["error"]
     r = api.post("/synth", files={"request": (None, json.dumps({**SONG, "task_type": "cover"})),
                                   "audio": ("a.wav", b"not audio at all")})
     assert r.status_code == 400 and r.json()["error"].startswith("audio: cannot decode")
