@@ -59,6 +59,7 @@ def make_controls(**fields) -> Controls:
 
 
 LM_MODES = lm_modes.LM_MODES
+LM_MODE_MAX_NEW_TOKENS = lm_modes.LM_MODE_MAX_NEW_TOKENS  # the bound on an understand/inspire/format answer
 
 
 def check_lm_request(request: ace.Request) -> None:
@@ -331,7 +332,8 @@ class Engine:
             else:  # no CFG in these modes, as upstream runs them
                 out.append(lm_modes.run(lm, item.request, item.mode, instrumental=item.instrumental,
                                         temperature=item.temperature, top_p=item.top_p, top_k=item.top_k,
-                                        seed=item.seed, fsm=item.fsm, progress=report(i)))
+                                        seed=item.seed, fsm=item.fsm, max_new_tokens=LM_MODE_MAX_NEW_TOKENS,
+                                        progress=report(i)))
             self.last_used = time.monotonic()
         del lm
         return out
@@ -359,7 +361,7 @@ class Engine:
                  .tokenize(latents)]
         report("tokenize", 1, 1)
         out = lm_modes.understand(self.lm(lm), codes, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                  progress=report)
+                                  max_new_tokens=LM_MODE_MAX_NEW_TOKENS, progress=report)
         self.last_used = time.monotonic()
         return out, np.asarray(latents, np.float32)
 
