@@ -303,6 +303,19 @@ def test_upstream_infer_method_and_adg_are_the_python_apis(api, synthesizer):
     assert r.status_code == 400 and "infer_method" in r.json()["error"]
 
 
+def test_without_an_lm_lm_and_understand_answer_501_as_acestep_cpp(api, models_dir, tmp_path):
+    lms = api.get("/props").json()["models"]["lm"]
+    for f in models_dir.glob("*.gguf"):
+        if f.name not in lms:
+            (tmp_path / f.name).symlink_to(f)
+    with serving(tmp_path) as client:
+        assert client.get("/props").json()["models"]["lm"] == []
+        r = client.post("/lm", json=SONG)
+        assert r.status_code == 501 and "LM" in r.json()["error"]
+        r = client.post("/understand", files={"audio": ("a.wav", wav_bytes(np.ones((2, RATE), np.float32) / 4, RATE))})
+        assert r.status_code == 501 and "LM" in r.json()["error"]
+
+
 def test_adapters_are_named_from_the_servers_folder_and_refused_until_available(models_dir, tmp_path):
     (tmp_path / "singer.safetensors").write_bytes(b"")
     (tmp_path / "peft-style").mkdir()

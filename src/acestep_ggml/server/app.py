@@ -301,7 +301,9 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
     ace_ref = {"$ref": "#/components/schemas/AceRequest"}
 
     # -- acestep.cpp's API ---------------------------------------------------------------------
-    @api.post("/lm", responses=created, summary="LM: fill the metadata and write the audio codes")
+    lm_created = {**created, 501: {"model": Error, "description": "the models folder has no LM"}}
+
+    @api.post("/lm", responses=lm_created, summary="LM: fill the metadata and write the audio codes")
     async def post_lm(body: AceRequest) -> JobId:
         return queued(specs.lm_job(body, models))
 
@@ -334,7 +336,7 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
         "audio": {"type": "string", "format": "binary", "description": "the song (WAV, FLAC, OGG, MP3)"},
         "src_latents": {"type": "string", "format": "binary", "description": "its latents instead: raw f32 [T, 64]"}}}
 
-    @api.post("/understand", responses=created, summary="audio -> caption, lyrics, metadata and codes (the LM)",
+    @api.post("/understand", responses=lm_created, summary="audio -> caption, lyrics, metadata and codes (the LM)",
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
                   "schema": understand_schema}}}})
     async def post_understand(request: Request) -> JobId:

@@ -240,6 +240,8 @@ def lm_job(req: AceRequest, models: eng.Models) -> Job:
     lyrics ask for an instrumental, ``vocal_language`` is forced), format rewrites caption and
     lyrics and fills the metadata; neither writes codes (acestep_ggml.lm_modes.run)."""
     _check_supported(req)
+    if not models.names("lm"):  # acestep.cpp's answer
+        raise BadRequest("No LM models in registry: the models folder has no LM", 501)
     if not req.caption.strip():
         raise BadRequest("caption: required")
     path = _model(models, "lm", req.lm_model, "lm_model")
@@ -290,6 +292,8 @@ def understand_job(req: AceRequest, models: eng.Models, audio: Optional[np.ndarr
     a JSON part (an array of one request, ready for POST /synth) and a latent part (raw f32 [T, 64]).
     Sampling: acestep.cpp's understand defaults (temperature 0.3, no top-p) unless the request sets
     lm_temperature, lm_top_p (below 1) or lm_top_k."""
+    if not models.names("lm"):  # acestep.cpp's answer when a model kind is missing
+        raise BadRequest("Understand requires LM, DiT and VAE models: the models folder has no LM", 501)
     lm = _model(models, "lm", req.lm_model, "lm_model")
     dit = _model(models, "dit", req.synth_model, "synth_model")
     vae = _model(models, "vae", req.vae, "vae")
