@@ -331,6 +331,10 @@ def test_adapters_are_named_from_the_servers_folder_and_refused_until_available(
             r = client.post("/synth", json={**SONG, "adapter": name, "adapter_scale": 0.5})
             assert r.status_code == 400 and r.json()["error"].startswith(words), (name, r.text)
         assert wait(client, submit(client))["status"] == "done"  # no adapter: as before
+    from acestep_ggml.errors import InputError
+
+    with pytest.raises(InputError, match="--adapters"):
+        create_app(ServerConfig(models=str(models_dir), adapters=str(tmp_path / "nowhere")))
 
 
 # -- progress ---------------------------------------------------------------------------------------

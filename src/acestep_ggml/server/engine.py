@@ -395,7 +395,7 @@ class Adapters:
         if self.folder is None:
             return
         if not self.folder.is_dir():
-            raise ace.FileError(f"--adapters {self.folder}: not a folder")
+            raise InputError(f"--adapters {self.folder}: not a folder")
         for p in sorted(self.folder.iterdir()):
             if p.is_file() and p.suffix == ".safetensors":
                 self.found[p.name] = p
