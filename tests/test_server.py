@@ -126,6 +126,217 @@ def test_batches_render_one_track_per_variation(api):
     assert parts[0][1] != parts[2][1]  # consecutive seeds, different songs
 
 
+# -- understand, the LM's modes, the sampling controls: what the Python API computes ---------------------
+def _song_request(**fields):
+    """SONG as the package's Request, as the server maps it (and the CLI test above)."""
+    return engine.make_request(caption=SONG["caption"], lyrics=SONG["lyrics"], bpm=90, keyscale="A minor",
+                               timesignature=3, language="en", duration=4, **fields)
+
+
+def _lm_path(api, models_dir):
+    return models_dir / api.get("/props").json()["models"]["lm"][0]  # the server's default LM
+
+
+def _understand(api, files: dict) -> tuple[dict, bytes]:
+    r = api.post("/understand", files=files)
+    assert r.status_code == 200, r.text
+    status = wait(api, r.json()["id"])
+    assert status["status"] == "done", status
+    res = api.get("/job", params={"id": r.json()["id"], "result": "1"})
+    assert res.headers["content-type"] == "multipart/mixed; boundary=ace-batch-boundary"
+    (json_type, text), (latent_type, latent) = multipart(res.content, res.headers["content-type"])
+    assert (json_type, latent_type) == ("application/json", "application/octet-stream")
+    written = json.loads(text)
+    assert isinstance(written, list) and len(written) == 1
+    return written[0], latent
+
+
+# The random tiny LM seldom ends its answer: bounded, on both sides, so that each run takes seconds.
+ANSWER_TOKENS = 48
+
+
+def test_understand_returns_acestep_cpps_fields_and_the_python_apis_result(api, models_dir, monkeypatch):
+    import acestep_ggml as ace
+
+    monkeypatch.setattr(engine, "LM_MODE_MAX_NEW_TOKENS", ANSWER_TOKENS)
+    seed = fresh_seed("server understand")
+    audio = np.random.default_rng(seed).uniform(-0.5, 0.5, (2, 3 * RATE)).astype(np.float32)
+    got, latent = _understand(api, {"audio": ("song.wav", wav_bytes(audio, RATE)),
+                                    "request": (None, json.dumps({"lm_seed": seed}))})
+    # acestep.cpp's understand result: an AceRequest, ready for POST /synth (field types as its JSON)
+    types = {"caption": str, "lyrics": str, "bpm": int, "duration": float, "keyscale": str, "timesignature": str,
+             "vocal_language": str, "audio_codes": str, "seed": int, "lm_seed": int}
+    assert {k: type(got[k]) for k in types} == types
+    assert got["lm_seed"] == seed and got["seed"] == -1 and got["caption"]
+    codes = [int(c) for c in got["audio_codes"].split(",")]
+    assert len(codes) == 3 * 5  # 5 Hz codes of 3 s
+    assert len(latent) == 3 * LPS * 64 * 4  # the source's latents, raw f32 [T, 64]
+
+    # The Python API on the same audio and seed: the same answer, field for field.
+    want = ace.Pipeline(models_dir, n_threads=1).understand(audio, seed=seed, max_new_tokens=ANSWER_TOKENS)
+    ts = want.timesignature
+    assert got == {**got, "caption": want.caption, "lyrics": want.lyrics, "bpm": want.bpm or 0,
+                   "duration": float(want.duration or 0), "keyscale": want.keyscale or "",
+                   "timesignature": "" if ts is None else str(ts), "vocal_language": want.language or ""}
+    assert codes == want.codes
+
+    # acestep.cpp's clients send the latents back instead of the audio: the same codes, the same answer.
+    again, latent2 = _understand(api, {"src_latents": ("src.latents", latent),
+                                       "request": (None, json.dumps({"lm_seed": seed}))})
+    assert again == got and latent2 == latent
+    synth = api.post("/synth", json={**got, "output_format": "wav16"})  # and the result renders
+    assert synth.status_code == 200 and wait(api, synth.json()["id"])["status"] == "done"
+
+
+@pytest.mark.parametrize("mode, fields, instrumental", [
+    ("inspire", {"caption": "a calm piano piece for the evening", "lyrics": "[Instrumental]"}, True),
+    ("inspire", {"caption": "an upbeat song about trains", "vocal_language": "en"}, False),
+    ("format", {"caption": "rock, guitars", "lyrics": "[Verse]\nla la la", "bpm": 120}, False),
+])
+def test_lm_modes_inspire_and_format_are_the_python_apis(api, models_dir, monkeypatch, mode, fields, instrumental):
+    import acestep_ggml as ace
+    from acestep_ggml import lm_modes
+
+    monkeypatch.setattr(engine, "LM_MODE_MAX_NEW_TOKENS", ANSWER_TOKENS)
+    seed = fresh_seed(f"server lm_mode {mode}")
+    job = api.post("/lm", json={**fields, "lm_mode": mode, "lm_seed": seed, "lm_batch_size": 2}).json()["id"]
+    assert wait(api, job)["status"] == "done"
+    written = api.get("/job", params={"id": job, "result": "1"}).json()
+    assert len(written) == 2 and [w["lm_seed"] for w in written] == [seed, seed + 1]
+
+    lm = ace.LM(_lm_path(api, models_dir), n_threads=1)
+    request = engine.make_request(caption=fields["caption"], lyrics=fields.get("lyrics", ""), bpm=fields.get("bpm"),
+                                  language="unknown" if instrumental else fields.get("vocal_language"))
+    for i, got in enumerate(written):
+        # acestep.cpp's defaults for the LM's sampling: temperature 0.85, top-p 0.9
+        want = lm_modes.run(lm, request, mode, instrumental=instrumental, seed=seed + i, temperature=0.85,
+                            top_p=0.9, top_k=None, max_new_tokens=ANSWER_TOKENS)
+        ts = want.timesignature
+        assert got["audio_codes"] == ""  # neither mode writes codes
+        assert (got["caption"], got["lyrics"], got["bpm"], got["duration"], got["keyscale"], got["timesignature"],
+                got["vocal_language"]) == (want.caption, want.lyrics, want.bpm or 0, float(want.duration or 0),
+                                           want.keyscale or "", "" if ts is None else str(ts), want.language or "")
+    if mode == "format":
+        assert written[0]["bpm"] == 120  # given metadata is kept
+    if mode == "inspire":
+        assert all(w["use_cot_caption"] for w in written)
+
+
+def _latents(api, body) -> np.ndarray:
+    job = api.post("/synth", json=body).json()["id"]
+    status = wait(api, job)
+    assert status["status"] == "done", status
+    res = api.get("/job", params={"id": job, "result": "1"})
+    (_, _), (_, latent) = multipart(res.content, res.headers["content-type"])
+    return np.frombuffer(latent, "<f4").reshape(-1, 64)
+
+
+# acestep.cpp's fields -> the Controls the Python API takes for the same song
+CONTROLS = [
+    ({"solver": "sde"}, {"solver": "sde"}),
+    ({"solver": "dpm3m"}, {"solver": "dpm3m"}),
+    ({"solver": "stork4", "stork_substeps": 5}, {"solver": "stork4", "stork_substeps": 5}),
+    ({"solver": "heun"}, {"solver": "heun"}),
+    ({"dcw_scaler": 0.1}, {"dcw_mode": "low", "dcw_scaler": 0.1, "dcw_high_scaler": 0.0}),
+    ({"dcw_mode": "double", "dcw_scaler": 0.1, "dcw_high_scaler": 0.3},
+     {"dcw_mode": "double", "dcw_scaler": 0.1, "dcw_high_scaler": 0.3}),
+    ({"dcw_mode": "pix", "dcw_scaler": 0.2}, {"dcw_mode": "pix", "dcw_scaler": 0.2, "dcw_high_scaler": 0.0}),
+    # acestep.cpp leaves DCW off for a solver that injects noise (dit-sampler.h: !injects_noise)
+    ({"solver": "sde", "dcw_scaler": 0.1}, {"solver": "sde"}),
+    ({"dcw_mode": "high", "dcw_scaler": 0.0}, {}),  # both scalers 0: DCW off, whatever the mode
+]
+
+
+@pytest.fixture(scope="module")
+def synthesizer(models_dir):
+    import acestep_ggml as ace
+
+    return ace.Synthesizer(models_dir, n_threads=1)
+
+
+@pytest.mark.parametrize("fields, controls", CONTROLS, ids=lambda v: json.dumps(v) if isinstance(v, dict) else v)
+def test_each_sampling_control_is_the_python_apis(api, synthesizer, fields, controls):
+    seed = fresh_seed("server controls")
+    served = _latents(api, {**SONG, "seed": seed, **fields})
+    want = synthesizer(_song_request(), seed=seed, shift=3.0, **controls).latents
+    # One computation on both sides (same files, same thread count): only float noise may differ.
+    assert cosine(served, want) >= 0.99999
+    assert np.linalg.norm(served - want) / np.linalg.norm(want) <= 1e-5
+    if controls:  # the control reaches the sampler: the song is not the default one
+        plain = synthesizer(_song_request(), seed=seed, shift=3.0).latents
+        assert not np.allclose(served, plain, atol=1e-6)
+
+
+def test_cover_nofsq_is_the_python_apis(api, synthesizer):
+    seed = fresh_seed("server cover-nofsq")
+    source = np.random.default_rng(seed).uniform(-0.5, 0.5, (2, 2 * RATE)).astype(np.float32)
+    request = {**SONG, "task_type": "cover-nofsq", "audio_cover_strength": 0.5, "seed": seed}
+    r = api.post("/synth", files={"request": (None, json.dumps(request)), "audio": ("s.wav", wav_bytes(source, RATE))})
+    status = wait(api, r.json()["id"])
+    assert status["status"] == "done", status
+    res = api.get("/job", params={"id": r.json()["id"], "result": "1"})
+    served = np.frombuffer(multipart(res.content, res.headers["content-type"])[1][1], "<f4").reshape(-1, 64)
+    want = synthesizer(_song_request(task="cover-nofsq", src_audio=source, audio_cover_strength=0.5),
+                       seed=seed, shift=3.0).latents
+    assert cosine(served, want) >= 0.99999
+
+
+def test_upstream_infer_method_and_adg_are_the_python_apis(api, synthesizer):
+    seed = fresh_seed("server upstream controls")
+    base = {"prompt": SONG["caption"], "lyrics": SONG["lyrics"], "audio_duration": 4, "bpm": 90,
+            "key_scale": "A minor", "time_signature": "3", "vocal_language": "en", "audio_format": "wav",
+            "use_random_seed": False, "seed": seed, "guidance_scale": 3.0}
+    for fields, controls in (({"infer_method": "sde"}, {"solver": "sde"}),
+                             ({"use_adg": True, "cfg_interval_start": 0.2}, {"use_adg": True,
+                                                                             "cfg_interval": (0.2, 1.0)})):
+        r = api.post("/release_task", json={**base, **fields})
+        assert r.status_code == 200, r.text
+        job = r.json()["data"]["task_id"]
+        assert wait(api, job)["status"] == "done"
+        res = api.get("/job", params={"id": job, "result": "1"})
+        served = np.frombuffer(multipart(res.content, res.headers["content-type"])[1][1], "<f4").reshape(-1, 64)
+        want = synthesizer(_song_request(), seed=seed, shift=3.0, guidance=3.0, **controls).latents
+        assert cosine(served, want) >= 0.99999, fields
+        plain = synthesizer(_song_request(), seed=seed, shift=3.0, guidance=3.0).latents
+        assert not np.allclose(served, plain, atol=1e-6), fields  # the fields reach the sampler
+    r = api.post("/release_task", json={**base, "infer_method": "heun"})
+    assert r.status_code == 400 and "infer_method" in r.json()["error"]
+
+
+def test_without_an_lm_lm_and_understand_answer_501_as_acestep_cpp(api, models_dir, tmp_path):
+    lms = api.get("/props").json()["models"]["lm"]
+    for f in models_dir.glob("*.gguf"):
+        if f.name not in lms:
+            (tmp_path / f.name).symlink_to(f)
+    with serving(tmp_path) as client:
+        assert client.get("/props").json()["models"]["lm"] == []
+        r = client.post("/lm", json=SONG)
+        assert r.status_code == 501 and "LM" in r.json()["error"]
+        r = client.post("/understand", files={"audio": ("a.wav", wav_bytes(np.ones((2, RATE), np.float32) / 4, RATE))})
+        assert r.status_code == 501 and "LM" in r.json()["error"]
+
+
+def test_adapters_are_named_from_the_servers_folder_and_refused_until_available(models_dir, tmp_path):
+    (tmp_path / "singer.safetensors").write_bytes(b"")
+    (tmp_path / "peft-style").mkdir()
+    (tmp_path / "peft-style" / "adapter_model.safetensors").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an adapter")
+    with serving(models_dir, adapters=str(tmp_path)) as client:
+        assert client.get("/props").json()["adapters"] == ["singer.safetensors", "peft-style"]
+        for name, words in (("singer.safetensors", "adapter: adapters are not available yet"),
+                            ("peft-style", "adapter: adapters are not available yet"),
+                            ("notes.txt", "adapter: no adapter named"),
+                            ("../singer.safetensors", "adapter: no adapter named"),
+                            (str(tmp_path / "singer.safetensors"), "adapter: no adapter named")):
+            r = client.post("/synth", json={**SONG, "adapter": name, "adapter_scale": 0.5})
+            assert r.status_code == 400 and r.json()["error"].startswith(words), (name, r.text)
+        assert wait(client, submit(client))["status"] == "done"  # no adapter: as before
+    from acestep_ggml.errors import InputError
+
+    with pytest.raises(InputError, match="--adapters"):
+        create_app(ServerConfig(models=str(models_dir), adapters=str(tmp_path / "nowhere")))
+
+
 # -- progress ---------------------------------------------------------------------------------------
 def test_events_report_each_stage_and_a_rising_percentage(api):
     job = submit(api, inference_steps=6)
@@ -158,11 +369,16 @@ def test_events_report_each_stage_and_a_rising_percentage(api):
     (json.dumps({**SONG, "seed": 2**32}).encode(), 400, "seed"),
     (json.dumps({**SONG, "caption": ""}).encode(), 400, "caption"),
     (json.dumps({**SONG, "output_format": "mp3"}).encode(), 400, "output_format"),
-    (json.dumps({**SONG, "solver": "sde"}).encode(), 400, "solver"),
-    (json.dumps({**SONG, "lm_mode": "inspire"}).encode(), 400, "lm_mode"),
-    (json.dumps({**SONG, "adapter": "singer.safetensors"}).encode(), 400, "adapter"),
-    (json.dumps({**SONG, "dcw_scaler": 0.1}).encode(), 400, "dcw_scaler"),
-    (json.dumps({**SONG, "task_type": "cover-nofsq"}).encode(), 400, "task_type"),
+    (json.dumps({**SONG, "solver": "rk4"}).encode(), 400, "solver"),
+    (json.dumps({**SONG, "solver": "stork4", "stork_substeps": 1}).encode(), 400, "stork_substeps"),
+    (json.dumps({**SONG, "dcw_scaler": -0.1}).encode(), 400, "dcw_scaler"),
+    (json.dumps({**SONG, "dcw_high_scaler": "high"}).encode(), 400, "dcw_high_scaler"),
+    (json.dumps({**SONG, "dcw_mode": "band", "dcw_scaler": 0.1}).encode(), 400, "dcw_mode"),
+    (json.dumps({**SONG, "lm_mode": "dream"}).encode(), 400, "lm_mode"),
+    (json.dumps({**SONG, "adapter": "singer.safetensors"}).encode(), 400, "adapter: this server has no adapters"),
+    (json.dumps({**SONG, "cover_noise_strength": 0.5}).encode(), 400, "cover_noise_strength"),
+    (json.dumps({**SONG, "latent_rescale": 0.9}).encode(), 400, "latent_rescale"),
+    (json.dumps({**SONG, "task_type": "cover-nofsq"}).encode(), 400, "audio"),
     (json.dumps({**SONG, "task_type": "repaint"}).encode(), 400, "audio"),
     (json.dumps({**SONG, "synth_model": "nope.gguf"}).encode(), 400, "synth_model"),
     (json.dumps({**SONG, "audio_codes": "1,2,x"}).encode(), 400, "audio_codes"),
@@ -188,7 +404,17 @@ def test_bad_requests_elsewhere_and_the_server_still_works(api):
     assert api.get("/job", params={"id": "0123456789abcdef"}).status_code == 404
     assert api.post("/job", params={"id": "0123456789abcdef", "cancel": "1"}).status_code == 404
     r = api.post("/understand", files={"audio": ("a.wav", b"RIFF")})
-    assert r.status_code == 501
+    assert r.status_code == 400 and r.json()["error"].startswith("audio: cannot decode")
+    assert api.post("/understand", json={}).status_code == 400  # multipart only, as acestep.cpp
+    r = api.post("/understand", files={"request": (None, "{}")})
+    assert r.status_code == 400 and "'audio' or 'src_latents'" in r.json()["error"]
+    r = api.post("/understand", files={"src_latents": ("z", b"\0" * 100)})
+    assert r.status_code == 400 and "src_latents" in r.json()["error"]
+    r = api.post("/understand", files={"audio": ("a.wav", wav_bytes(np.zeros((2, RATE), np.float32), RATE)),
+                                       "request": (None, json.dumps({"lm_model": "nope"}))})
+    assert r.status_code == 400 and "lm_model" in r.json()["error"]
+    r = api.post("/lm", json={**SONG, "lm_mode": "inspire", "caption": " "})
+    assert r.status_code == 400 and "caption" in r.json()["error"]
     r = api.post("/synth", files={"request": (None, json.dumps({**SONG, "task_type": "cover"})),
                                   "audio": ("a.wav", b"not audio at all")})
     assert r.status_code == 400 and r.json()["error"].startswith("audio: cannot decode")

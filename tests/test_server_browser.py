@@ -4,6 +4,7 @@ reads in the page a playable song of the requested duration; the job list cancel
 screenshot of each viewport is kept (ACESTEP_GGML_ARTIFACTS, else build/test-artifacts)."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -69,12 +70,16 @@ def test_page_makes_a_song_shows_progress_and_plays_it(page_models, browser):
         page.fill("#keyscale", "D minor")
         page.fill("#seed", "21")
         page.fill("#steps", "8")
+        page.select_option("#solver", "dpm3m")
         page.uncheck("#use-lm")  # the LM's codes are 25 Hz latents; this VAE runs at 500
+        posted = []
+        page.on("request", lambda r: posted.append(r.post_data) if r.url.endswith("/synth") else None)
         page.click("#generate")
         page.wait_for_function("document.querySelector('#waveform').dataset.seconds", timeout=180_000)
 
         log = page.evaluate("window.progressLog")
         assert log == sorted(log) and log[-1] == 100, log
+        assert len(posted) == 1 and json.loads(posted[0])["solver"] == "dpm3m"  # the solver the form chose
         assert len([p for p in log if 0 < p < 100]) >= 5, log  # the bar moved through the job, not in one jump
         assert page.evaluate("document.querySelector('#progress').value") == 100
 
@@ -121,4 +126,33 @@ def test_page_under_a_prefix_cancels_a_running_job_from_its_list(page_models, br
         page.wait_for_selector("#message:not([hidden])", timeout=60_000)
         assert "cancelled" in page.text_content("#message")
         page.wait_for_selector("#jobs li .state.cancelled", timeout=10_000)
+        context.close()
+
+
+def test_page_understands_an_uploaded_song_and_fills_the_form(page_models, browser, tmp_path, monkeypatch):
+    """The understand box: an uploaded song goes to POST /understand; the LM's reading fills the form."""
+    import numpy as np
+    import soundfile as sf
+
+    from acestep_ggml.server import engine
+
+    monkeypatch.setattr(engine, "LM_MODE_MAX_NEW_TOKENS", 48)  # the random tiny LM seldom ends its answer
+    song = tmp_path / "song.wav"
+    sf.write(song, np.random.default_rng(3).uniform(-0.5, 0.5, (2 * PAGE_RATE, 2)).astype(np.float32), PAGE_RATE)
+    with live_server(create_app(ServerConfig(models=str(page_models), n_threads=1))) as url:
+        context = browser.new_context(bypass_csp=True)
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_function("document.querySelector('#format').options.length > 0")
+        page.set_input_files("#understand-audio", str(song))
+        page.click("#understand")
+        page.wait_for_function("document.querySelector('#stage').textContent.includes('form holds')",
+                               timeout=180_000)
+        assert page.is_hidden("#message"), page.text_content("#message")
+        assert page.input_value("#caption").strip()  # the LM's caption (random weights: any text)
+        assert page.evaluate("window.progressLog").pop() == 100
+        page.wait_for_selector("#jobs li .state.done")
+        assert not errors, errors
         context.close()

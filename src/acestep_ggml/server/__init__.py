@@ -36,6 +36,9 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    help="GiB of model files kept loaded between jobs (default: half the free memory)")
     s.add_argument("--idle-unload", type=float, default=300.0,
                    help="seconds without a job before the models are unloaded (default 300)")
+    s.add_argument("--adapters", default=None, metavar="DIR",
+                   help="folder of adapters (*.safetensors, or PEFT folders) that requests may name in 'adapter'; "
+                        "listed in /props")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     serve(ServerConfig(models=args.models, devices=args.device or ["cpu"], n_threads=args.threads,
                        api_key=args.api_key or None, max_queue=args.max_queue, keep_results=args.keep_results,
                        max_body=args.max_body_mb * 2**20, cors_origins=args.cors_origin, memory_budget=budget,
-                       idle_unload=args.idle_unload), host=args.host, port=args.port)
+                       idle_unload=args.idle_unload, adapters=args.adapters), host=args.host, port=args.port)
     return 0
 
 

@@ -1,7 +1,7 @@
 """The FastAPI application: acestep.cpp's job API, progress as server-sent events, upstream's
 /release_task face, and the web page.
 
-    POST /lm /synth /vae (/understand: 501)   -> {"id": ...}, the job queued
+    POST /lm /synth /understand /vae          -> {"id": ...}, the job queued
     GET  /job?id=N[&result=1]                  status JSON, or the result (acestep.cpp's shapes)
     POST /job?id=N&cancel=1                    cancel
     GET  /job/events?id=N                      SSE: the job's progress until it ends
@@ -75,6 +75,7 @@ class ServerConfig:
     memory_budget: Optional[int] = None  # bytes of model files kept loaded; None: half the free memory
     idle_unload: float = 300.0
     log_lines: int = 512
+    adapters: Optional[str] = None  # the folder of the adapters requests may name (--adapters)
 
 
 class LogRing(logging.Handler):
@@ -147,7 +148,7 @@ class BodyLimit:
 
 def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> FastAPI:
     """The application for ``config``; the models are found (and checked) now, loaded by the first job."""
-    models = models or eng.Models(config.models, device=config.devices[0])
+    models = models or eng.Models(config.models, device=config.devices[0], adapters=config.adapters)
     budget = eng.Budget(config.memory_budget, config.idle_unload)
     if budget.bytes is None:
         free = eng.available_memory(config.devices[0])
@@ -300,7 +301,9 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
     ace_ref = {"$ref": "#/components/schemas/AceRequest"}
 
     # -- acestep.cpp's API ---------------------------------------------------------------------
-    @api.post("/lm", responses=created, summary="LM: fill the metadata and write the audio codes")
+    lm_created = {**created, 501: {"model": Error, "description": "the models folder has no LM"}}
+
+    @api.post("/lm", responses=lm_created, summary="LM: fill the metadata and write the audio codes")
     async def post_lm(body: AceRequest) -> JobId:
         return queued(specs.lm_job(body, models))
 
@@ -327,10 +330,26 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
                 else [parse_json(body, ace_one, "body")]
         return queued(specs.synth_job(reqs, models, src, ref))
 
-    @api.post("/understand", status_code=501, responses={501: {"model": Error}},
-              summary="audio -> metadata, lyrics, codes: not implemented")
-    async def post_understand() -> Error:
-        return _error(501, "understand is not implemented in acestep-ggml")
+    understand_schema = {"type": "object", "properties": {
+        "request": {"type": "string", "description": "an AceRequest as JSON text (optional): lm_model, synth_model, "
+                                                     "vae, lm_seed, lm_temperature, lm_top_p, lm_top_k"},
+        "audio": {"type": "string", "format": "binary", "description": "the song (WAV, FLAC, OGG, MP3)"},
+        "src_latents": {"type": "string", "format": "binary", "description": "its latents instead: raw f32 [T, 64]"}}}
+
+    @api.post("/understand", responses=lm_created, summary="audio -> caption, lyrics, metadata and codes (the LM)",
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+                  "schema": understand_schema}}}})
+    async def post_understand(request: Request) -> JobId:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise specs.BadRequest("Understand requires multipart/form-data")
+        form = await read_form(request)
+        text = await part_bytes(form, "request")
+        req = parse_json(text, ace_one, "request") if text is not None else AceRequest()
+        z = await latents(form, "src_latents")  # acestep.cpp: latents win when both are sent
+        audio = await upload(form, "audio") if z is None else None
+        if z is None and audio is None:
+            raise specs.BadRequest("Multipart: missing 'audio' or 'src_latents' part")
+        return queued(specs.understand_job(req, models, audio, z))
 
     @api.post("/vae", responses=created, summary="VAE: audio -> latents, or src_latents -> audio",
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
@@ -379,7 +398,7 @@ def create_app(config: ServerConfig, models: Optional[eng.Models] = None) -> Fas
         return {
             "version": eng.version(),
             "models": {kind: models.names(kind) for kind in ("lm", "embedding", "dit", "vae")},
-            "adapters": [],
+            "adapters": models.adapters.names(),
             "cli": {"max_batch": specs.MAX_TRACKS},
             "default": AceRequest().model_dump(),
             "presets": {"turbo": {"inference_steps": 8, "guidance_scale": 1.0, "shift": 3.0},

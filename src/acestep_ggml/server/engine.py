@@ -17,9 +17,11 @@ from typing import Callable, Optional
 import numpy as np
 
 import acestep_ggml as ace
-from acestep_ggml import hub, tasks
-from acestep_ggml.errors import ModelsNotFound
-from acestep_ggml.request import given_metadata
+from acestep_ggml import hub, lm_modes, tasks
+from acestep_ggml.constants import MAX_DURATION, UNDERSTAND_TEMPERATURE
+from acestep_ggml.errors import InputError, ModelsNotFound
+from acestep_ggml.models import AudioTokenizer
+from acestep_ggml.request import Controls, given_metadata
 
 Report = Callable[[str, int, int], None]
 
@@ -51,6 +53,15 @@ def task_instruction(task: str) -> str:
     return tasks.instruction(task)
 
 
+def make_controls(**fields) -> Controls:
+    """The synth stage's sampling controls (acestep_ggml.request.Controls); InputError naming a bad field."""
+    return Controls.of(**fields)
+
+
+LM_MODES = lm_modes.LM_MODES
+LM_MODE_MAX_NEW_TOKENS = lm_modes.LM_MODE_MAX_NEW_TOKENS  # the bound on an understand/inspire/format answer
+
+
 def check_lm_request(request: ace.Request) -> None:
     """InputError for metadata the LM cannot take (ranges of its constrained decoding); no model runs."""
     given_metadata(request)
@@ -78,8 +89,10 @@ MP3_MIN_RATE = 32000
 class Models:
     """The GGUF files of the --models folder (or what a checkpoint folder or hub repo resolves to), by kind."""
 
-    def __init__(self, source: str | os.PathLike, device: str = "cpu"):
+    def __init__(self, source: str | os.PathLike, device: str = "cpu",
+                 adapters: Optional[str | os.PathLike] = None):
         self.folder = Path(hub.resolve(source, quiet=True, device=device))
+        self.adapters = Adapters(adapters)
         self.set = hub.find_models(self.folder)
         self.device = device
         self.set.get("acestep-dit")  # ModelsNotFound, saying how to get models, when the synth set is incomplete
@@ -168,13 +181,18 @@ class SynthItem:
     guidance: Optional[float] = None
     shift: float = 3.0
     timesteps: Optional[list[float]] = None
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    controls: Optional[Controls] = None  # None: the defaults
+    adapters: tuple[tuple[Path, float], ...] = ()  # (file, scale) of the adapters the DiT wears
 
 
 @dataclass
 class LmItem:
+    """One LM run: ``mode`` generate (metadata and codes), inspire or format (acestep_ggml.lm_modes)."""
+
     request: ace.Request
     seed: int
+    mode: str = "generate"
+    instrumental: bool = False  # inspire: an instrumental song
     cfg_scale: float = 2.0
     temperature: float = 0.85
     top_p: Optional[float] = 0.9
@@ -292,8 +310,9 @@ class Engine:
         synth = self.synthesizer(dit, vae)
         tracks = []
         for i, item in enumerate(items):
+            wear_adapters(synth, item.adapters)
             result = synth(item.request, seed=item.seed, steps=item.steps, shift=item.shift, guidance=item.guidance,
-                           timesteps=item.timesteps, cfg_interval=item.cfg_interval, progress=report(i))
+                           timesteps=item.timesteps, controls=item.controls, progress=report(i))
             audio, f = self.encode_audio(result.audio, result.sample_rate, fmt, bitrate=bitrate)
             tracks.append(Track(audio, f.mime, f.suffix, np.ascontiguousarray(result.latents, "<f4").tobytes(),
                                 result.request, result.seed, result.audio.shape[1] / result.sample_rate))
@@ -305,13 +324,46 @@ class Engine:
         lm = self.lm(path)
         out = []
         for i, item in enumerate(items):
-            out.append(lm.generate(item.request, cfg_scale=item.cfg_scale, temperature=item.temperature,
-                                   top_p=item.top_p, top_k=item.top_k, seed=item.seed, fsm=item.fsm,
-                                   rewrite_caption=item.rewrite_caption, negative_prompt=item.negative_prompt,
-                                   progress=report(i)))
+            if item.mode == "generate":
+                out.append(lm.generate(item.request, cfg_scale=item.cfg_scale, temperature=item.temperature,
+                                       top_p=item.top_p, top_k=item.top_k, seed=item.seed, fsm=item.fsm,
+                                       rewrite_caption=item.rewrite_caption, negative_prompt=item.negative_prompt,
+                                       progress=report(i)))
+            else:  # no CFG in these modes, as upstream runs them
+                out.append(lm_modes.run(lm, item.request, item.mode, instrumental=item.instrumental,
+                                        temperature=item.temperature, top_p=item.top_p, top_k=item.top_k,
+                                        seed=item.seed, fsm=item.fsm, max_new_tokens=LM_MODE_MAX_NEW_TOKENS,
+                                        progress=report(i)))
             self.last_used = time.monotonic()
         del lm
         return out
+
+    def run_understand(self, *, lm: Path, dit: Path, vae: Path, seed: int, audio: Optional[np.ndarray] = None,
+                       latents: Optional[np.ndarray] = None, temperature: float = UNDERSTAND_TEMPERATURE,
+                       top_p: Optional[float] = None, top_k: Optional[int] = None,
+                       report: Report) -> tuple[ace.Request, np.ndarray]:
+        """Audio (2, N) at the models' rate, or its latents (T, 64) -> (the LM's Request, the latents),
+        as ``Pipeline.understand(audio, seed=seed)`` computes it: the VAE posterior drawn with
+        ``seed``, the audio tokenizer, then the LM's understand mode seeded with ``seed``.  The
+        latents are returned too: acestep.cpp hands them back for reuse as src_latents."""
+        self.last_used = time.monotonic()
+        if latents is None:
+            rate, lps = self.models.sample_rate, self.models.latents_per_second
+            if not 1 / lps <= audio.shape[1] / rate <= MAX_DURATION:
+                raise InputError(f"audio lasts {audio.shape[1] / rate:.3f} s; understand takes {1 / lps:g} s "
+                                 f"(one latent frame) to {MAX_DURATION} s")
+            if not np.any(np.abs(audio) >= 1e-6):
+                raise InputError("audio appears to be silent")
+            latents = self.vae(vae).encode(audio, sample=True, seed=seed,
+                                           progress=lambda done, total: report("encode", done, total))
+        report("tokenize", 0, 1)
+        codes = [int(c) for c in AudioTokenizer(str(dit), device=self.device, n_threads=self.n_threads)
+                 .tokenize(latents)]
+        report("tokenize", 1, 1)
+        out = lm_modes.understand(self.lm(lm), codes, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                                  max_new_tokens=LM_MODE_MAX_NEW_TOKENS, progress=report)
+        self.last_used = time.monotonic()
+        return out, np.asarray(latents, np.float32)
 
     def run_vae_encode(self, audio: np.ndarray, *, path: Path, report: Report) -> bytes:
         self.last_used = time.monotonic()
@@ -331,6 +383,53 @@ class Engine:
         return Track(audio, f.mime, f.suffix, seconds=wave.shape[-1] / vae.sample_rate)
 
 
+# -- adapters -------------------------------------------------------------------------------------
+class Adapters:
+    """The --adapters folder, read as acestep.cpp reads it: each ``*.safetensors`` file (a single-file
+    adapter, named by its file name) and each subfolder holding ``adapter_model.safetensors`` (PEFT,
+    named by the folder).  A request names one of these; no path from a request is ever opened."""
+
+    def __init__(self, folder: Optional[str | os.PathLike]):
+        self.folder = Path(folder) if folder else None
+        self.found: dict[str, Path] = {}
+        if self.folder is None:
+            return
+        if not self.folder.is_dir():
+            raise InputError(f"--adapters {self.folder}: not a folder")
+        for p in sorted(self.folder.iterdir()):
+            if p.is_file() and p.suffix == ".safetensors":
+                self.found[p.name] = p
+        for p in sorted(self.folder.iterdir()):
+            if p.is_dir() and (p / "adapter_model.safetensors").is_file():
+                self.found[p.name] = p
+
+    def names(self) -> list[str]:
+        return list(self.found)
+
+    def pick(self, name: str) -> Optional[Path]:
+        """The adapter of that exact name (with or without .safetensors), else None."""
+        return self.found.get(name) or self.found.get(f"{name}.safetensors")
+
+
+def adapters_available() -> bool:
+    """Whether the synth stage can wear adapters: the switch the server's ``adapter`` field waits
+    on (until it is on, a request naming a valid adapter gets 400 "adapters are not available
+    yet").  Turn it on once ``Synthesizer.set_loras`` is in the package:
+    ``return hasattr(ace.Synthesizer, "set_loras")``."""
+    return False
+
+
+def wear_adapters(synth: ace.Synthesizer, adapters: tuple[tuple[Path, float], ...]) -> None:
+    """The DiT wears exactly ``adapters`` (none: none) for the next song, swapped without reloading it."""
+    if not adapters_available():
+        if adapters:
+            raise InputError("adapter: adapters are not available yet")
+        return
+    if getattr(synth, "_server_adapters", ()) != adapters:
+        synth.set_loras([(str(p), s) for p, s in adapters])
+        synth._server_adapters = adapters
+
+
 def synth_plan(item: SynthItem) -> list[str]:
     r = item.request
     stages = ["encode"] if r.src_audio is not None or r.ref_audio is not None else []
@@ -343,6 +442,8 @@ def synth_plan(item: SynthItem) -> list[str]:
 
 
 def lm_plan(item: LmItem) -> list[str]:
+    if item.mode != "generate":
+        return ["lm-answer"]
     given = given_metadata(item.request)
     full = all(k in given for k in ("bpm", "duration", "keyscale", "timesignature"))
     return (["lm-codes"] if full else ["lm-metadata", "lm-codes"])

@@ -25,7 +25,7 @@ FINISHED = (DONE, FAILED, CANCELLED)
 
 # How much of a job each stage is, roughly, for the percentage (relative weights; a stage the
 # job does not run does not count).  The DiT and the LM's codes dominate a song's time.
-STAGE_WEIGHTS = {"lm-metadata": 15, "lm-codes": 35, "encode": 6, "text": 1, "condition": 1, "tokenize": 1,
+STAGE_WEIGHTS = {"lm-metadata": 15, "lm-codes": 35, "lm-answer": 40, "encode": 6, "text": 1, "condition": 1, "tokenize": 1,
                  "codes": 1, "dit": 50, "vae": 12}
 
 

@@ -47,9 +47,10 @@ class AceRequest(BaseModel):
     inference_steps: int = Field(0, ge=0, le=1000, description="DiT steps; 0: the model's (turbo 8, base/SFT 32)")
     guidance_scale: float = Field(0.0, ge=0, le=100, description="DiT guidance; 0: the model's (turbo 1, base 7)")
     shift: float = Field(0.0, ge=0, le=100, description="timestep shift; 0: 3.0")
-    dcw_scaler: float = Field(0.0, ge=-100, le=100, description="not implemented: 0 only")
-    dcw_high_scaler: float = Field(0.0, ge=-100, le=100, description="not implemented: 0 only")
-    dcw_mode: Literal["low", "high", "double", "pix"] = "low"
+    dcw_scaler: float = Field(0.0, ge=0, le=100, description="DCW strength (low band; all bands in high and pix "
+                                                              "modes); DCW is off while both scalers are 0")
+    dcw_high_scaler: float = Field(0.0, ge=0, le=100, description="DCW strength of the high band in double mode")
+    dcw_mode: Literal["low", "high", "double", "pix"] = Field("low", description="DCW's wavelet band(s)")
     audio_cover_strength: float = Field(1.0, ge=0, le=1, description="cover: fraction of steps that hear the source")
     cover_noise_strength: float = Field(0.0, ge=0, le=1, description="not implemented: 0 only")
     repainting_start: float = Field(0.0, ge=-600, le=600, description="repaint/lego window start, seconds")
@@ -59,14 +60,19 @@ class AceRequest(BaseModel):
     custom_timesteps: str = Field("", max_length=4000, description="comma-separated timesteps from near 1 down to 0")
     task_type: TaskType = "text2music"
     track: str = Field("", max_length=200, description='extract/lego: a track; complete: "DRUMS | BASS"')
-    solver: Literal["euler", "sde", "dpm3m", "stork4"] = Field("euler", description="euler only")
-    stork_substeps: int = Field(10, ge=1, le=1000, description="not implemented: 10 only")
-    lm_mode: Literal["generate", "inspire", "format"] = Field("generate", description="generate only")
+    solver: Literal["euler", "sde", "dpm3m", "stork4", "heun"] = Field(
+        "euler", description="the DiT's ODE/SDE solver (docs/controls.md); heun is ours, beyond acestep.cpp's four")
+    stork_substeps: int = Field(10, ge=1, le=1000, description="stork4's sub-steps, 2..148")
+    lm_mode: Literal["generate", "inspire", "format"] = Field(
+        "generate", description="/lm: generate (metadata and codes), inspire (the caption is a query: a whole song, "
+                                "no codes; [Instrumental] lyrics ask for an instrumental), format (caption and lyrics "
+                                "rewritten, the metadata filled, no codes); /synth ignores it")
     output_format: Literal["mp3", "wav16", "wav24", "wav32"] = "mp3"
     synth_model: str = Field("", max_length=255, description="DiT GGUF file name (see /props); \"\": the default")
     lm_model: str = Field("", max_length=255, description="LM GGUF file name; \"\": the default")
-    adapter: str = Field("", max_length=255, description="not implemented: \"\" only")
-    adapter_scale: float = Field(1.0, ge=-100, le=100)
+    adapter: str = Field("", max_length=255, description="an adapter of the server's --adapters folder, by name "
+                                                         "(see /props); \"\": none")
+    adapter_scale: float = Field(1.0, ge=-100, le=100, description="the adapter's strength")
     vae: str = Field("", max_length=255, description="VAE GGUF file name; \"\": the default")
     peak_clip: int = Field(10, ge=0, le=999, description="0 or 10: the audio is peak-normalised to -1 dBFS")
     mp3_bitrate: int = Field(128, ge=8, le=320, description="kbit/s of mp3 output")
@@ -130,10 +136,10 @@ class UpstreamTask(BaseModel):
     instruction: Optional[str] = Field(None, max_length=MAX_TEXT, description="not settable: follows task_type")
     audio_cover_strength: float = Field(1.0, ge=0, le=1)
     task_type: TaskType = "text2music"
-    use_adg: bool = Field(False, description="not implemented: false only")
+    use_adg: bool = Field(False, description="adaptive projected guidance's angle form (base/SFT, guidance > 1)")
     cfg_interval_start: float = Field(0.0, ge=0, le=1)
     cfg_interval_end: float = Field(1.0, ge=0, le=1)
-    infer_method: Literal["ode", "sde"] = Field("ode", description="ode only")
+    infer_method: Literal["ode", "sde"] = Field("ode", description="ode: the euler solver; sde: the sde solver")
     shift: float = Field(3.0, gt=0, le=100)
     timesteps: Optional[str] = Field(None, max_length=4000)
     audio_format: Literal["mp3", "wav", "flac"] = "mp3"

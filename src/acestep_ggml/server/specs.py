@@ -21,7 +21,7 @@ from . import engine as eng
 from .jobs import Job, Result
 from .schemas import MAX_SEED, AceRequest, UpstreamTask
 
-SOURCE_TASKS = ("cover", "repaint", "extract", "lego", "complete")
+SOURCE_TASKS = ("cover", "cover-nofsq", "repaint", "extract", "lego", "complete")
 CAPTIONLESS_TASKS = ("lego", "extract", "complete")  # acestep.cpp lets these go without a caption
 MAX_TRACKS = 9  # acestep.cpp's DiT batch limit
 MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
@@ -30,16 +30,11 @@ MULTIPART_MIME = f"multipart/mixed; boundary={MULTIPART_BOUNDARY}"
 
 # Fields of features acestep-ggml does not have: accepted at their default only.
 UNSUPPORTED = {
-    "dcw_scaler": (0.0, "wavelet-domain correction (DCW) is not implemented"),
-    "dcw_high_scaler": (0.0, "wavelet-domain correction (DCW) is not implemented"),
     "cover_noise_strength": (0.0, "starting a cover from noised source latents is not implemented"),
     "latent_shift": (0.0, "latent post-processing is not implemented"),
     "latent_rescale": (1.0, "latent post-processing is not implemented"),
-    "solver": ("euler", "only the euler solver is implemented"),
-    "stork_substeps": (10, "the stork4 solver is not implemented"),
-    "lm_mode": ("generate", "only lm_mode 'generate' is implemented"),
-    "adapter": ("", "adapters are not implemented yet"),
 }
+NOISE_SOLVERS = ("sde",)  # acestep.cpp skips DCW for solvers that inject fresh noise (its injects_noise)
 
 
 class BadRequest(InputError):
@@ -132,7 +127,7 @@ def _task_fields(task: str, *, track: str, start: float, end: Optional[float], s
         out["track_name"] = track.strip()
     if task == "complete" and track.strip():
         out["track_classes"] = [t.strip().lower() for t in re.split(r"[|,]", track) if t.strip()]
-    if out["task"] == "cover":
+    if out["task"] in ("cover", "cover-nofsq"):
         out["audio_cover_strength"] = strength
     return out
 
@@ -153,11 +148,33 @@ def _check_supported(req: AceRequest) -> None:
     for name, (default, why) in UNSUPPORTED.items():
         if getattr(req, name) != default:
             raise BadRequest(f"{name}: {why} (got {getattr(req, name)!r})")
-    if req.task_type == "cover-nofsq":
-        raise BadRequest("task_type: cover-nofsq is not implemented; cover is")
     if req.peak_clip not in (0, 10):
         raise BadRequest(f"peak_clip: percentile clipping is not implemented; the audio is peak-normalised to "
                          f"-1 dBFS (0 or 10), got {req.peak_clip}")
+
+
+def _controls(*, solver: str = "euler", dcw: Optional[dict] = None, **fields):
+    """The synth stage's Controls; DCW is on when a scaler is above 0 and the solver injects no
+    noise (acestep.cpp's rule, dit-sampler.h); a bad value is a BadRequest naming the field."""
+    on = dcw and (dcw["dcw_scaler"] > 0 or dcw["dcw_high_scaler"] > 0) and solver not in NOISE_SOLVERS
+    try:
+        return eng.make_controls(solver=solver, **(dcw if on else {}), **fields)
+    except InputError as e:
+        raise BadRequest(str(e)) from None
+
+
+def _adapters(models: eng.Models, name: str, scale: float, field: str = "adapter") -> tuple:
+    """((file, scale),) of the adapter a request names in the --adapters folder; () for none."""
+    if not name:
+        return ()
+    path = models.adapters.pick(name)
+    if path is None:
+        if not models.adapters.names():
+            raise BadRequest(f"{field}: this server has no adapters (start it with --adapters DIR)")
+        raise BadRequest(f"{field}: no adapter named {name!r} (have: {', '.join(models.adapters.names())})")
+    if not eng.adapters_available():
+        raise BadRequest(f"{field}: adapters are not available yet")
+    return ((path, scale),)
 
 
 def ace_request(req: AceRequest, src=None, ref=None) -> eng.SynthItem:
@@ -179,9 +196,13 @@ def ace_request(req: AceRequest, src=None, ref=None) -> eng.SynthItem:
         **_task_fields(req.task_type, track=req.track, start=req.repainting_start, end=req.repainting_end,
                        strength=req.audio_cover_strength, has_codes=bool(codes)))
     timesteps = _timesteps(req.custom_timesteps, "custom_timesteps")
+    controls = _controls(solver=req.solver, stork_substeps=req.stork_substeps,
+                         dcw={"dcw_mode": req.dcw_mode, "dcw_scaler": req.dcw_scaler,
+                              "dcw_high_scaler": req.dcw_high_scaler})
     return eng.SynthItem(request=request, seed=_seed(req.seed),
                          steps=len(timesteps) if timesteps else (req.inference_steps or None),
-                         guidance=req.guidance_scale or None, shift=req.shift or 3.0, timesteps=timesteps)
+                         guidance=req.guidance_scale or None, shift=req.shift or 3.0, timesteps=timesteps,
+                         controls=controls)
 
 
 def synth_job(reqs: list[AceRequest], models: eng.Models, src: Optional[np.ndarray] = None,
@@ -198,6 +219,8 @@ def synth_job(reqs: list[AceRequest], models: eng.Models, src: Optional[np.ndarr
         items += [eng.SynthItem(**{**vars(item), "seed": (item.seed + i) % (MAX_SEED + 1)})
                   for i in range(req.synth_batch_size)]
     first = reqs[0]
+    adapters = _adapters(models, first.adapter, first.adapter_scale)  # a batch wears its first request's
+    items = [eng.SynthItem(**{**vars(it), "adapters": adapters}) for it in items]
     dit = _model(models, "dit", first.synth_model, "synth_model")
     vae = _model(models, "vae", first.vae, "vae")
     _audio_format(models, first.output_format, first.mp3_bitrate, "output_format")
@@ -211,9 +234,14 @@ def synth_job(reqs: list[AceRequest], models: eng.Models, src: Optional[np.ndarr
 
 
 def lm_job(req: AceRequest, models: eng.Models) -> Job:
-    """POST /lm: the LM fills the metadata and writes the codes; the result is a JSON array of
-    requests (lm_batch_size of them), each ready for POST /synth."""
+    """POST /lm: a JSON array of requests (lm_batch_size of them, consecutive LM seeds), each ready
+    for POST /synth.  ``lm_mode`` as acestep.cpp names them: generate fills the metadata and writes
+    the codes; inspire reads the caption as a query and writes a whole song (``[Instrumental]``
+    lyrics ask for an instrumental, ``vocal_language`` is forced), format rewrites caption and
+    lyrics and fills the metadata; neither writes codes (acestep_ggml.lm_modes.run)."""
     _check_supported(req)
+    if not models.names("lm"):  # acestep.cpp's answer
+        raise BadRequest("No LM models in registry: the models folder has no LM", 501)
     if not req.caption.strip():
         raise BadRequest("caption: required")
     path = _model(models, "lm", req.lm_model, "lm_model")
@@ -223,9 +251,11 @@ def lm_job(req: AceRequest, models: eng.Models) -> Job:
     except ValueError as e:
         raise BadRequest(str(e)) from None
     seed = _seed(req.lm_seed)
-    items = [eng.LmItem(request=base.request, seed=(seed + i) % (MAX_SEED + 1), cfg_scale=req.lm_cfg_scale,
-                        temperature=req.lm_temperature, top_p=req.lm_top_p, top_k=req.lm_top_k or None,
-                        rewrite_caption=req.use_cot_caption, negative_prompt=req.lm_negative_prompt or None)
+    instrumental = req.lyrics.strip() == "[Instrumental]"  # acestep.cpp's inspire reads it so
+    items = [eng.LmItem(request=base.request, seed=(seed + i) % (MAX_SEED + 1), mode=req.lm_mode,
+                        instrumental=instrumental, cfg_scale=req.lm_cfg_scale, temperature=req.lm_temperature,
+                        top_p=req.lm_top_p, top_k=req.lm_top_k or None, rewrite_caption=req.use_cot_caption,
+                        negative_prompt=req.lm_negative_prompt or None)
              for i in range(req.lm_batch_size)]
 
     def run(engine: eng.Engine, progress) -> Result:
@@ -236,14 +266,52 @@ def lm_job(req: AceRequest, models: eng.Models) -> Job:
     return Job("lm", run, stages=eng.lm_plan(items[0]), parts=len(items), summary=_summary(base))
 
 
-def lm_result(req: AceRequest, out, lm_seed: int) -> dict:
-    """The LM's request in acestep.cpp's JSON: the input with the metadata, caption and codes filled in."""
+def _metadata(out) -> dict:
+    """A Request's caption, lyrics, metadata and codes under acestep.cpp's field names."""
     ts = eng.request_timesignature(out)
-    return req.model_copy(update={
-        "caption": out.caption, "bpm": out.bpm or 0, "duration": float(out.duration or 0),
-        "keyscale": out.keyscale or "", "timesignature": "" if ts is None else str(ts),
-        "vocal_language": out.language or "", "audio_codes": ",".join(map(str, out.codes or [])),
-        "lm_seed": lm_seed}).model_dump()
+    return {"caption": out.caption, "lyrics": out.lyrics, "bpm": out.bpm or 0, "duration": float(out.duration or 0),
+            "keyscale": out.keyscale or "", "timesignature": "" if ts is None else str(ts),
+            "vocal_language": out.language or "", "audio_codes": ",".join(map(str, out.codes or []))}
+
+
+def lm_result(req: AceRequest, out, lm_seed: int) -> dict:
+    """The LM's request in acestep.cpp's JSON: the input with the metadata, caption and codes
+    filled in (and, in inspire and format, the lyrics)."""
+    update = {**_metadata(out), "lm_seed": lm_seed}
+    if req.lm_mode == "generate":
+        update["lyrics"] = req.lyrics
+    if req.lm_mode == "inspire":
+        update["use_cot_caption"] = True  # acestep.cpp reports it: inspire always writes the caption
+    return req.model_copy(update=update).model_dump()
+
+
+def understand_job(req: AceRequest, models: eng.Models, audio: Optional[np.ndarray],
+                   latents: Optional[np.ndarray]) -> Job:
+    """POST /understand: audio (or its latents) -> the LM's caption, lyrics, metadata and the codes,
+    as ``Pipeline.understand(audio, seed=lm_seed)``.  The result is acestep.cpp's: multipart/mixed,
+    a JSON part (an array of one request, ready for POST /synth) and a latent part (raw f32 [T, 64]).
+    Sampling: acestep.cpp's understand defaults (temperature 0.3, no top-p) unless the request sets
+    lm_temperature, lm_top_p (below 1) or lm_top_k."""
+    if not models.names("lm"):  # acestep.cpp's answer when a model kind is missing
+        raise BadRequest("Understand requires LM, DiT and VAE models: the models folder has no LM", 501)
+    lm = _model(models, "lm", req.lm_model, "lm_model")
+    dit = _model(models, "dit", req.synth_model, "synth_model")
+    vae = _model(models, "vae", req.vae, "vae")
+    given = req.model_fields_set
+    seed = _seed(req.lm_seed)
+    temperature = req.lm_temperature if "lm_temperature" in given else eng.UNDERSTAND_TEMPERATURE
+    top_p = req.lm_top_p if "lm_top_p" in given and req.lm_top_p < 1 else None
+
+    def run(engine: eng.Engine, progress) -> Result:
+        out, z = engine.run_understand(lm=lm, dit=dit, vae=vae, seed=seed, audio=audio, latents=latents,
+                                       temperature=temperature, top_p=top_p, top_k=req.lm_top_k or None,
+                                       report=progress)
+        data = [AceRequest().model_copy(update={**_metadata(out), "seed": req.seed, "lm_seed": seed}).model_dump()]
+        return Result(multipart_json(data, np.ascontiguousarray(z, "<f4").tobytes()), MULTIPART_MIME, data=data)
+
+    seconds = audio.shape[1] / models.sample_rate if audio is not None else len(latents) / models.latents_per_second
+    return Job("understand", run, stages=(["encode"] if audio is not None else []) + ["tokenize", "lm-answer"],
+               summary={"caption": "understand", "seconds": seconds, "seed": seed})
 
 
 def vae_job(models: eng.Models, req: AceRequest, audio: Optional[np.ndarray], latents: Optional[np.ndarray]) -> Job:
@@ -277,6 +345,14 @@ def multipart_audio(tracks: list) -> bytes:
     return bytes(out)
 
 
+def multipart_json(data, latent: bytes) -> bytes:
+    """acestep.cpp's understand result: a JSON part, then a latent part (raw f32 [T, 64])."""
+    out = f"--{MULTIPART_BOUNDARY}\r\nContent-Type: application/json\r\n\r\n".encode() + json.dumps(data).encode()
+    out += (f"\r\n--{MULTIPART_BOUNDARY}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Disposition: form-data; name=\"latent\"\r\n\r\n").encode() + latent
+    return out + f"\r\n--{MULTIPART_BOUNDARY}--\r\n".encode()
+
+
 def _summary(item) -> dict:
     r = item.request
     return {"caption": r.caption[:200], "task": r.task, "duration": r.duration,
@@ -287,21 +363,17 @@ def _summary(item) -> dict:
 def upstream_job(task: UpstreamTask, models: eng.Models, src=None, ref=None) -> Job:
     """POST /release_task: optionally the LM (``thinking``), then the synth stage, ``batch_size`` songs."""
     refusals = {"sample_mode": task.sample_mode, "sample_query": task.sample_query, "use_format": task.use_format,
-                "use_adg": task.use_adg, "src_audio_path": task.src_audio_path,
+                "src_audio_path": task.src_audio_path,
                 "reference_audio_path": task.reference_audio_path}
     for name, value in refusals.items():
         if value:
             why = "upload the audio instead; server-side paths are refused" if name.endswith("_path") \
                 else "not implemented"
             raise BadRequest(f"{name}: {why}")
-    if task.infer_method != "ode":
-        raise BadRequest("infer_method: only 'ode' is implemented")
     if task.lm_repetition_penalty != 1.0:
         raise BadRequest("lm_repetition_penalty: not implemented (1.0 only)")
     if task.instruction is not None and task.instruction.strip() not in ("", eng.task_instruction(task.task_type)):
         raise BadRequest("instruction: follows task_type here; leave it out")
-    if task.task_type == "cover-nofsq":
-        raise BadRequest("task_type: cover-nofsq is not implemented; cover is")
     if not task.prompt.strip() and task.task_type not in CAPTIONLESS_TASKS:
         raise BadRequest("prompt: required")
     if task.guidance_scale and task.guidance_scale < 1:
@@ -330,11 +402,13 @@ def upstream_job(task: UpstreamTask, models: eng.Models, src=None, ref=None) -> 
     timesteps = _timesteps(task.timesteps, "timesteps")
     if task.cfg_interval_start > task.cfg_interval_end:
         raise BadRequest("cfg_interval_start: must not pass cfg_interval_end")
+    controls = _controls(solver="sde" if task.infer_method == "sde" else "euler", use_adg=task.use_adg,
+                         cfg_interval=(task.cfg_interval_start, task.cfg_interval_end))
     seed = _seed(-1 if task.use_random_seed else task.seed)
     items = [eng.SynthItem(request=request, seed=(seed + i) % (MAX_SEED + 1),
                            steps=len(timesteps) if timesteps else (task.inference_steps or None),
                            guidance=task.guidance_scale or None, shift=task.shift, timesteps=timesteps,
-                           cfg_interval=(task.cfg_interval_start, task.cfg_interval_end))
+                           controls=controls)
              for i in range(task.batch_size or 1)]
     lm_item = eng.LmItem(request=request, seed=_seed(-1), cfg_scale=task.lm_cfg_scale,
                          temperature=task.lm_temperature, top_p=task.lm_top_p, top_k=task.lm_top_k or None,

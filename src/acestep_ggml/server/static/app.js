@@ -3,7 +3,8 @@
 // Every URL is relative to the page, so that it also works behind a proxy under a prefix (/music/).
 const $ = (id) => document.getElementById(id);
 const KEY_STORE = "acestep-ggml-api-key";
-const SOURCE_TASKS = ["cover", "repaint", "extract", "lego", "complete"];
+const SOURCE_TASKS = ["cover", "cover-nofsq", "repaint", "extract", "lego", "complete"];
+const COVER_TASKS = ["cover", "cover-nofsq"];
 const KEYS = [];
 for (const n of "ABCDEFG") for (const a of ["", "#", "b"]) for (const m of ["major", "minor"]) KEYS.push(`${n}${a} ${m}`);
 const LANGUAGES = ["en", "zh", "ja", "ko", "es", "fr", "de", "it", "pt", "ru", "unknown"];
@@ -86,21 +87,25 @@ function request() {
     vocal_language: $("language").value.trim(), task_type: task, seed: number("seed"),
     inference_steps: number("steps"), guidance_scale: number("guidance"), shift: number("shift"),
     synth_batch_size: Math.max(1, number("batch")), output_format: $("format").value,
-    synth_model: $("synth-model").value, lm_model: $("lm-model").value,
+    synth_model: $("synth-model").value, lm_model: $("lm-model").value, solver: $("solver").value,
   };
+  if ($("adapter").value) {
+    r.adapter = $("adapter").value;
+    r.adapter_scale = number("adapter-scale");
+  }
   if (task === "repaint" || task === "lego") {
     r.repainting_start = number("repaint-start");
     r.repainting_end = $("repaint-end").value.trim() === "" ? -1 : number("repaint-end");
   }
   if (["extract", "lego", "complete"].includes(task)) r.track = $("track").value.trim();
-  if (task === "cover") r.audio_cover_strength = Number($("cover-strength").value);
+  if (COVER_TASKS.includes(task)) r.audio_cover_strength = Number($("cover-strength").value);
   return r;
 }
 
 function showTaskFields() {
   const task = $("task").value;
   const show = { source: SOURCE_TASKS.includes(task), window: task === "repaint" || task === "lego",
-                 track: ["extract", "lego", "complete"].includes(task), cover: task === "cover",
+                 track: ["extract", "lego", "complete"].includes(task), cover: COVER_TASKS.includes(task),
                  lm: $("use-lm").checked };
   for (const el of document.querySelectorAll("[data-for]")) el.hidden = !show[el.dataset.for];
 }
@@ -143,6 +148,48 @@ async function generate(event) {
   } catch (e) {
     $("message").textContent = e.message;
     $("message").hidden = false;
+  } finally {
+    button.disabled = false;
+    refreshJobs();
+  }
+}
+
+// -- understand: the LM reads a song; its answer fills the form ---------------------------------------
+// The first part of acestep.cpp's multipart/mixed result (the JSON; the latents follow it).
+function firstPart(bytes, boundary) {
+  const text = new TextDecoder("latin1").decode(bytes); // one character per byte: indices are byte offsets
+  const start = text.indexOf("\r\n\r\n", text.indexOf(`--${boundary}`)) + 4;
+  const end = text.indexOf(`\r\n--${boundary}`, start);
+  return new TextDecoder().decode(bytes.subarray(start, end));
+}
+
+async function understand() {
+  const file = $("understand-audio").files[0];
+  $("message").hidden = true;
+  if (!file) { report(new Error("choose a song to understand")); return; }
+  const button = $("understand");
+  button.disabled = true;
+  window.progressLog = [];
+  try {
+    const form = new FormData();
+    form.append("audio", file);
+    if ($("lm-model").value) form.append("request", JSON.stringify({ lm_model: $("lm-model").value }));
+    const { id } = await (await api("understand", { method: "POST", body: form })).json();
+    refreshJobs();
+    await follow(id, "understand");
+    const response = await api(`job?id=${id}&result=1`);
+    const boundary = (response.headers.get("Content-Type") || "").match(/boundary=([^\s;]+)/)[1];
+    const [song] = JSON.parse(firstPart(new Uint8Array(await response.arrayBuffer()), boundary));
+    $("caption").value = song.caption;
+    $("lyrics").value = song.lyrics;
+    $("duration").value = song.duration || "";
+    $("bpm").value = song.bpm || "";
+    $("keyscale").value = song.keyscale;
+    $("timesignature").value = song.timesignature;
+    $("language").value = song.vocal_language;
+    $("stage").textContent = "understand: the form holds the LM's reading of the song";
+  } catch (e) {
+    report(e);
   } finally {
     button.disabled = false;
     refreshJobs();
@@ -288,6 +335,7 @@ function setup() {
   $("cover-strength").addEventListener("input", () => { $("cover-strength-out").value = Number($("cover-strength").value).toFixed(2); });
   $("dice").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); });
   $("compose").addEventListener("submit", generate);
+  $("understand").addEventListener("click", understand);
   $("key-button").addEventListener("click", askKey);
   $("key-dialog").addEventListener("close", () => {
     if ($("key-dialog").returnValue === "save") {
@@ -322,8 +370,11 @@ async function load() {
   options($("synth-model"), props.models.dit);
   options($("lm-model"), props.models.lm);
   options($("format"), props.output_formats);
+  options($("adapter"), ["", ...props.adapters], ["none", ...props.adapters]);
+  $("adapter").disabled = $("adapter-scale").disabled = props.adapters.length === 0;
   $("use-lm").disabled = props.models.lm.length === 0;
   $("use-lm").checked = props.models.lm.length > 0;
+  $("understand").disabled = props.models.lm.length === 0;
   showTaskFields();
   refreshJobs();
 }
