@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -97,6 +98,56 @@ def peft_folder(model, folder, seed, scale, **config):
             m.set_scale("default", scale)
     merged = pm.merge_and_unload()
     return {p: m.weight.detach().numpy() for p, m in merged.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def _upstream_lora_utils():
+    """acestep.training.lora_utils of the original package (ace-step15-fork).  The package's
+    __init__ also imports its dataset builder, which needs torchaudio (not a dependency here), so
+    the two modules are loaded under a bare package stand-in, removed again afterwards."""
+    import importlib
+    import sys
+    import types
+    from pathlib import Path
+
+    import acestep
+
+    name = "acestep.training"
+    inserted = name not in sys.modules
+    if inserted:
+        stub = types.ModuleType(name)
+        stub.__path__ = [str(Path(acestep.__file__).parent / "training")]
+        sys.modules[name] = stub
+    try:
+        configs = importlib.import_module(name + ".configs")
+        utils = importlib.import_module(name + ".lora_utils")
+    finally:
+        if inserted:
+            for key in (name, name + ".configs", name + ".lora_utils"):
+                sys.modules.pop(key, None)
+    return configs.LoRAConfig, utils.inject_lora_into_dit, utils.save_lora_weights
+
+
+def upstream_lora_folder(model, out_dir, seed, scale):
+    """A LoRA as upstream's trainer writes it: the original code's inject_lora_into_dit (its
+    LoRAConfig defaults: r 8, alpha 16, q/k/v/o) on a model whose decoder has upstream's module
+    names, trained weights standing in as random A and B, saved by its save_lora_weights
+    (``<out>/adapter``); and peft's merge at ``scale``."""
+    LoRAConfig, inject_lora_into_dit, save_lora_weights = _upstream_lora_utils()
+    peft = _peft()
+    holder = torch.nn.Module()
+    holder.decoder = _skeleton(model)
+    inject_lora_into_dit(holder, LoRAConfig())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in holder.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    folder = save_lora_weights(holder, str(out_dir))
+    for m in holder.decoder.modules():
+        if isinstance(m, peft.tuners.lora.LoraLayer):
+            m.set_scale("default", scale)
+    merged = holder.decoder.merge_and_unload()
+    return folder, {p: m.weight.detach().numpy() for p, m in merged.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
 # -- LyCORIS LoKr, written out -----------------------------------------------------------------------
@@ -385,10 +436,10 @@ def _save(path, tensors):
 
 # -- the issue's acceptance: `synth --lora DIR --lora-scale S` against diffusers -------------------
 def test_synth_cli_lora_matches_diffusers_with_the_lora_merged(synth_models, tmp_path, device):
-    """A held-out random LoRA in upstream's PEFT layout (written by peft on upstream's module names,
-    upstream's default targets q/k/v/o of both attentions), applied by the `synth` CLI at a held-out
-    scale, against diffusers' AceStepPipeline whose transformer holds peft's merge at that scale;
-    both modes; and the LoRA audibly changes the song."""
+    """A held-out random LoRA in upstream's PEFT layout (written by upstream's own trainer code on
+    upstream's module names, its default r 8, alpha 16, q/k/v/o of both attentions), applied by the
+    `synth` CLI at a held-out scale, against diffusers' AceStepPipeline whose transformer holds
+    peft's merge at that scale; both modes; and the LoRA audibly changes the song."""
     import dataclasses
     import subprocess
     import sys
@@ -401,8 +452,12 @@ def test_synth_cli_lora_matches_diffusers_with_the_lora_merged(synth_models, tmp
     models, _, folders, seed = synth_models
     rng = np.random.default_rng(seed + 20)
     scale = float(rng.uniform(0.5, 1.5))
-    merged = peft_folder(models.transformer, tmp_path / "adapter", seed + 21, scale, r=8, lora_alpha=16.0,
-                         target_modules=ATTN)
+    folder, merged = upstream_lora_folder(models.transformer, tmp_path / "trained", seed + 21, scale)
+    from safetensors import safe_open
+
+    keys = list(safe_open(f"{folder}/adapter_model.safetensors", "np").keys())
+    assert all(re.fullmatch(r"base_model\.model\.layers\.\d+\.(self|cross)_attn\.[qkvo]_proj\.lora_[AB]\.weight", k)
+               for k in keys), keys[:4]
     ref_models = dataclasses.replace(models, transformer=_with_weights(models.transformer, merged))
     req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesignature=4, language="en",
                   duration=2)
@@ -422,7 +477,7 @@ def test_synth_cli_lora_matches_diffusers_with_the_lora_merged(synth_models, tmp
 
     plain, _ = synth("--quiet")
     for mode in ("merge", "runtime"):
-        ours, log = synth("--lora", str(tmp_path / "adapter"), "--lora-scale", f"{scale!r}", "--lora-mode", mode)
+        ours, log = synth("--lora", folder, "--lora-scale", f"{scale!r}", "--lora-mode", mode)
         n = 8 * models.transformer.config.num_hidden_layers  # q, k, v, o of both attentions
         assert "PEFT LoRA" in log and f"{n} modules" in log and "rank 8" in log, log
         c, c_plain = cosine(ours, ref), cosine(plain, ref)
