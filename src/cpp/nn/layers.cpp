@@ -19,8 +19,8 @@ static ggml_tensor *branch(ggml_context *ctx, const AdapterBranch &br, ggml_tens
     const int64_t n2 = br.w2->ne[0], o2 = br.w2->ne[1], n1 = br.w1->ne[0], o1 = br.w1->ne[1], R = x->ne[1];
     ggml_tensor *y = ggml_mul_mat(ctx, br.w2, ggml_reshape_2d(ctx, x, n2, n1 * R));   // ne (o2, n1·R)
     y = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, y, o2, n1, R), 1, 0, 2, 3));  // ne (n1, o2, R)
-    y = ggml_mul_mat(ctx, br.w1, y);                                                    // ne (o1, o2, R)
-    y = ggml_cont(ctx, ggml_permute(ctx, y, 1, 0, 2, 3));                               // ne (o2, o1, R)
+    y = ggml_mul_mat(ctx, br.w1, ggml_reshape_2d(ctx, y, n1, o2 * R));  // one product: ne (o1, o2·R)
+    y = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, y, o1, o2, R), 1, 0, 2, 3));  // ne (o2, o1, R)
     return ggml_reshape_2d(ctx, y, o1 * o2, R);
 }
 
