@@ -251,6 +251,7 @@ def _ours(gguf_path, adapters, mode, device="cpu", inputs=None):
 def _check(ours, ref, base, what):
     cos, rel = _metrics(ours, ref)
     moved = _metrics(base, ref)[1]
+    print(f"\n{what}: cos {cos:.8f} rel {rel:.2e} (the adapter moves the output by {moved:.3f})")
     # F32 weights and activations on both sides (as test_dit's F32 bar): only summation order
     # differs.  `moved`: how far the adapter moves the output, so that the test has teeth.
     assert cos >= 0.9999 and rel <= 1e-3, f"{what}: seed={SEED} cos={cos} rel={rel} (adapter moves it {moved})"
