@@ -37,8 +37,9 @@ def source_wav(tmp_path_factory) -> Path:
 
 def test_columns_are_the_keywords_of_generate():
     # a row is one song (no batch_size), and the sampling controls are columns of their own
+    # (loras: adapters on the DiT, set for the whole pipeline rather than per row)
     keywords = set(inspect.signature(ace.Pipeline.generate).parameters) - {
-        "self", "progress", "batch_size", "controls", "options"}
+        "self", "progress", "batch_size", "controls", "options", "loras"}
     controls = {f.name for f in dataclasses.fields(ace.request.Controls)}
     assert set(batch.COLUMNS) - set(batch.OUTPUT_COLUMNS) == keywords | controls
 

@@ -28,6 +28,7 @@ from . import _core  # noqa: E402
 from ._core import GGUFFile  # noqa: E402
 from .errors import (  # noqa: E402
     AcestepError,
+    AdapterError,
     ConstraintError,
     DeviceError,
     ExchangeError,
@@ -83,7 +84,8 @@ from .request import Request  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
 __all__ = [
-    "AcestepError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError", "ModelsNotFound",
+    "AcestepError", "AdapterError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError",
+    "ModelsNotFound",
     "GGUFFile", "backends", "__version__", "AudioTokenizer", "ConditionEncoder", "Detokenizer", "DiT", "LM", "Pipeline",
     "Request", "SynthResult", "Synthesizer", "TextEncoder", "Tokenizer", "VAE", "check_output_path", "generate",
     "load_audio", "read_audio", "understand", "write_audio",

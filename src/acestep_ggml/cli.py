@@ -209,6 +209,36 @@ def _read_lyrics(path: str) -> str:
         raise InputError(f"--lyrics-file: cannot read '{path}' as UTF-8 text: {e}") from None
 
 
+def _add_lora_flags(s: argparse.ArgumentParser) -> None:
+    """The adapter flags of `synth` and `generate` (acestep_ggml.adapters; docs/adapters.md)."""
+    s.add_argument("--lora", action="append", default=[], metavar="PATH",
+                   help="adapter on the DiT: a PEFT folder or a .safetensors (LoRA, DoRA, LoKr); repeatable")
+    s.add_argument("--lora-scale", action="append", type=float, default=[], metavar="S",
+                   help="scale of the --lora at the same position (default 1.0); repeatable")
+    s.add_argument("--lora-mode", choices=("merge", "runtime"), default="merge",
+                   help="merge: into the weights at load (no per-step cost, default); runtime: unmerged branches")
+
+
+def _lora_args(args: argparse.Namespace) -> dict:
+    from .errors import InputError
+
+    if len(args.lora_scale) > len(args.lora):
+        raise InputError(f"{len(args.lora_scale)} --lora-scale values for {len(args.lora)} --lora adapters")
+    if not args.lora:
+        return {}
+    if not args.quiet:  # what loaded: format, modules, rank
+        import logging
+
+        log = logging.getLogger("acestep_ggml.adapters")
+        if not log.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+    scales = args.lora_scale + [1.0] * (len(args.lora) - len(args.lora_scale))
+    return {"loras": list(zip(args.lora, scales)), "lora_mode": args.lora_mode}
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from .audio import check_output_path
     from .pipeline import synth_from_dir
@@ -218,7 +248,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     result = synth_from_dir(args.input_dir, args.models, args.output, seed=args.seed, steps=args.steps,
                             shift=args.shift, guidance=args.guidance, init_noise=noise, device=args.device,
                             n_threads=args.threads, progress=_progress(args.quiet), bitrate=args.bitrate,
-                            **_task_args(args), **_control_args(args))
+                            **_task_args(args), **_control_args(args), **_lora_args(args))
     if not args.quiet:
         _report(args.output, result)
     return 0
@@ -237,7 +267,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                       use_lm=not args.no_lm, lm=args.lm, device=args.device, n_threads=args.threads,
                       progress=_progress(args.quiet), quiet=args.quiet, **_lm_prompt_args(args),
                       lm_mode=args.lm_mode, instrumental=args.instrumental,
-                      **{k: v for k, v in _task_args(args).items() if v is not None}, **_control_args(args))
+                      **{k: v for k, v in _task_args(args).items() if v is not None}, **_control_args(args),
+                      **_lora_args(args))
     from .pipeline import batch_paths
 
     results = result if isinstance(result, list) else [result]
@@ -379,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress output")
     _add_task_flags(s)
     _add_control_flags(s)
+    _add_lora_flags(s)
     s.set_defaults(func=_cmd_synth)
     s = sub.add_parser("lm", help="5 Hz LM: caption (+ lyrics, metadata) -> metadata and audio codes in an "
                                   "exchange directory")
@@ -455,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_flags(s)
     _add_lm_prompt_options(s)
     _add_lm_mode_options(s, generate=True)
+    _add_lora_flags(s)
     s.set_defaults(func=_cmd_generate)
 
     s = sub.add_parser("serve", help="HTTP server: acestep.cpp's job API, progress events, a web page at /")

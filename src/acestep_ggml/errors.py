@@ -15,6 +15,11 @@ class ModelFileError(AcestepError, ValueError):
     """A model file (GGUF, checkpoint, adapter) is missing a part, corrupt, or inconsistent."""
 
 
+class AdapterError(ModelFileError):
+    """An adapter (LoRA, DoRA, LoKr) that cannot apply to this DiT: an unknown format, another base
+    model, a shape that does not fit, NaN or infinity; the message names the file and the key."""
+
+
 class InputError(AcestepError, ValueError):
     """A caller passed something the models cannot take: a shape, a range, a value."""
 
@@ -36,5 +41,5 @@ class ConstraintError(AcestepError, ValueError):
     """Constrained decoding was asked to accept a token its grammar does not allow here."""
 
 
-__all__ = ["AcestepError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError",
+__all__ = ["AcestepError", "AdapterError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError",
            "ModelsNotFound"]

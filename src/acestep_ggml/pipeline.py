@@ -18,8 +18,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import adapters, flow, tasks
 from . import audio as audio_io
-from . import flow, tasks
 from .checkpoints import sampler_defaults
 from .constants import (
     LATENTS_PER_CODE,
@@ -85,7 +85,8 @@ class Synthesizer:
     """
 
     def __init__(self, models: str | os.PathLike | ModelSet, device: str = "cpu", n_threads: Optional[int] = None,
-                 keep_loaded: bool = False, dit: Optional[str] = None):
+                 keep_loaded: bool = False, dit: Optional[str] = None, loras: Optional[list] = None,
+                 lora_mode: str = "merge"):
         self.models = models if isinstance(models, ModelSet) else find_models(resolve(
             models, kinds=SYNTH_KINDS, device=device, prefer={"acestep-dit": dit} if dit else None))
         self.device, self.n_threads, self.keep_loaded = device, n_threads, keep_loaded
@@ -106,6 +107,42 @@ class Synthesizer:
         vae = self.files["vae"].hparams
         self.sample_rate, self.latents_per_second = vae.sampling_rate, vae.sampling_rate / vae.hop_length
         self.defaults = sampler_defaults(Path(self.paths["dit"]).name, self.is_turbo)
+        # Adapters on the DiT (acestep_ggml.adapters, docs/adapters.md): read once, applied to
+        # each DiT this object loads; "merge" writes them into the weights, "runtime" adds them
+        # in the graph, so that set_loras swaps them without touching the weights.
+        if lora_mode not in adapters.MODES:
+            raise InputError(f"unknown lora_mode {lora_mode!r}: choose one of {', '.join(adapters.MODES)}")
+        self.lora_mode = lora_mode
+        self._adapters: list = []
+        self._applied: Optional[adapters.Applied] = None
+        if loras:
+            self.set_loras(loras)
+
+    def set_loras(self, loras: list) -> list[str]:
+        """Replaces the DiT's adapters with ``[(path, scale), ...]`` (``[]``: none) and returns
+        what loaded, one line per adapter (format, modules, rank).  A loaded DiT keeps its
+        weights: in runtime mode only the adapters change; in merge mode the merged weights go
+        back to the file's values and the new set is merged.  AdapterError for a bad adapter
+        (nothing changes then)."""
+        wanted = adapters.check_loras(loras)
+        targets = {name: tuple(shape) for name, shape, _ in self.files["dit"].tensors()
+                   if name.startswith("decoder.") and name.endswith(".weight") and len(shape) == 2}
+        parsed = [(adapters.load_adapter(path, targets), scale) for path, scale in wanted]
+        self._adapters = parsed
+        report = [f"{a.describe()}, scale {scale:g}, {self.lora_mode}" for a, scale in parsed]
+        for line in report:
+            adapters.log.info("LoRA %s", line)
+        if "dit" in self._loaded:
+            self._apply_loras(self._loaded["dit"])
+        return report
+
+    def _apply_loras(self, dit):
+        if self._applied is None or self._applied.dit is not dit._m:
+            if not self._adapters:
+                return dit
+            self._applied = adapters.Applied(dit._m, self.lora_mode)
+        self._applied.set(self._adapters)
+        return dit
 
     # -- model lifetime ---------------------------------------------------------------
     def _model(self, name: str):
@@ -116,7 +153,7 @@ class Synthesizer:
                 "condition": lambda: ConditionEncoder(f["dit"], f["text"], **kw),
                 "detokenizer": lambda: Detokenizer(f["dit"], **kw),
                 "audio_tokenizer": lambda: AudioTokenizer(f["dit"], **kw),
-                "dit": lambda: DiT(f["dit"], **kw),
+                "dit": lambda: self._apply_loras(DiT(f["dit"], **kw)),
                 "vae": lambda: VAE(f["vae"], **kw),
             }[name]
             self._loaded[name] = make()
@@ -403,7 +440,9 @@ def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, outp
     options = read_controls(input_dir) | {k: v for k, v in flags.items() if v is not None}
     device = kwargs.pop("device", "cpu")
     n_threads = kwargs.pop("n_threads", None)
-    result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs, **options)
+    synth = Synthesizer(models, device=device, n_threads=n_threads, loras=kwargs.pop("loras", None),
+                        lora_mode=kwargs.pop("lora_mode", "merge"))
+    result = synth(request, **kwargs, **options)
     results = result if isinstance(result, list) else [result]
     for r, path in zip(results, batch_paths(output, len(results))):
         r.save(path, bitrate=bitrate)
@@ -416,9 +455,13 @@ class Pipeline:
     unless ``keep_loaded=True`` (faster repeated calls, more memory)."""
 
     def __init__(self, models: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
-                 keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16", quiet: bool = False):
+                 keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16", quiet: bool = False,
+                 lora_mode: str = "merge"):
         # quiet: no download or conversion progress bars.  From a hub repo the LM is fetched only
-        # when a song needs it.
+        # when a song needs it.  lora_mode: how generate's loras apply (Synthesizer).
+        if lora_mode not in adapters.MODES:
+            raise InputError(f"unknown lora_mode {lora_mode!r}: choose one of {', '.join(adapters.MODES)}")
+        self.lora_mode = lora_mode
         self._resolve = functools.partial(resolve, models, dtype=dtype, quiet=quiet, device=device,
                                           prefer={"acestep-lm": lm} if lm else None)
         self.device, self.n_threads, self.keep_loaded, self.lm_choice = device, n_threads, keep_loaded, lm
@@ -435,7 +478,8 @@ class Pipeline:
 
     @functools.cached_property
     def synth(self) -> Synthesizer:
-        return Synthesizer(self.folder, device=self.device, n_threads=self.n_threads, keep_loaded=self.keep_loaded)
+        return Synthesizer(self.folder, device=self.device, n_threads=self.n_threads, keep_loaded=self.keep_loaded,
+                           lora_mode=self.lora_mode)
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, **kwargs) -> "Pipeline":
@@ -453,7 +497,8 @@ class Pipeline:
                  rewrite_caption: bool = True, negative_prompt: Optional[str] = None,
                  legacy_cfg_prompt: bool = False, lm_mode: str = "generate", instrumental: bool = False,
                  progress: Optional[Progress] = None, controls: Optional[Controls] = None,
-                 batch_size: Optional[int] = None, **options) -> SynthResult | list[SynthResult]:
+                 batch_size: Optional[int] = None, loras: Optional[list] = None,
+                 **options) -> SynthResult | list[SynthResult]:
         """The 5 Hz LM writes the missing metadata, its caption and language and the audio codes,
         then the synth stage renders them (see ``LM.generate`` for ``rewrite_caption``,
         ``negative_prompt``, ``legacy_cfg_prompt``); ``use_lm=False`` synthesises from noise with
@@ -470,12 +515,17 @@ class Pipeline:
         (upstream's create_sample: caption, lyrics, metadata; ``instrumental`` and ``language``
         as its options), ``"format"`` first rewrites caption and lyrics (format_sample, the
         given metadata kept); then the LM writes the codes of the result as usual (see
-        acestep_ggml.lm_modes)."""
+        acestep_ggml.lm_modes).
+
+        ``loras=[(path, scale), ...]``: adapters on the DiT from this song on (``[]`` removes
+        them; None keeps the current set), see :meth:`Synthesizer.set_loras`."""
         from . import lm_modes
 
         if lm_mode not in lm_modes.LM_MODES:
             raise InputError(f"unknown lm_mode {lm_mode!r}: choose one of {', '.join(lm_modes.LM_MODES)}")
         controls = Controls.of(controls, **options)  # checked before any model runs
+        if loras is not None:
+            self.synth.set_loras(loras)
         if seed is None:
             seed = new_seed()
         if batch_size is not None:
@@ -558,10 +608,11 @@ class Pipeline:
 
 def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",
              n_threads: Optional[int] = None, lm: Optional[str] = None, quiet: bool = False,
-             **kwargs) -> SynthResult | list[SynthResult]:
+             lora_mode: str = "merge", **kwargs) -> SynthResult | list[SynthResult]:
     """One song (or, with ``batch_size``, a list of them) in one call:
-    ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)``."""
-    return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet).generate(caption, lyrics, **kwargs)
+    ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)`` (``loras=[(path, scale), ...]`` too)."""
+    return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet,
+                    lora_mode=lora_mode).generate(caption, lyrics, **kwargs)
 
 
 def understand(models: str | os.PathLike, audio: Optional[AudioInput] = None, *, device: str = "cpu",

@@ -57,14 +57,14 @@ ggml_tensor *Weights::get(const std::string &name, const std::vector<int64_t> &t
                      : store == Store::F16 ? GGML_TYPE_F16
                                            : backend_->weight_type(info.type, keep_bf16_);
     ggml_tensor *t = new_tensor(name, type, torch_shape);
-    entries_.push_back({t, &info, nullptr});
+    entries_.push_back({name, t, &info, nullptr});
     return t;
 }
 
 ggml_tensor *Weights::derived(const std::string &name, ggml_type type, const std::vector<int64_t> &torch_shape,
                               std::function<std::vector<float>()> compute) {
     ggml_tensor *t = new_tensor(name, type, torch_shape);
-    entries_.push_back({t, nullptr, std::move(compute)});
+    entries_.push_back({name, t, nullptr, std::move(compute)});
     return t;
 }
 
@@ -147,28 +147,62 @@ void Weights::load() {
     }
     if (buffer_) ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     bool host = buffer_ && ggml_backend_buffer_is_host(buffer_);
-    const int fd = file_->fd();
     std::vector<uint8_t> staging;
-    for (auto &e : entries_) {
-        if (!e.info) {
-            store_floats(e.tensor, e.compute(), file_->path() + ": " + ggml_get_name(e.tensor));
-            continue;
-        }
-        const bool same = e.tensor->type == e.info->type;
-        if (same || (e.info->type == GGML_TYPE_BF16 && e.tensor->type == GGML_TYPE_F16)) {
-            // Straight into the weight buffer where it is host memory: no second copy.
-            uint8_t *dst = static_cast<uint8_t *>(e.tensor->data);
-            if (!host) {
-                staging.resize(e.info->nbytes);
-                dst = staging.data();
-            }
-            if (!read_tensor(fd, *e.info, dst, !same, backend_->n_threads()))
-                throw FileError(fmt("%s: could not read tensor '%s'", file_->path().c_str(), e.info->name.c_str()));
-            if (!host) ggml_backend_tensor_set(e.tensor, staging.data(), 0, staging.size());
-        } else {
-            store_floats(e.tensor, file_->read_f32(*e.info), file_->path() + ": " + e.info->name);
-        }
+    for (auto &e : entries_) fill(e, staging, host);
+}
+
+void Weights::fill(const Entry &e, std::vector<uint8_t> &staging, bool host) {
+    if (!e.info) {
+        store_floats(e.tensor, e.compute(), file_->path() + ": " + e.name);
+        return;
     }
+    const bool same = e.tensor->type == e.info->type;
+    if (same || (e.info->type == GGML_TYPE_BF16 && e.tensor->type == GGML_TYPE_F16)) {
+        // Straight into the weight buffer where it is host memory: no second copy.
+        uint8_t *dst = static_cast<uint8_t *>(e.tensor->data);
+        if (!host) {
+            staging.resize(e.info->nbytes);
+            dst = staging.data();
+        }
+        if (!read_tensor(file_->fd(), *e.info, dst, !same, backend_->n_threads()))
+            throw FileError(fmt("%s: could not read tensor '%s'", file_->path().c_str(), e.info->name.c_str()));
+        if (!host) ggml_backend_tensor_set(e.tensor, staging.data(), 0, staging.size());
+    } else {
+        store_floats(e.tensor, file_->read_f32(*e.info), file_->path() + ": " + e.info->name);
+    }
+}
+
+const Weights::Entry &Weights::entry(const std::string &name) const {
+    if (!buffer_) throw Error("Weights: tensor access before load()");
+    for (const Entry &e : entries_)
+        if (e.name == name) return e;
+    throw FileError(fmt("%s: no loaded tensor '%s'", file_->path().c_str(), name.c_str()));
+}
+
+std::vector<float> Weights::read(const std::string &name) const {
+    const ggml_tensor *t = entry(name).tensor;
+    const int64_t n = ggml_nelements(t);
+    std::vector<float> out((size_t)n);
+    if (t->type == GGML_TYPE_F32) {
+        ggml_backend_tensor_get(t, out.data(), 0, out.size() * sizeof(float));
+        return out;
+    }
+    std::vector<uint8_t> raw(ggml_nbytes(t));
+    ggml_backend_tensor_get(t, raw.data(), 0, raw.size());
+    const ggml_type_traits *tr = ggml_get_type_traits(t->type);
+    if (!tr->to_float) throw Error(fmt("Weights: no conversion to F32 for %s", ggml_type_name(t->type)));
+    tr->to_float(raw.data(), out.data(), n);
+    return out;
+}
+
+void Weights::write(const std::string &name, std::vector<float> values) {
+    const Entry &e = entry(name);
+    store_floats(e.tensor, std::move(values), file_->path() + ": " + name);
+}
+
+void Weights::restore(const std::string &name) {
+    std::vector<uint8_t> staging;
+    fill(entry(name), staging, ggml_backend_buffer_is_host(buffer_));
 }
 
 size_t Weights::nbytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }

@@ -36,16 +36,26 @@ class Weights {
     // Allocates one backend buffer and fills every declared tensor.
     void load();
 
+    // Loaded tensors by name, for adapters merged into them (FileError when `name` was not
+    // declared): the values as F32 (dequantized), new values encoded in the tensor's own type
+    // (ggml's converters and quantizers), and the values load() gave it.
+    std::vector<float> read(const std::string &name) const;
+    void write(const std::string &name, std::vector<float> values);
+    void restore(const std::string &name);
+
     GGUFFile &file() const { return *file_; }
     const std::shared_ptr<Backend> &backend() const { return backend_; }
     size_t nbytes() const;
 
   private:
     struct Entry {
+        std::string name;
         ggml_tensor *tensor;
         const TensorInfo *info;                      // from the file, or null for derived
         std::function<std::vector<float>()> compute;  // derived only
     };
+    const Entry &entry(const std::string &name) const;
+    void fill(const Entry &e, std::vector<uint8_t> &staging, bool host);
     ggml_tensor *new_tensor(const std::string &name, ggml_type type, const std::vector<int64_t> &torch_shape);
 
     std::shared_ptr<GGUFFile> file_;

@@ -111,6 +111,11 @@ DiT::DiT(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend)
 
 DiT::~DiT() = default;
 
+void DiT::forget_conditions() {
+    cached_.reset();
+    conds_.reset();
+}
+
 ggml_tensor *DiT::TimestepEmbedding::operator()(ggml_context *ctx, ggml_tensor *t, ggml_tensor **proj) const {
     // ggml's sinusoid is cat[cos, sin] of t·10000^(-j/half): the reference's flip_sin_to_cos layout.
     ggml_tensor *f = ggml_timestep_embedding(ctx, t, (int)linear_1.weight->ne[0], 10000);

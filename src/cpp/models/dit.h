@@ -8,10 +8,29 @@
 
 #include "core/graph.h"
 #include "core/hparams.h"
+#include "core/state.h"
 #include "core/weights.h"
 #include "nn/attention.h"
 
 namespace ace {
+
+// One run-time adapter branch of a Linear (see LinearAdapter): a LoRA (a = A [r, in], b = B
+// [out, r]) or, with kron, a LoKr (a = w1, b = w2, ΔW = w1 ⊗ w2); matrices row-major F32.
+struct AdapterMatrix {
+    int64_t rows = 0, cols = 0;
+    std::vector<float> data;
+};
+struct AdapterBranchSpec {
+    bool kron = false;
+    AdapterMatrix a, b;
+    std::vector<float> rows;  // empty or [out]
+    float scale = 1.0f;
+};
+struct AdapterSpec {
+    std::string weight;       // the Linear's weight tensor, e.g. decoder.layers.0.self_attn.q_proj.weight
+    std::vector<float> rows;  // empty or [out]: factor of W x (DoRA)
+    std::vector<AdapterBranchSpec> branches;
+};
 
 class DiT {
   public:
@@ -37,6 +56,17 @@ class DiT {
     std::vector<float> forward(const float *x_t, const float *src_latents, const float *chunk_mask, const float *t,
                                const float *enc, int64_t B, int64_t T, int64_t S);
 
+    // Adapters.  The Linear weights they may target, with PyTorch shapes [out, in].
+    std::vector<std::pair<std::string, std::vector<int64_t>>> adaptable() const;
+    // A Linear weight as F32 (dequantized), and new values for it, encoded in its device type
+    // (merged adapters); empty values restore the file's.  Conditions must be set again after.
+    std::vector<float> weight(const std::string &name) const;
+    void set_weight(const std::string &name, const std::vector<float> &values);
+    // Run-time adapters, replacing the previous set (empty: none); InputError naming the weight
+    // on a shape that does not fit.  Conditions must be set again after.
+    void set_adapters(const std::vector<AdapterSpec> &specs);
+    size_t adapter_bytes() const;
+
   private:
     struct Layer {
         RMSNorm self_attn_norm, cross_attn_norm, mlp_norm;
@@ -53,6 +83,8 @@ class DiT {
     struct Cached;
 
     void build(int64_t B, int64_t Bx);
+    void forget_conditions();  // after the weights or adapters changed
+    std::vector<std::pair<std::string, Linear *>> linears();
 
     DiTHParams hp_;
     std::shared_ptr<Backend> backend_;
@@ -64,6 +96,8 @@ class DiT {
     ggml_tensor *scale_shift_table_ = nullptr;  // [2, H]: output (shift, scale) base
     std::unique_ptr<Conditions> conds_;  // device tensors of the current generation
     std::unique_ptr<Cached> cached_;     // step graph + allocation for the last (B, Bx) over conds_
+    std::unique_ptr<DeviceTensors> adapter_tensors_;  // run-time adapters (dit_adapters.cpp)
+    std::vector<LinearAdapter> adapters_;             // pointed to by the adapted Linears
 };
 
 }  // namespace ace

@@ -13,8 +13,24 @@
 
 namespace ace {
 
+// Adapters applied at run time (unmerged) to one Linear:
+//   y = rows ⊙ (W x) + Σ_k scale_k · rows_k ⊙ Δ_k(x) + b
+// with Δ_k a LoRA, B (A x), or a LoKr, (w1 ⊗ w2) x evaluated as w1 · X · w2ᵀ over x reshaped
+// to [in1, in2] (never materialised).  rows/rows_k: optional per-output factors (DoRA), F32 [out].
+struct AdapterBranch {
+    ggml_tensor *a = nullptr, *b = nullptr;    // LoRA: A [r, in], B [out, r] (PyTorch order)
+    ggml_tensor *w1 = nullptr, *w2 = nullptr;  // LoKr: w1 [out1, in1], w2 [out2, in2]
+    ggml_tensor *rows = nullptr;
+    float scale = 1.0f;
+};
+struct LinearAdapter {
+    ggml_tensor *rows = nullptr;
+    std::vector<AdapterBranch> branches;
+};
+
 struct Linear {
     ggml_tensor *weight = nullptr, *bias = nullptr;
+    const LinearAdapter *adapter = nullptr;  // run-time adapters, owned by the model
     void load(Weights &w, const std::string &prefix, int64_t in, int64_t out, bool has_bias);
     // x: [in, ...] -> [out, ...]
     ggml_tensor *operator()(ggml_context *ctx, ggml_tensor *x) const;

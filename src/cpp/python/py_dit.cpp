@@ -15,6 +15,18 @@ static py::array_t<float, py::array::c_style> batched(const py::handle &obj, con
     return a;
 }
 
+// A 2-D float32 array as a row-major matrix.
+static AdapterMatrix matrix(const py::handle &obj, const char *what) {
+    auto a = as_f32(obj, what, 2, 2);
+    return {a.shape(0), a.shape(1), std::vector<float>(a.data(), a.data() + a.size())};
+}
+
+static std::vector<float> floats(const py::handle &obj, const char *what) {
+    if (obj.is_none()) return {};
+    auto a = as_f32(obj, what, 1, 1);
+    return std::vector<float>(a.data(), a.data() + a.size());
+}
+
 void bind_dit(py::module_ &m) {
     py::class_<DiT, std::shared_ptr<DiT>>(m, "DiT")
         .def(py::init([](const py::object &path, const std::string &device, int n_threads) {
@@ -42,6 +54,57 @@ void bind_dit(py::module_ &m) {
             return o;
         }, "The DiT's sizes as a dict of config.json's names (hparams has every one).")
         .def_property_readonly("weight_bytes", &DiT::weight_bytes)
+        .def_property_readonly("adapter_bytes", &DiT::adapter_bytes)
+        .def("adaptable", &DiT::adaptable, "(name, [out, in]) of every Linear weight adapters may target.")
+        .def("get_weight", [](const DiT &d, const std::string &name) {
+            std::vector<float> v;
+            std::vector<int64_t> shape;
+            for (auto &[n, s] : d.adaptable())
+                if (n == name) shape = s;
+            {
+                py::gil_scoped_release nogil;
+                v = d.weight(name);
+            }
+            return to_numpy(v, {(ssize_t)shape.at(0), (ssize_t)shape.at(1)});
+        }, py::arg("name"), "A Linear weight (out, in) as float32, dequantized from its device type.")
+        .def("set_weight", [](DiT &d, const std::string &name, const py::handle &values) {
+            std::vector<float> v;
+            if (!values.is_none()) {
+                auto a = as_f32(values, name.c_str(), 2, 2);
+                v.assign(a.data(), a.data() + a.size());
+            }
+            py::gil_scoped_release nogil;
+            d.set_weight(name, v);
+        }, py::arg("name"), py::arg("values"),
+           "Writes float32 values (out, in) into a Linear weight in its device type (quantized again where "
+           "it is quantized); None restores the file's values.  Conditions must be set again after.")
+        .def("set_adapters", [](DiT &d, const py::list &specs) {
+            // specs: [(weight, rows | None, [(kind, a, b, rows | None, scale), ...]), ...]
+            std::vector<AdapterSpec> out;
+            for (const py::handle &h : specs) {
+                auto t = h.cast<py::tuple>();
+                AdapterSpec s;
+                s.weight = t[0].cast<std::string>();
+                s.rows = floats(t[1], "rows");
+                for (const py::handle &bh : t[2].cast<py::list>()) {
+                    auto b = bh.cast<py::tuple>();
+                    AdapterBranchSpec br;
+                    const std::string kind = b[0].cast<std::string>();
+                    if (kind != "lora" && kind != "kron") throw InputError("adapter branch kind must be lora or kron");
+                    br.kron = kind == "kron";
+                    br.a = matrix(b[1], br.kron ? "w1" : "A");
+                    br.b = matrix(b[2], br.kron ? "w2" : "B");
+                    br.rows = floats(b[3], "rows");
+                    br.scale = b[4].cast<float>();
+                    s.branches.push_back(std::move(br));
+                }
+                out.push_back(std::move(s));
+            }
+            py::gil_scoped_release nogil;
+            d.set_adapters(out);
+        }, py::arg("specs"),
+           "Run-time adapters: [(weight, rows, [(\"lora\"|\"kron\", A|w1, B|w2, rows, scale), ...]), ...]; "
+           "[] removes them.  Conditions must be set again after.")
         .def("forward", [](DiT &d, py::handle x_t, py::handle t, py::handle enc, py::handle src, py::handle mask) {
             const int64_t A = d.hparams().audio_acoustic_hidden_dim, E = d.hparams().encoder_hidden_size;
             auto x = batched(x_t, "x_t", A, "latent channels");
