@@ -316,21 +316,57 @@ def test_without_an_lm_lm_and_understand_answer_501_as_acestep_cpp(api, models_d
         assert r.status_code == 501 and "LM" in r.json()["error"]
 
 
-def test_adapters_are_named_from_the_servers_folder_and_refused_until_available(models_dir, tmp_path):
-    (tmp_path / "singer.safetensors").write_bytes(b"")
-    (tmp_path / "peft-style").mkdir()
-    (tmp_path / "peft-style" / "adapter_model.safetensors").write_bytes(b"")
+def _random_peft_lora(folder, synthesizer, seed: int, rank: int = 4) -> None:
+    """A PEFT LoRA folder (upstream's trainer layout: keys relative to the decoder, q/k/v/o of every
+    attention) with random A and B for the tiny DiT the server serves."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape, _ in synthesizer.files["dit"].tensors():
+        parts = name.split(".")
+        if len(shape) == 2 and parts[0] == "decoder" and parts[-2] in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            out, inp = shape
+            key = "base_model.model." + ".".join(parts[1:-1])
+            tensors[key + ".lora_A.weight"] = rng.standard_normal((rank, inp)).astype(np.float32) * 0.3
+            tensors[key + ".lora_B.weight"] = rng.standard_normal((out, rank)).astype(np.float32) * 0.3
+    assert tensors
+    folder.mkdir()
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": rank, "lora_alpha": 2.0 * rank, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}))
+
+
+def test_adapters_are_named_from_the_servers_folder_and_worn_per_request(models_dir, synthesizer, tmp_path):
+    import acestep_ggml as ace
+
+    seed = fresh_seed("server adapters")
+    _random_peft_lora(tmp_path / "peft-style", synthesizer, seed)
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
     (tmp_path / "notes.txt").write_text("not an adapter")
     with serving(models_dir, adapters=str(tmp_path)) as client:
-        assert client.get("/props").json()["adapters"] == ["singer.safetensors", "peft-style"]
-        for name, words in (("singer.safetensors", "adapter: adapters are not available yet"),
-                            ("peft-style", "adapter: adapters are not available yet"),
-                            ("notes.txt", "adapter: no adapter named"),
-                            ("../singer.safetensors", "adapter: no adapter named"),
-                            (str(tmp_path / "singer.safetensors"), "adapter: no adapter named")):
+        assert client.get("/props").json()["adapters"] == ["broken.safetensors", "peft-style"]
+        for name in ("notes.txt", "../broken.safetensors", str(tmp_path / "peft-style")):
             r = client.post("/synth", json={**SONG, "adapter": name, "adapter_scale": 0.5})
-            assert r.status_code == 400 and r.json()["error"].startswith(words), (name, r.text)
-        assert wait(client, submit(client))["status"] == "done"  # no adapter: as before
+            assert r.status_code == 400 and r.json()["error"].startswith("adapter: no adapter named"), (name, r.text)
+        # A request may wear the folder's adapter at its own scale: the Python API's song with
+        # that LoRA merged at that scale (run time on the server, merged here: one result).
+        worn = _latents(client, {**SONG, "seed": seed, "adapter": "peft-style", "adapter_scale": 0.7})
+        want = ace.Synthesizer(models_dir, n_threads=1, loras=[(str(tmp_path / "peft-style"), 0.7)])(
+            _song_request(), seed=seed, shift=3.0).latents
+        assert cosine(worn, want) >= 0.99999
+        assert np.linalg.norm(worn - want) / np.linalg.norm(want) <= 1e-4  # merged vs run-time sums: float noise
+        plain = _latents(client, {**SONG, "seed": seed})  # the next request without: the adapter is off again
+        assert cosine(plain, synthesizer(_song_request(), seed=seed, shift=3.0).latents) >= 0.99999
+        assert cosine(plain, worn) < 0.9999
+        # A broken adapter file fails its own job, naming the file; the server goes on.
+        job = client.post("/synth", json={**SONG, "adapter": "broken.safetensors"}).json()["id"]
+        status = wait(client, job)
+        assert status["status"] == "failed" and "broken.safetensors" in status.get("error", ""), status
+        assert wait(client, submit(client))["status"] == "done"
+    with serving(models_dir) as client:
+        r = client.post("/synth", json={**SONG, "adapter": "peft-style"})
+        assert r.status_code == 400 and r.json()["error"].startswith("adapter: this server has no adapters")
     from acestep_ggml.errors import InputError
 
     with pytest.raises(InputError, match="--adapters"):

@@ -260,7 +260,8 @@ class Engine:
             self._synth = None  # one DiT at a time: the old one is freed before the new loads
             keep = self._fits(dit, vae, self.models.pick("embedding"))
             self._synth = ((dit, vae), ace.Synthesizer(self.models.subset(dit, vae), device=self.device,
-                                                       n_threads=self.n_threads, keep_loaded=keep))
+                                                       n_threads=self.n_threads, keep_loaded=keep,
+                                                       lora_mode="runtime"))
         return self._synth[1]
 
     def lm(self, path: Path) -> ace.LM:
@@ -411,20 +412,8 @@ class Adapters:
         return self.found.get(name) or self.found.get(f"{name}.safetensors")
 
 
-def adapters_available() -> bool:
-    """Whether the synth stage can wear adapters: the switch the server's ``adapter`` field waits
-    on (until it is on, a request naming a valid adapter gets 400 "adapters are not available
-    yet").  Turn it on once ``Synthesizer.set_loras`` is in the package:
-    ``return hasattr(ace.Synthesizer, "set_loras")``."""
-    return False
-
-
 def wear_adapters(synth: ace.Synthesizer, adapters: tuple[tuple[Path, float], ...]) -> None:
     """The DiT wears exactly ``adapters`` (none: none) for the next song, swapped without reloading it."""
-    if not adapters_available():
-        if adapters:
-            raise InputError("adapter: adapters are not available yet")
-        return
     if getattr(synth, "_server_adapters", ()) != adapters:
         synth.set_loras([(str(p), s) for p, s in adapters])
         synth._server_adapters = adapters

@@ -172,8 +172,6 @@ def _adapters(models: eng.Models, name: str, scale: float, field: str = "adapter
         if not models.adapters.names():
             raise BadRequest(f"{field}: this server has no adapters (start it with --adapters DIR)")
         raise BadRequest(f"{field}: no adapter named {name!r} (have: {', '.join(models.adapters.names())})")
-    if not eng.adapters_available():
-        raise BadRequest(f"{field}: adapters are not available yet")
     return ((path, scale),)
 
 
