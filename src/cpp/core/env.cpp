@@ -35,9 +35,12 @@ int profile() {
     return level;
 }
 
-bool matmul_attention() {
-    static const bool matmul = value("ACESTEP_GGML_ATTN") == "matmul";
-    return matmul;
+Attn attention() {
+    const std::string a = value("ACESTEP_GGML_ATTN");
+    if (a.empty()) return Attn::Auto;
+    if (a == "flash") return Attn::Flash;
+    if (a == "matmul") return Attn::Matmul;
+    throw InputError(fmt("ACESTEP_GGML_ATTN must be 'flash' or 'matmul', got '%s'", a.c_str()));
 }
 
 VaeOps vae_ops() {
