@@ -2,6 +2,7 @@
 kernel covers the head size, types and mask, else the matmul form.  Models with head sizes that
 Vulkan's flash kernel lacks (it needs multiples of 8) run wholly on the device under the strict
 switch and match diffusers; on the CPU every shape runs flash attention, as before."""
+
 from __future__ import annotations
 
 import fixtures
@@ -22,7 +23,8 @@ from acestep_ggml.pipeline import Synthesizer
 # process builds both attention forms on a device whose kernel lacks 12.
 @pytest.mark.parametrize("text_head, dit_head", [(12, 16), (16, 12)], ids=["text12-dit16", "text16-dit12"])
 def test_synth_with_odd_head_sizes_stays_on_device_and_matches_diffusers(
-        text_head, dit_head, lm_tokenizer_dir, tmp_path_factory, device, strict_device):
+    text_head, dit_head, lm_tokenizer_dir, tmp_path_factory, device, strict_device
+):
     seed = fresh_seed("odd-head model")
     # Widths stay multiples of 32 where Q8_0 would need them; only the head size changes.
     models = fixtures.build_models(seed, dit=dict(head_dim=dit_head), qwen3=dict(head_dim=text_head), vae=SYNTH_VAE)
@@ -32,8 +34,7 @@ def test_synth_with_odd_head_sizes_stays_on_device_and_matches_diffusers(
     convert(root, folder, dtype="f32", quiet=True)
     duration = 2
     noise = np.random.default_rng(seed).standard_normal((duration * 25, 64), dtype=np.float32)
-    req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesignature=4, language="en",
-                  duration=duration)
+    req = Request(caption=CAPTION, lyrics=LYRICS, bpm=120, keyscale="F# minor", timesignature=4, language="en", duration=duration)
     # Under ACESTEP_GGML_STRICT_DEVICE=1 (the strict_device fixture) a node off the device raises.
     ours = Synthesizer(folder, device=device)(req, init_noise=noise, keep_stages=True, seed=0).stages
     ref = reference_run(models, noise, duration)
