@@ -32,6 +32,7 @@ from .errors import (  # noqa: E402
     DeviceError,
     ExchangeError,
     InputError,
+    MemoryRefused,
     ModelFileError,
     ModelsNotFound,
 )
@@ -83,8 +84,8 @@ from .request import Request  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
 __all__ = [
-    "AcestepError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError", "ModelsNotFound",
-    "GGUFFile", "backends", "__version__", "AudioTokenizer", "ConditionEncoder", "Detokenizer", "DiT", "LM", "Pipeline",
-    "Request", "SynthResult", "Synthesizer", "TextEncoder", "Tokenizer", "VAE", "check_output_path", "generate",
-    "load_audio", "read_audio", "understand", "write_audio",
+    "AcestepError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "MemoryRefused",
+    "ModelFileError", "ModelsNotFound", "GGUFFile", "backends", "__version__", "AudioTokenizer", "ConditionEncoder",
+    "Detokenizer", "DiT", "LM", "Pipeline", "Request", "SynthResult", "Synthesizer", "TextEncoder", "Tokenizer",
+    "VAE", "check_output_path", "generate", "load_audio", "read_audio", "understand", "write_audio",
 ]

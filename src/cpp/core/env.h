@@ -27,6 +27,11 @@ Attn attention();
 // ACESTEP_GGML_VAE_OPS=fused|stock: the VAE's fused CPU kernels or stock ggml ops regardless of
 // the device (to compare the two on the CPU, and to prove that the strict-device check catches a
 // CPU-only op on a GPU); unset: chosen by what the device runs.  Any other value: InputError.
+// ACESTEP_GGML_MEMORY_LIMIT=N: at most N bytes (a K, M or G suffix: KiB, MiB, GiB) counted as
+// free, on the device and on the host, when a request's memory need is checked before it runs
+// (acestep_ggml/memory.py); -1 when unset.  Anything but a non-negative whole number: InputError.
+long long memory_limit();
+
 enum class VaeOps { Auto, Fused, Stock };
 VaeOps vae_ops();
 
