@@ -488,6 +488,16 @@ def test_an_unexpected_error_fails_the_job_not_the_server(models_dir, monkeypatc
         assert wait(client, submit(client))["status"] == "done"
 
 
+def test_a_song_that_cannot_fit_in_memory_fails_its_job_before_any_work(api, monkeypatch):
+    # acestep_ggml/memory.py: the need is checked before any model loads; MemoryRefused is of the
+    # family, so the job fails with its message and the server goes on.
+    monkeypatch.setenv("ACESTEP_GGML_MEMORY_LIMIT", "1M")
+    status = wait(api, submit(api))
+    assert status["status"] == "failed" and "needs about" in status["error"] and "1 MiB free" in status["error"]
+    monkeypatch.delenv("ACESTEP_GGML_MEMORY_LIMIT")
+    assert wait(api, submit(api))["status"] == "done"
+
+
 # -- cancel and the queue ---------------------------------------------------------------------------
 def test_cancel_stops_a_running_job_at_its_next_step_and_a_waiting_one_at_once(api):
     running = api.post("/synth", json=slow_song()).json()["id"]

@@ -33,6 +33,7 @@ from .errors import (  # noqa: E402
     DeviceError,
     ExchangeError,
     InputError,
+    MemoryRefused,
     ModelFileError,
     ModelsNotFound,
 )
@@ -84,8 +85,8 @@ from .request import Request  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
 __all__ = [
-    "AcestepError", "AdapterError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError",
-    "ModelsNotFound",
+    "AcestepError", "AdapterError", "ConstraintError", "DeviceError", "ExchangeError", "InputError",
+    "MemoryRefused", "ModelFileError", "ModelsNotFound",
     "GGUFFile", "backends", "__version__", "AudioTokenizer", "ConditionEncoder", "Detokenizer", "DiT", "LM", "Pipeline",
     "Request", "SynthResult", "Synthesizer", "TextEncoder", "Tokenizer", "VAE", "check_output_path", "generate",
     "load_audio", "read_audio", "understand", "write_audio",

@@ -28,6 +28,15 @@ class DeviceError(AcestepError, RuntimeError):
     """A device cannot run or hold what was asked of it (or is not there)."""
 
 
+class MemoryRefused(DeviceError):
+    """A request would need more memory than the device or the host has free: refused before any
+    work starts.  ``need`` and ``available`` are the two figures in bytes."""
+
+    def __init__(self, message: str, need: int = 0, available: int = 0):
+        super().__init__(message)
+        self.need, self.available = need, available
+
+
 class ExchangeError(AcestepError, ValueError):
     """An exchange directory is malformed, or a field in it is."""
 
@@ -41,5 +50,5 @@ class ConstraintError(AcestepError, ValueError):
     """Constrained decoding was asked to accept a token its grammar does not allow here."""
 
 
-__all__ = ["AcestepError", "AdapterError", "ConstraintError", "DeviceError", "ExchangeError", "InputError", "ModelFileError",
-           "ModelsNotFound"]
+__all__ = ["AcestepError", "AdapterError", "ConstraintError", "DeviceError", "ExchangeError", "InputError",
+           "MemoryRefused", "ModelFileError", "ModelsNotFound"]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional
 
 import numpy as np
 
-from . import _core
+from . import _core, memory
 from . import fsm as _fsm
 from .constants import (
     AUDIO_CODE_TOKEN,
@@ -107,7 +107,7 @@ class LM:
                  kv_type: str = "f16"):
         # opened once, for the weights and the tokenizer (or already open: a ModelSet's)
         file = path if isinstance(path, _core.GGUFFile) else _core.GGUFFile(os.fspath(path))
-        self.path = file.path
+        self.path, self.device, self._hparams = file.path, device, file.hparams
         self._lm = _core._LM(file, device, resolve_threads(n_threads))
         self.kv_type = kv_type
         self.tokenizer = Tokenizer.from_gguf(file)
@@ -145,7 +145,11 @@ class LM:
         return self._lm.vocab_size
 
     def reset(self, n_seq: int, n_ctx: int, kv_type: Optional[str] = None) -> None:
-        self._lm.reset(int(n_seq), int(n_ctx), kv_type or self.kv_type)
+        """MemoryRefused, before the cache is made, when the device or host lacks its memory."""
+        kv = kv_type or self.kv_type
+        need = memory.lm_cache_need(self._hparams, int(n_seq), int(n_ctx), 4 if kv == "f32" else 2)
+        memory.check([need], self.device, what=f"the LM's KV cache of {n_seq} x {n_ctx} tokens")
+        self._lm.reset(int(n_seq), int(n_ctx), kv)
 
     def prefill(self, seq: int, ids) -> np.ndarray:
         """Appends ``ids`` to sequence ``seq``; logits after its last token: [vocab]."""

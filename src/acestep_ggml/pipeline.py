@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import adapters, flow, tasks
+from . import adapters, flow, memory, tasks
 from . import audio as audio_io
 from .checkpoints import sampler_defaults
 from .constants import (
@@ -208,6 +208,20 @@ class Synthesizer:
         report("tokenize", 1, 1)
         return [int(c) for c in codes]
 
+    def check_memory(self, request: Request, guidance: float = 1.0, src_wave: Optional[np.ndarray] = None) -> None:
+        """MemoryRefused when the song would need more memory than the device or host has free
+        (acestep_ggml.memory): checked by ``__call__`` before any model loads."""
+        lps, rate = self.latents_per_second, self.sample_rate
+        if request.codes:
+            duration = len(request.codes) * LATENTS_PER_CODE / lps
+        elif src_wave is not None:
+            duration = src_wave.shape[1] / rate
+        else:
+            duration = request.resolved_duration()
+        src_frames = 0 if src_wave is None else math.ceil(src_wave.shape[1] / rate * lps)
+        needs = memory.synth_needs(self.files, self.paths, duration, guidance, src_frames)
+        memory.check(needs, self.device, self.keep_loaded, what=f"a {duration:g} s song")
+
     # -- the job ------------------------------------------------------------------------
     def __call__(self, request: Request, *, seed: Optional[int] = None, steps: Optional[int] = None,
                  shift: Optional[float] = None, guidance: Optional[float] = None, timesteps=None,
@@ -273,6 +287,9 @@ class Synthesizer:
         if src_wave is not None and not 1 / lps <= src_wave.shape[1] / rate <= MAX_DURATION:
             raise InputError(f"src_audio lasts {src_wave.shape[1] / rate:.3f} s; the synth stage takes "
                              f"{1 / lps:g} s (one latent frame) to {MAX_DURATION} s")
+
+        # The memory this song needs, against what is free, before any model loads.
+        self.check_memory(request, guidance, src_wave)
 
         # Separate noise streams for the two posterior draws, apart from the DiT's initial noise.
         src_seed, ref_seed = (int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2))
@@ -558,6 +575,8 @@ class Pipeline:
                 except InputError as e:
                     raise InputError(f"ref_audio: {e}") from None
             self.synth  # noqa: B018 (the synth models are fetched before the LM, so a failed fetch costs no LM run)
+            # A song that cannot fit is refused before the LM spends its minutes on it.
+            self.synth.check_memory(request, self.synth.defaults.guidance if guidance is None else guidance)
             lm = self._load_lm()
             if lm_mode != "generate":
                 request = lm_modes.run(lm, request, lm_mode, instrumental=instrumental, seed=seed,

@@ -1,6 +1,7 @@
 // env.cpp: one parser for the ACESTEP_GGML_* switches.
 #include "core/env.h"
 
+#include <climits>
 #include <cstdlib>
 #include <string>
 
@@ -35,9 +36,27 @@ int profile() {
     return level;
 }
 
-bool matmul_attention() {
-    static const bool matmul = value("ACESTEP_GGML_ATTN") == "matmul";
-    return matmul;
+Attn attention() {
+    const std::string a = value("ACESTEP_GGML_ATTN");
+    if (a.empty()) return Attn::Auto;
+    if (a == "flash") return Attn::Flash;
+    if (a == "matmul") return Attn::Matmul;
+    throw InputError(fmt("ACESTEP_GGML_ATTN must be 'flash' or 'matmul', got '%s'", a.c_str()));
+}
+
+long long memory_limit() {
+    const std::string v = value("ACESTEP_GGML_MEMORY_LIMIT");
+    if (v.empty()) return -1;
+    size_t digits = 0;
+    while (digits < v.size() && v[digits] >= '0' && v[digits] <= '9') digits++;
+    const std::string suffix = v.substr(digits);
+    const int shift = suffix.empty() ? 0 : suffix == "K" ? 10 : suffix == "M" ? 20 : suffix == "G" ? 30 : -1;
+    if (digits == 0 || digits > 15 || shift < 0)
+        throw InputError(fmt("ACESTEP_GGML_MEMORY_LIMIT must be a number of bytes, optionally with a K, M or G "
+                             "suffix (e.g. 8G), got '%s'", v.c_str()));
+    const long long n = std::stoll(v.substr(0, digits));  // at most 15 digits: fits
+    if (n > (LLONG_MAX >> shift)) throw InputError(fmt("ACESTEP_GGML_MEMORY_LIMIT is too large: '%s'", v.c_str()));
+    return n << shift;
 }
 
 VaeOps vae_ops() {

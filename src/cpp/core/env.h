@@ -1,8 +1,8 @@
 // env.h: the ACESTEP_GGML_* environment switches, each parsed here and nowhere else.
 //
 // A flag is on when its variable is set, non-empty and not "0".  Switches that tests flip per
-// test (strict device, BF16, VAE ops) are read at every use; those that shape every graph of
-// the process (attention, profiling) once.
+// test (strict device, BF16, VAE ops, attention, memory limit) are read at every use; profiling,
+// which times the whole process, once.
 #pragma once
 
 namespace ace::env {
@@ -18,13 +18,20 @@ bool strict_device();
 bool keep_bf16();
 // ACESTEP_GGML_PROFILE: 0 off; 1 times every node, totals per op at exit; 2 per op and shape.
 int profile();
-// ACESTEP_GGML_ATTN=matmul: attention as mul_mat + soft_max instead of flash attention, for
-// measurements.
-bool matmul_attention();
+// ACESTEP_GGML_ATTN=flash|matmul: every attention node as ggml_flash_attn_ext, or as mul_mat +
+// soft_max, whatever the device; unset: chosen per node by what the device runs (nn/attention.cpp).
+// Any other value: InputError.
+enum class Attn { Auto, Flash, Matmul };
+Attn attention();
 
 // ACESTEP_GGML_VAE_OPS=fused|stock: the VAE's fused CPU kernels or stock ggml ops regardless of
 // the device (to compare the two on the CPU, and to prove that the strict-device check catches a
 // CPU-only op on a GPU); unset: chosen by what the device runs.  Any other value: InputError.
+// ACESTEP_GGML_MEMORY_LIMIT=N: at most N bytes (a K, M or G suffix: KiB, MiB, GiB) counted as
+// free, on the device and on the host, when a request's memory need is checked before it runs
+// (acestep_ggml/memory.py); -1 when unset.  Anything but a non-negative whole number: InputError.
+long long memory_limit();
+
 enum class VaeOps { Auto, Fused, Stock };
 VaeOps vae_ops();
 

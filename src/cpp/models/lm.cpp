@@ -133,7 +133,7 @@ std::unique_ptr<LM::Step> LM::build(int64_t t, int seq0, int ns, int64_t n_kv, i
                                  0, 2, 1, 3);
         }
         q = ggml_permute(ctx, ggml_reshape_4d(ctx, q, D, H, t, ns), 0, 2, 1, 3);  // [D, t, H, ns]
-        ggml_tensor *o = attention(ctx, q, kv[0], kv[1], st->mask, scale);     // [D * H, t, ns]
+        ggml_tensor *o = attention(ctx, q, kv[0], kv[1], st->mask, scale, *runner_.backend());  // [D * H, t, ns]
         x = ggml_add(ctx, x, A.o_proj(ctx, ggml_reshape_2d(ctx, o, D * H, n)));
         x = ggml_add(ctx, x, L.mlp(ctx, L.post_attention_layernorm(ctx, x)));
     }

@@ -1,9 +1,11 @@
-// attention.cpp: attention (flash or matmul), the Qwen3 attention block, masks.
+// attention.cpp: attention (flash or matmul, per device and shape), the Qwen3 attention block, masks.
 #include "nn/attention.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <mutex>
+#include <unordered_map>
 
 #include "core/env.h"
 #include "core/error.h"
@@ -11,10 +13,56 @@
 
 namespace ace {
 
+// Whether `backend`'s device runs ggml_flash_attn_ext on operands shaped, typed and strided as
+// these: asked of the device (ggml_backend_supports_op) on a stand-in node in a scratch context,
+// since what a kernel covers varies by device (Vulkan: head sizes that are multiples of 8; CUDA:
+// a list of head sizes, strides, the mask's padding).  Answers are kept per device and signature.
+static bool device_runs_flash(const Backend &backend, const ggml_tensor *q, const ggml_tensor *k,
+                              const ggml_tensor *v, const ggml_tensor *mask, float scale) {
+    std::string key = backend.name();
+    for (const ggml_tensor *t : {q, k, v, mask}) {
+        if (!t) {
+            key += "|-";
+            continue;
+        }
+        key += fmt("|%d", (int)t->type);
+        for (int i = 0; i < GGML_MAX_DIMS; i++) key += fmt(",%lld:%zu", (long long)t->ne[i], t->nb[i]);
+    }
+    static std::mutex mu;
+    static std::unordered_map<std::string, bool> known;
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        auto it = known.find(key);
+        if (it != known.end()) return it->second;
+    }
+    ggml_init_params p = {ggml_tensor_overhead() * 8, nullptr, /*no_alloc=*/true};
+    ggml_context *scratch = ggml_init(p);
+    if (!scratch) throw Error("attention: could not create a scratch ggml context");
+    auto stand_in = [&](const ggml_tensor *t) -> ggml_tensor * {
+        if (!t) return nullptr;
+        ggml_tensor *s = ggml_new_tensor(scratch, t->type, GGML_MAX_DIMS, t->ne);
+        std::copy(t->nb, t->nb + GGML_MAX_DIMS, s->nb);  // views of a cache keep their strides
+        return s;
+    };
+    ggml_tensor *o = ggml_flash_attn_ext(scratch, stand_in(q), stand_in(k), stand_in(v), stand_in(mask), scale,
+                                         0.0f, 0.0f);
+    ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);
+    const bool ok = backend.supports(o);
+    ggml_free(scratch);
+    std::lock_guard<std::mutex> lock(mu);
+    if (known.size() > 4096) known.clear();  // a decode loop's growing key lengths: bounded
+    known[key] = ok;
+    return ok;
+}
+
 ggml_tensor *attention(ggml_context *ctx, ggml_tensor *q, ggml_tensor *k, ggml_tensor *v, ggml_tensor *mask,
-                       float scale) {
+                       float scale, const Backend &backend) {
     const int64_t d = q->ne[0], tq = q->ne[1], h = q->ne[2], b = q->ne[3];
-    if (!env::matmul_attention()) {
+    const env::Attn mode = env::attention();
+    // The CPU runs flash attention for every shape: it is not asked.
+    const bool flash = mode == env::Attn::Flash ||
+                       (mode == env::Attn::Auto && (backend.is_cpu() || device_runs_flash(backend, q, k, v, mask, scale)));
+    if (flash) {
         ggml_tensor *o = ggml_flash_attn_ext(ctx, q, k, v, mask, scale, 0.0f, 0.0f);
         ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);
         return ggml_reshape_3d(ctx, o, d * h, tq, b);  // o: [D, H, Tq, B]
@@ -31,6 +79,7 @@ void Attention::load(Weights &w, const std::string &p, const Dims &d, bool has_b
     n_head = d.n_head;
     n_kv_head = d.n_kv_head;
     head_dim = d.head_dim;
+    backend = w.backend().get();
     rope_theta = d.rope_theta;
     q_proj.load(w, p + "q_proj", d.hidden, n_head * head_dim, has_bias);
     k_proj.load(w, p + "k_proj", d.hidden, n_kv_head * head_dim, has_bias);
@@ -62,7 +111,7 @@ ggml_tensor *Attention::attend(ggml_context *ctx, ggml_tensor *q, ggml_tensor *k
     q = ggml_permute(ctx, q, 0, 2, 1, 3);
     k = ggml_permute(ctx, k, 0, 2, 1, 3);
     v = ggml_permute(ctx, v, 0, 2, 1, 3);
-    ggml_tensor *o = attention(ctx, q, k, v, mask, 1.0f / std::sqrt((float)head_dim));
+    ggml_tensor *o = attention(ctx, q, k, v, mask, 1.0f / std::sqrt((float)head_dim), *backend);
     return o_proj(ctx, o);
 }
 

@@ -13,12 +13,13 @@
 namespace ace {
 
 // Scaled-dot-product attention with GQA broadcast (query head h reads kv head h / (H / Hkv),
-// as PyTorch's repeat_interleave does): ggml_flash_attn_ext, or mul_mat + soft_max_ext under
-// ACESTEP_GGML_ATTN=matmul.
+// as PyTorch's repeat_interleave does): ggml_flash_attn_ext where `backend`'s device runs it for
+// these operands (always on the CPU), else mul_mat + soft_max_ext, so that every node stays on
+// the device; ACESTEP_GGML_ATTN=flash|matmul forces one form.
 // q: [D, Tq, H, B], k and v: [D, Tk, Hkv, B], mask: F16 [Tk, Tq] additive (0 / -inf) or null.
 // Returns [D * H, Tq, B].  K and V may be views into a cache: only their strides matter.
 ggml_tensor *attention(ggml_context *ctx, ggml_tensor *q, ggml_tensor *k, ggml_tensor *v, ggml_tensor *mask,
-                       float scale);
+                       float scale, const Backend &backend);
 
 // Qwen3-style attention: q/k/v/o projections, RMSNorm per head on q and k.  Serves as
 // self-attention (operator(), RoPE at pos), cross-attention (query(x, null), key/value of the
@@ -29,6 +30,7 @@ struct Attention {
     RMSNorm q_norm, k_norm;
     int64_t n_head = 0, n_kv_head = 0, head_dim = 0;
     float rope_theta = 1e6f;
+    const Backend *backend = nullptr;  // the device the weights were loaded on (held by the model)
 
     void load(Weights &w, const std::string &prefix, const Dims &d, bool has_bias = false);
     // x: [C, T, B] -> q: [D, H, T, B] (normed, roped when pos is given)

@@ -51,9 +51,11 @@ class FileArg {
 // without the GIL (seconds), so other Python threads run meanwhile.
 template <class Model, class... Files>
 std::shared_ptr<Model> make_model(const std::string &device, int n_threads, const Files &...files) {
-    std::shared_ptr<Backend> backend = Backend::get(device, n_threads);
     const std::array<FileArg, sizeof...(Files)> args{FileArg(files)...};
     py::gil_scoped_release nogil;
+    // Also without the GIL: Backend::get waits for a graph that another thread computes on the
+    // same backend before it sets the thread count.
+    std::shared_ptr<Backend> backend = Backend::get(device, n_threads);
     return std::apply([&](const auto &...a) { return std::make_shared<Model>(a.open()..., backend); }, args);
 }
 

@@ -1,5 +1,6 @@
 // module.cpp: the `acestep_ggml._core` module — error translation, backends, build info.
 #include "core/backend.h"
+#include "core/env.h"
 #include "core/log.h"
 #include "core/runtime.h"
 #include "python/bindings.h"
@@ -65,6 +66,9 @@ void bind_core(py::module_ &m) {
         d["cpu_features"] = features;
         return d;
     });
+
+    m.def("memory_limit", &env::memory_limit,
+          "ACESTEP_GGML_MEMORY_LIMIT in bytes (parsed by the core's one parser of the switches), -1 when unset.");
 
     m.def("load_backend", &load_backend_library, py::arg("path"),
           "Load a ggml backend library (a plugin wheel's); RuntimeError saying why if it cannot.");
