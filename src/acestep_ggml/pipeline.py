@@ -403,7 +403,8 @@ def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, outp
     options = read_controls(input_dir) | {k: v for k, v in flags.items() if v is not None}
     device = kwargs.pop("device", "cpu")
     n_threads = kwargs.pop("n_threads", None)
-    result = Synthesizer(models, device=device, n_threads=n_threads)(request, **kwargs, **options)
+    dit = kwargs.pop("dit", None)
+    result = Synthesizer(models, device=device, n_threads=n_threads, dit=dit)(request, **kwargs, **options)
     results = result if isinstance(result, list) else [result]
     for r, path in zip(results, batch_paths(output, len(results))):
         r.save(path, bitrate=bitrate)
@@ -416,12 +417,15 @@ class Pipeline:
     unless ``keep_loaded=True`` (faster repeated calls, more memory)."""
 
     def __init__(self, models: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
-                 keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16", quiet: bool = False):
+                 keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16", quiet: bool = False,
+                 dit: Optional[str] = None):
         # quiet: no download or conversion progress bars.  From a hub repo the LM is fetched only
-        # when a song needs it.
+        # when a song needs it.  dit: a DiT variant in the file name (xl-turbo, sft, ...), as Synthesizer's.
+        prefer = {k: v for k, v in (("acestep-lm", lm), ("acestep-dit", dit)) if v}
         self._resolve = functools.partial(resolve, models, dtype=dtype, quiet=quiet, device=device,
-                                          prefer={"acestep-lm": lm} if lm else None)
+                                          prefer=prefer or None)
         self.device, self.n_threads, self.keep_loaded, self.lm_choice = device, n_threads, keep_loaded, lm
+        self.dit_choice = dit
         self._lm, self._lm_folder = None, None
         # A local folder is checked (or converted) now; from a hub repo nothing is fetched before a
         # song's inputs have passed their checks.
@@ -435,7 +439,8 @@ class Pipeline:
 
     @functools.cached_property
     def synth(self) -> Synthesizer:
-        return Synthesizer(self.folder, device=self.device, n_threads=self.n_threads, keep_loaded=self.keep_loaded)
+        return Synthesizer(self.folder, device=self.device, n_threads=self.n_threads, keep_loaded=self.keep_loaded,
+                           dit=self.dit_choice)
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, **kwargs) -> "Pipeline":
@@ -558,10 +563,11 @@ class Pipeline:
 
 def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",
              n_threads: Optional[int] = None, lm: Optional[str] = None, quiet: bool = False,
-             **kwargs) -> SynthResult | list[SynthResult]:
+             dit: Optional[str] = None, **kwargs) -> SynthResult | list[SynthResult]:
     """One song (or, with ``batch_size``, a list of them) in one call:
     ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)``."""
-    return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet).generate(caption, lyrics, **kwargs)
+    return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet,
+                    dit=dit).generate(caption, lyrics, **kwargs)
 
 
 def understand(models: str | os.PathLike, audio: Optional[AudioInput] = None, *, device: str = "cpu",
