@@ -209,6 +209,11 @@ def test_a_stated_encoder_width_turns_on_the_timbre_cls_token(synth, tmp_path):
     path = _rewrite(files["acestep-dit"], tmp_path / "xl.gguf",
                     keys={"acestep.encoder_hidden_size": (width, V.UINT32)})
     assert _core.GGUFFile(str(path)).hparams.timbre_cls is True
+    # Then the CLS token must have the encoder's width.
+    bad = _rewrite(files["acestep-dit"], tmp_path / "bad.gguf", keys={"acestep.encoder_hidden_size": (width, V.UINT32)},
+                   tensors={"encoder.timbre_encoder.special_token": np.zeros((1, 1, 7), np.float32)})
+    with pytest.raises(ModelFileError, match=r"tensor 'encoder\.timbre_encoder\.special_token' has shape"):
+        _ = _core.GGUFFile(str(bad)).hparams
 
 
 @pytest.mark.parametrize("kind", ["text", "lm"])
