@@ -36,6 +36,12 @@ def test_sampler_defaults_per_checkpoint(name, is_turbo, want):
     assert (d.variant, d.steps, d.shift, d.guidance) == want
 
 
+def test_a_shift_the_files_config_names_is_the_default():
+    d = sampler_defaults("acestep-v15-turbo-continuous-BF16.gguf", True, config_shift=4.5)
+    assert (d.variant, d.steps, d.shift, d.shift_range) == ("turbo-continuous", 8, 4.5, (1.0, 5.0))
+    assert sampler_defaults("acestep-v15-sft-BF16.gguf", False, config_shift=1.0).shift == 1.0
+
+
 def test_continuous_turbo_takes_any_shift_from_1_to_5():
     d = sampler_defaults("acestep-v15-turbo-continuous-BF16.gguf", True)
     assert d.shift_range == (1.0, 5.0)

@@ -105,7 +105,7 @@ class Synthesizer:
         self.is_turbo = self.files["dit"].hparams.is_turbo
         vae = self.files["vae"].hparams
         self.sample_rate, self.latents_per_second = vae.sampling_rate, vae.sampling_rate / vae.hop_length
-        self.defaults = sampler_defaults(Path(self.paths["dit"]).name, self.is_turbo)
+        self.defaults = sampler_defaults(Path(self.paths["dit"]).name, self.is_turbo, self.files["dit"].hparams.shift)
 
     # -- model lifetime ---------------------------------------------------------------
     def _model(self, name: str):
