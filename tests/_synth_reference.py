@@ -72,8 +72,9 @@ def reference_run(models: fixtures.TinyModels, noise: np.ndarray, duration: floa
     hooks.append(models.transformer.register_forward_hook(on_transformer, with_kwargs=True))
     hooks.append(models.vae.decoder.register_forward_hook(on_decoder))
     mean = mock.patch.object(OobleckDiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
+    xl = fixtures.upstream_xl_timbre(models.condition_encoder) if fixtures.is_xl(models.dit_config) else None
     try:
-        with torch.no_grad(), (mean if posterior_mean else contextlib.nullcontext()):
+        with torch.no_grad(), (mean if posterior_mean else contextlib.nullcontext()), (xl or contextlib.nullcontext()):
             out = pipe(prompt=CAPTION, lyrics=LYRICS, audio_duration=duration, vocal_language="en",
                        num_inference_steps=8, guidance_scale=guidance, shift=3.0,
                        latents=torch.from_numpy(noise)[None], output_type="np", bpm=120, keyscale="F# minor",

@@ -111,19 +111,35 @@ SYNTH_VAE = dict(encoder_hidden_size=128, downsampling_ratios=[2, 4], channel_mu
 @pytest.fixture(scope="session")
 def synth_models(lm_tokenizer_dir, tmp_path_factory):
     """Tiny models for whole pipelines: (torch models, original checkpoint dir, {dtype: GGUF dir}, seed)."""
+    return _synth_models(lm_tokenizer_dir, tmp_path_factory, "synth")
+
+
+@pytest.fixture(scope="session")
+def synth_xl_models(lm_tokenizer_dir, tmp_path_factory):
+    """As synth_models, XL-shaped: the DiT wider than the condition encoder (fixtures.TINY_XL_DIT)."""
+    return _synth_models(lm_tokenizer_dir, tmp_path_factory, "synth-xl", fixtures.TINY_XL_DIT)
+
+
+@pytest.fixture(params=["2b", "xl"])
+def pipeline_models(request):
+    """synth_models, then synth_xl_models: for the parity tests that cover both DiT shapes."""
+    return request.getfixturevalue("synth_models" if request.param == "2b" else "synth_xl_models")
+
+
+def _synth_models(lm_tokenizer_dir, tmp_path_factory, name, dit=None):
     from _vae_gguf import make_reference as make_vae_reference
 
     from acestep_ggml.convert import convert
 
-    seed = fresh_seed("synth model")
-    models = fixtures.build_models(seed, vae=SYNTH_VAE)
+    seed = fresh_seed(f"{name} model")
+    models = fixtures.build_models(seed, dit=dit, vae=SYNTH_VAE)
     # The generic random init makes the VAE chaotic: bf16 rounding of its weights alone moves
     # PyTorch's own output to cosine 0.4-0.99.  A variance-preserving init behaves like a
     # trained VAE (bf16 weights: cosine 0.99995), so bf16 bars test our numerics.
     models.vae.load_state_dict(make_vae_reference(SYNTH_VAE, seed).state_dict())
-    root = fixtures.save_original(models, tmp_path_factory.mktemp("synth") / "checkpoints", lm_tokenizer_dir)
+    root = fixtures.save_original(models, tmp_path_factory.mktemp(name) / "checkpoints", lm_tokenizer_dir)
     out = {}
     for dtype in ("f32", "bf16"):
-        out[dtype] = tmp_path_factory.mktemp(f"synth-{dtype}")
+        out[dtype] = tmp_path_factory.mktemp(f"{name}-{dtype}")
         convert(root, out[dtype], dtype=dtype, quiet=True)
     return models, root, out, seed

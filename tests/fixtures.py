@@ -5,6 +5,7 @@ the real sizes; the tests use the tiny defaults.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
@@ -35,6 +36,11 @@ TINY_DIT = dict(
     num_hidden_layers=4, num_lyric_encoder_hidden_layers=2, num_timbre_encoder_hidden_layers=2,
     num_attention_pooler_hidden_layers=2, sliding_window=16,
 )
+# The XL shape (acestep-v15-xl-*: DiT 2560 wide, 32/8 heads, MLP 9728 over a 2048-wide condition
+# encoder, tokenizer and detokenizer with 16/8 heads, MLP 6144): the DiT wider than the rest.
+TINY_XL_DIT = dict(TINY_DIT, hidden_size=96, intermediate_size=192, num_attention_heads=6, num_key_value_heads=2,
+                   encoder_hidden_size=64, encoder_intermediate_size=128, encoder_num_attention_heads=4,
+                   encoder_num_key_value_heads=2)
 # Real vocabulary (so real token ids index the lyric embedding table), tiny width.
 TINY_QWEN3 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=1, head_dim=16)
@@ -80,9 +86,20 @@ def dit_config(**sizes) -> dict:
         "num_lyric_encoder_hidden_layers": s["num_lyric_encoder_hidden_layers"],
         "num_timbre_encoder_hidden_layers": s["num_timbre_encoder_hidden_layers"],
         "num_attention_pooler_hidden_layers": s["num_attention_pooler_hidden_layers"],
-        "pool_window_size": 5, "fsq_dim": s["hidden_size"], "fsq_input_levels": FSQ_LEVELS,
-        "fsq_input_num_quantizers": 1,
+        "pool_window_size": 5, "fsq_dim": s.get("encoder_hidden_size", s["hidden_size"]),
+        "fsq_input_levels": FSQ_LEVELS, "fsq_input_num_quantizers": 1,
+        # XL only: the condition encoder's own sizes (2B configs omit them).
+        **{k: s[k] for k in ENCODER_KEYS if k in s},
     }
+
+
+ENCODER_KEYS = ("encoder_hidden_size", "encoder_intermediate_size", "encoder_num_attention_heads",
+                "encoder_num_key_value_heads")
+
+
+def is_xl(cfg: dict) -> bool:
+    """An XL-shaped config: its condition encoder has its own sizes, its timbre encoder a CLS token."""
+    return "encoder_hidden_size" in cfg
 
 
 @dataclass
@@ -142,14 +159,18 @@ def build_models(seed: int, dit: dict | None = None, qwen3: dict | None = None, 
 def _build_models(seed, dit, qwen3, vae, dtype) -> TinyModels:
     torch.manual_seed(seed)
     cfg = dit_config(**(dit or {}))
-    common = dict(hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-                  num_attention_heads=cfg["num_attention_heads"], num_key_value_heads=cfg["num_key_value_heads"],
-                  head_dim=cfg["head_dim"], rope_theta=cfg["rope_theta"], rms_norm_eps=cfg["rms_norm_eps"],
+    sizes = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+    shared = dict(head_dim=cfg["head_dim"], rope_theta=cfg["rope_theta"], rms_norm_eps=cfg["rms_norm_eps"],
                   sliding_window=cfg["sliding_window"])
+    # XL: the DiT at its own width, bridged by condition_embedder; the rest at the encoder's
+    # (upstream AceStepConditionGenerationModel.__init__ builds them from encoder_config).
+    dit_sizes = {k: cfg[k] for k in sizes}
+    common = {k: cfg.get(f"encoder_{k}", cfg[k]) for k in sizes} | shared
     transformer = AceStepTransformer1DModel(num_hidden_layers=cfg["num_hidden_layers"], in_channels=192,
                                             audio_acoustic_hidden_dim=64, patch_size=2,
                                             layer_types=cfg["layer_types"], is_turbo=True, model_version="turbo",
-                                            **common)
+                                            encoder_hidden_size=cfg.get("encoder_hidden_size"), **dit_sizes,
+                                            **shared)
     condition_encoder = AceStepConditionEncoder(
         text_hidden_dim=cfg["text_hidden_dim"], timbre_hidden_dim=64,
         num_lyric_encoder_hidden_layers=cfg["num_lyric_encoder_hidden_layers"],
@@ -175,6 +196,42 @@ def _build_models(seed, dit, qwen3, vae, dtype) -> TinyModels:
     condition_encoder.silence_latent.copy_(silence.transpose(1, 2))
     return TinyModels(seed, cfg, transformer, condition_encoder, audio_tokenizer, detokenizer, vae_model,
                       text_encoder, lm, silence)
+
+
+class _PrependCLS(torch.nn.Module):
+    """The timbre encoder's embed_tokens followed by prepending its special_token at position 0."""
+
+    def __init__(self, timbre_encoder):
+        super().__init__()
+        self.embed, self.encoder = timbre_encoder.embed_tokens, [timbre_encoder]  # a list: not a submodule
+
+    def forward(self, x):
+        h = self.embed(x)
+        cls = self.encoder[0].special_token.to(h.dtype).expand(h.shape[0], 1, -1)
+        return torch.cat([cls, h], dim=1)
+
+
+@contextlib.contextmanager
+def upstream_xl_timbre(condition_encoder: AceStepConditionEncoder):
+    """diffusers' timbre encoder made to do what upstream's XL one does.
+
+    diffusers 0.42.1's AceStepTimbreEncoder holds ``special_token`` but never uses it (its
+    forward returns the first audio frame's state: the 2B behaviour, where upstream's prepend
+    line is commented out).  Upstream's XL AceStepTimbreEncoder.forward
+    (ace-step/ACE-Step-1.5 acestep/models/xl_turbo/modeling_acestep_v15_xl_turbo.py @ 3450c05,
+    the same in xl_base @ 4bfb226) prepends it right after ``embed_tokens``:
+    ``inputs_embeds = torch.cat([self.special_token.expand(N, 1, -1), inputs_embeds], dim=1)``,
+    then builds positions ``arange(T + 1)`` and its masks over the T + 1 tokens (no padding mask)
+    and returns ``hidden_states[:, 0, :]`` after the final norm.  Wrapping embed_tokens gives
+    diffusers' forward exactly that: it takes the sequence length, RoPE positions and sliding
+    mask from the embedded sequence and already returns position 0, now the CLS token."""
+    te = condition_encoder.timbre_encoder
+    original = te.embed_tokens
+    te.embed_tokens = _PrependCLS(te)
+    try:
+        yield
+    finally:
+        te.embed_tokens = original
 
 
 def write_lm_tokenizer(dst: Path) -> None:
@@ -251,9 +308,9 @@ def _save_sharded(state: dict[str, torch.Tensor], folder: Path, n_shards: int = 
 
 
 def save_original(models: TinyModels, root: Path, lm_tokenizer: Path) -> Path:
-    """The original download: acestep-v15-turbo/ (sharded), vae/, Qwen3-Embedding-0.6B/,
-    acestep-5Hz-lm-0.6B/ (BF16, tied embeddings)."""
-    dit = root / "acestep-v15-turbo"
+    """The original download: acestep-v15-turbo/ (acestep-v15-xl-turbo/ for the XL shape; sharded),
+    vae/, Qwen3-Embedding-0.6B/, acestep-5Hz-lm-0.6B/ (BF16, tied embeddings)."""
+    dit = root / ("acestep-v15-xl-turbo" if is_xl(models.dit_config) else "acestep-v15-turbo")
     dit.mkdir(parents=True)
     (dit / "config.json").write_text(json.dumps(models.dit_config, indent=2))
     _save_sharded(models.original_dit_state_dict(), dit)

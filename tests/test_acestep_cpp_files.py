@@ -80,3 +80,28 @@ def test_turbo_read_from_the_key_warns_above_eight_steps(both):
     req = Request(caption="calm piano", duration=1)
     with pytest.warns(UserWarning, match="distilled for 8 steps"):
         synth(req, seed=1, steps=9)
+
+
+def test_xl_files_load_and_give_the_same_audio(synth_xl_models, tmp_path):
+    """An XL DiT as acestep.cpp's converter writes it (its acestep.encoder_* keys, original names,
+    encoder.timbre_encoder.special_token) loads as XL and renders as our own conversion does."""
+    from acestep_ggml._core import GGUFFile
+
+    _, root, _, _ = synth_xl_models
+    ckpt = tmp_path / "checkpoints"
+    shutil.copytree(root, ckpt)
+    to_bf16_checkpoint(ckpt)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    convert(ckpt, ours, dtype="bf16", quiet=True)
+    convert_like_acestep_cpp(ckpt, theirs)
+    (dit,) = theirs.glob("acestep-v15-xl-turbo-BF16.gguf")
+    h = GGUFFile(str(dit)).hparams
+    assert h.timbre_cls and h.hidden_size > h.encoder_hidden_size
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    req = Request(caption="calm piano", lyrics="la la", codes=rng.integers(0, 64000, 20).tolist(), bpm=90,
+                  keyscale="C major", timesignature=4, language="en")
+    a = Synthesizer(ours, n_threads=1)(req, seed=seed)
+    b = Synthesizer(theirs, n_threads=1)(req, seed=seed)
+    # Identical weights and types: the same numbers, up to accumulation order at most.
+    np.testing.assert_allclose(b.audio, a.audio, rtol=0, atol=1e-5, err_msg=f"seed {seed}")

@@ -1,4 +1,7 @@
 """Condition encoder parity against diffusers' AceStepConditionEncoder with random weights."""
+
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +83,51 @@ def test_condition_encoder_rejects_bad_input(tmp_path):
         enc.encode(text_h, [1, 2], refer_latent=np.zeros((5, 3), np.float32))
     with pytest.raises(acestep_ggml.ModelFileError, match="wrong kind"):
         acestep_ggml.ConditionEncoder(tmp_path / "text.gguf", tmp_path / "text.gguf")
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["silence", "reference"])
+def test_xl_condition_encoder_prepends_the_timbre_cls_token(synth_xl_models, reference, device, f32_rel):
+    """XL: the condition encoder at its own width (narrower than the DiT) and the timbre encoder's
+    learned CLS token as upstream's XL code prepends it.  diffusers 0.42.1 never prepends it, so
+    the reference is diffusers' module wrapped to do what upstream does (fixtures.upstream_xl_timbre
+    cites the upstream lines); unwrapped diffusers must then disagree on the timbre token, or the
+    test would not see the CLS at all."""
+    import fixtures
+
+    models, _, folders, seed = synth_xl_models
+    rng = np.random.default_rng(fresh_seed())
+    cond, text = models.condition_encoder, models.text_encoder
+    tt, tl = int(rng.integers(5, 30)), int(rng.integers(20, 60))
+    text_h = rng.standard_normal((tt, text.config.hidden_size)).astype(np.float32)
+    lyric_ids = rng.integers(0, 1000, size=tl)
+    # Longer than the sliding window (16) so the CLS's sliding layers see only part of it.
+    refer = rng.standard_normal((int(rng.integers(20, 60)), 64)).astype(np.float32) if reference else None
+
+    def run(xl):
+        with torch.no_grad(), (fixtures.upstream_xl_timbre(cond) if xl else contextlib.nullcontext()):
+            ref_in = torch.from_numpy(refer)[None] if reference else cond.silence_latent[:, :750, :]
+            states, _ = cond(text_hidden_states=torch.from_numpy(text_h)[None],
+                             text_attention_mask=torch.ones(1, tt, dtype=torch.long),
+                             lyric_hidden_states=text.embed_tokens(torch.from_numpy(lyric_ids)[None]),
+                             lyric_attention_mask=torch.ones(1, tl, dtype=torch.long),
+                             refer_audio_acoustic_hidden_states_packed=ref_in,
+                             refer_audio_order_mask=torch.zeros(1, dtype=torch.long))
+        return states[0].numpy()
+
+    want, diffusers_plain = run(True), run(False)
+    dit = next(folders["f32"].glob("acestep-v15-xl*.gguf"))
+    assert acestep_ggml.GGUFFile(dit).hparams.timbre_cls
+    enc = acestep_ggml.ConditionEncoder(dit, next(folders["f32"].glob("Qwen3-Embedding*.gguf")), device=device)
+    out, _ = enc.encode(text_h, lyric_ids, refer)
+    width = models.dit_config["encoder_hidden_size"]
+    assert out.shape == (tl + 1 + tt, width) and width < models.dit_config["hidden_size"], f"seed {seed}"
+    timbre = tl  # packed order: lyric, timbre, text (all valid)
+    cos, rel = parity(out, want)
+    # F32 on both sides: summation order only (as test_condition_encoder_matches_reference).
+    assert cos >= COS_F32 and rel <= f32_rel(REL_F32), f"seed {seed}: cos {cos:.6f} rel {rel:.2e}"
+    cos_t, rel_t = parity(out[timbre], want[timbre])
+    assert cos_t >= COS_F32 and rel_t <= f32_rel(REL_F32), f"seed {seed}: timbre cos {cos_t:.6f} rel {rel_t:.2e}"
+    _, rel_plain = parity(out[timbre], diffusers_plain[timbre])
+    # Without the CLS the timbre token is another vector altogether (random weights: relative
+    # difference of order 1); 0.1 is far above the F32 noise above.
+    assert rel_plain > 0.1, f"seed {seed}: ours matches diffusers' CLS-less timbre token ({rel_plain:.2e})"

@@ -354,3 +354,30 @@ def test_conversion_memory_stays_far_below_the_checkpoint(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < checkpoint / 8, f"peak {peak / 2**20:.1f} MiB for a {checkpoint / 2**20:.0f} MiB checkpoint"
+
+
+def test_xl_converts_from_both_layouts(synth_xl_models, tmp_path):
+    """The XL shape (DiT wider than its condition encoder): both layouts give one acestep-v15-xl-*
+    file with the original names (the timbre CLS token included), the encoder_* keys that tell
+    XL (as acestep.cpp's convert.py writes them), and the same tensors."""
+    models, root, _, _ = synth_xl_models
+    diffusers_dir = fixtures.save_diffusers(models, tmp_path / "diffusers")
+    files = {}
+    for layout, src in (("original", root), ("diffusers", diffusers_dir)):
+        out = [p for p in convert(src, tmp_path / layout, dtype="f32", quiet=True) if "v15" in p.name]
+        assert [p.name for p in out] == ["acestep-v15-xl-turbo-F32.gguf"], layout
+        files[layout] = acestep_ggml.GGUFFile(str(out[0]))
+    a, b = files["original"], files["diffusers"]
+    cfg = models.dit_config
+    assert {n for n, _, _ in a.tensors()} == expected_original_dit_names(cfg) | {"silence_latent"}
+    assert sorted(a.tensors()) == sorted(b.tensors())
+    for name, _, _ in a.tensors():
+        assert np.array_equal(a.tensor_raw(name), b.tensor_raw(name)), name
+    for f in (a, b):
+        for key in fixtures.ENCODER_KEYS:
+            assert f.get(f"acestep.{key}") == cfg[key], key
+        h = f.hparams
+        assert h.timbre_cls and h.hidden_size == cfg["hidden_size"] and h.encoder_hidden_size == cfg["encoder_hidden_size"]
+    shapes = {n: s for n, s, _ in a.tensors()}
+    # PyTorch order [out, in]: the bridge maps the encoder's width to the DiT's.
+    assert list(shapes["decoder.condition_embedder.weight"]) == [cfg["hidden_size"], cfg["encoder_hidden_size"]]

@@ -190,13 +190,30 @@ def test_a_key_its_tensors_contradict_names_both(synth, tmp_path, key, value, co
         _core._Detokenizer(str(path), "cpu", 1)
 
 
-def test_a_decoder_wider_than_its_condition_encoder_is_not_supported_yet(synth, tmp_path):
-    """The published XL DiT: a 2560-wide decoder over a 2048-wide condition encoder."""
+def test_a_stated_encoder_width_its_tensors_contradict_names_both(synth, tmp_path):
+    """XL states the condition encoder's width (acestep.encoder_hidden_size); tensors of another
+    width are a file error naming the key and a tensor, before any weight loads."""
     _, files = synth
     path = _rewrite(files["acestep-dit"], tmp_path / "xl.gguf", keys={"acestep.encoder_hidden_size": (32, V.UINT32)})
-    with pytest.raises(ModelFileError, match="not supported yet: decoder width 64 .* differs from the condition "
-                                             "encoder's 32 .acestep.encoder_hidden_size"):
+    with pytest.raises(ModelFileError, match=r"acestep\.encoder_hidden_size") as e:
         _core.DiT(str(path))
+    assert "tensor '" in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_stated_encoder_width_turns_on_the_timbre_cls_token(synth, tmp_path):
+    """As acestep.cpp (0308fa5, src/cond-enc.h) tells XL: by a stated encoder_hidden_size; 2B
+    files hold encoder.timbre_encoder.special_token too, unused."""
+    _, files = synth
+    assert _core.GGUFFile(str(files["acestep-dit"])).hparams.timbre_cls is False
+    width = _core.GGUFFile(str(files["acestep-dit"])).hparams.encoder_hidden_size
+    path = _rewrite(files["acestep-dit"], tmp_path / "xl.gguf",
+                    keys={"acestep.encoder_hidden_size": (width, V.UINT32)})
+    assert _core.GGUFFile(str(path)).hparams.timbre_cls is True
+    # Then the CLS token must have the encoder's width.
+    bad = _rewrite(files["acestep-dit"], tmp_path / "bad.gguf", keys={"acestep.encoder_hidden_size": (width, V.UINT32)},
+                   tensors={"encoder.timbre_encoder.special_token": np.zeros((1, 1, 7), np.float32)})
+    with pytest.raises(ModelFileError, match=r"tensor 'encoder\.timbre_encoder\.special_token' has shape"):
+        _ = _core.GGUFFile(str(bad)).hparams
 
 
 @pytest.mark.parametrize("kind", ["text", "lm"])

@@ -20,6 +20,9 @@ DIT_TYPES = {"BF16": 4.8, "Q8_0": 2.6, "Q6_K": 2.0, "Q5_K_M": 1.7, "Q4_K_M": 1.5
 PUBLISHED = {
     **{f"acestep-v15-{v}-{t}.gguf": int(gb * GB) for v in ("turbo", "sft", "base", "turbo-shift1", "turbo-shift3",
                                                               "turbo-continuous") for t, gb in DIT_TYPES.items()},
+    # XL (4B DiT): about twice the 2B's bytes.
+    **{f"acestep-v15-xl-{v}-{t}.gguf": int(1.95 * gb * GB) for v in ("turbo", "sft", "base")
+       for t, gb in DIT_TYPES.items()},
     "Qwen3-Embedding-0.6B-BF16.gguf": int(1.2 * GB), "Qwen3-Embedding-0.6B-Q8_0.gguf": int(0.64 * GB),
     "vae-BF16.gguf": int(0.34 * GB),
     "acestep-5Hz-lm-0.6B-BF16.gguf": int(1.2 * GB), "acestep-5Hz-lm-0.6B-Q8_0.gguf": int(0.64 * GB),
@@ -60,6 +63,10 @@ def test_choice_follows_the_explicit_rank_not_the_name_order(memory):
     assert hub.choose(without("BF16", "Q8_0"))["acestep-dit"] == "acestep-v15-turbo-Q6_K.gguf"
     assert hub.choose(without("-turbo-BF16"))["acestep-dit"] == "acestep-v15-turbo-Q8_0.gguf"  # turbo beats SFT's type
     assert hub.choose(PUBLISHED, prefer={"acestep-dit": "sft"})["acestep-dit"] == "acestep-v15-sft-BF16.gguf"
+    for v in ("turbo", "sft", "base"):
+        assert hub.choose(PUBLISHED, prefer={"acestep-dit": f"xl-{v}"})["acestep-dit"] == f"acestep-v15-xl-{v}-BF16.gguf"
+    # The 2B stays the default over XL (memory); XL only where no 2B file is there.
+    assert hub.choose(without("v15-turbo", "v15-sft", "v15-base"))["acestep-dit"] == "acestep-v15-xl-turbo-BF16.gguf"
     assert hub.choose(PUBLISHED, kinds=hub.SYNTH_KINDS).keys() == set(hub.SYNTH_KINDS)
 
 
@@ -87,6 +94,8 @@ def test_a_folder_of_many_variants_uses_the_ranked_files(tiny_files, tmp_path):
     assert {k: p.name for k, p in synth.paths.items()} == {
         "dit": "acestep-v15-turbo-BF16.gguf", "text": "Qwen3-Embedding-0.6B-BF16.gguf", "vae": "vae-BF16.gguf"}
     assert ace.Synthesizer(folder, n_threads=1, dit="sft").paths["dit"].name == "acestep-v15-sft-BF16.gguf"
+    assert ace.Synthesizer(folder, n_threads=1, dit="xl-turbo").paths["dit"].name == "acestep-v15-xl-turbo-BF16.gguf"
+    assert ace.Pipeline(folder, n_threads=1, dit="xl-sft").synth.paths["dit"].name == "acestep-v15-xl-sft-BF16.gguf"
 
 
 @pytest.fixture
@@ -137,6 +146,10 @@ def test_first_run_fetches_only_the_default_set(online_hub, tmp_path, capsys):
     # A preference fetches the best file that matches it.
     assert ace.Synthesizer(hub.GGUF_REPO, dit="sft").paths["dit"].name == "acestep-v15-sft-BF16.gguf"
     assert online_hub[-1] == ["Qwen3-Embedding-0.6B-BF16.gguf", "acestep-v15-sft-BF16.gguf", "vae-BF16.gguf"]
+    # --dit xl-turbo on the CLI fetches and uses the XL DiT.
+    assert cli.main(["generate", "--caption", CAPTION, "--no-lm", "--duration", "1", "--threads", "1",
+                     "--dit", "xl-turbo", "-o", str(out)]) == 0
+    assert online_hub[-1] == ["Qwen3-Embedding-0.6B-BF16.gguf", "acestep-v15-xl-turbo-BF16.gguf", "vae-BF16.gguf"]
 
 
 def test_offline_the_choice_is_made_among_cached_files(tiny_files, tmp_path, monkeypatch, memory, capsys):

@@ -29,9 +29,11 @@ def run_both(synth_models, dtype: str, device: str, codes=None, guidance=1.0):
 
 
 @pytest.mark.parametrize("codes", [None, "codes"], ids=["text2music", "cover_from_codes"])
-def test_synth_matches_diffusers_pipeline_f32(synth_models, codes, device):
-    code_list = list(np.random.default_rng(synth_models[3] + 1).integers(0, 64000, 8)) if codes else None
-    ours, ref, seed = run_both(synth_models, "f32", device, [int(c) for c in code_list] if code_list else None)
+def test_synth_matches_diffusers_pipeline_f32(pipeline_models, codes, device):
+    """Both DiT shapes: 2B, and XL (DiT wider than the condition encoder; diffusers' timbre encoder
+    patched to prepend the CLS token as upstream's XL code does: fixtures.upstream_xl_timbre)."""
+    code_list = list(np.random.default_rng(pipeline_models[3] + 1).integers(0, 64000, 8)) if codes else None
+    ours, ref, seed = run_both(pipeline_models, "f32", device, [int(c) for c in code_list] if code_list else None)
     table = {k: cosine(ours[k], ref[k]) for k in STAGES}
     print("\nstage cosines:", {k: round(v, 6) for k, v in table.items()})
     for k in STAGES:
@@ -42,8 +44,8 @@ def test_synth_matches_diffusers_pipeline_f32(synth_models, codes, device):
     assert not bad, f"model seed {seed}: stages below 0.999: {bad}"
 
 
-def test_synth_with_guidance_matches_diffusers_base_path_f32(synth_models, device):
-    ours, ref, seed = run_both(synth_models, "f32", device, guidance=7.0)
+def test_synth_with_guidance_matches_diffusers_base_path_f32(pipeline_models, device):
+    ours, ref, seed = run_both(pipeline_models, "f32", device, guidance=7.0)
     # Guided steps evaluate cond and null as a batch of two and combine them with APG (momentum
     # across steps); every step's conditional velocity and the final audio must agree.
     table = {k: cosine(ours[k], ref[k]) for k in STAGES}
@@ -52,8 +54,8 @@ def test_synth_with_guidance_matches_diffusers_base_path_f32(synth_models, devic
     assert not bad, f"model seed {seed}: stages below 0.999: {bad}"
 
 
-def test_synth_bf16_weights_final_audio(synth_models, device):
-    ours, ref, seed = run_both(synth_models, "bf16", device)
+def test_synth_bf16_weights_final_audio(pipeline_models, device):
+    ours, ref, seed = run_both(pipeline_models, "bf16", device)
     # BF16 weights vs the F32 reference: PyTorch's own bf16 run lands near 0.9999 on the DiT (SPEC);
     # through 8 steps and the VAE, 0.99 leaves room for the rounding of every weight.
     c = cosine(ours["audio"], ref["audio"])

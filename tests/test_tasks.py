@@ -79,8 +79,9 @@ CASES = {
 # Guided (base/SFT path): the cover blend comes after APG in diffusers, lego's window under guidance.
 @pytest.mark.parametrize("case, guidance", [(c, 1.0) for c in CASES] + [("cover_blend", 7.0), ("lego", 7.0)],
                          ids=list(CASES) + ["cover_blend_guided", "lego_guided"])
-def test_task_matches_diffusers_pipeline_f32(synth_models, rng, case, guidance):
-    models, _, folders, seed = synth_models
+def test_task_matches_diffusers_pipeline_f32(pipeline_models, rng, case, guidance):
+    """Both DiT shapes (2B; XL with diffusers' timbre encoder patched to upstream's CLS token)."""
+    models, _, folders, seed = pipeline_models
     src, ref = random_audio(rng, 2.6), random_audio(rng, 4.0)
     ours_fields, theirs = CASES[case](src, ref)
     their_src = theirs.get("src_audio")

@@ -18,10 +18,11 @@ the config it was converted with; the variant within the family comes from the f
 tokens, split at ``/ \\ . _ -`` as upstream's ``_has_token`` splits them.  Upstream's inference
 sets no shift per checkpoint beyond this (its library default is 1.0, its UI 3.0 everywhere);
 acestep.cpp and upstream's training registry use shift 1.0 for SFT and base, which ``--shift 1``
-gives.
+gives.  A shift that the file's own config.json names is the default instead of the table's.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -47,8 +48,15 @@ def name_tokens(name: str) -> set[str]:
     return {t for t in re.split(r"[/\\._\-]", name.lower()) if t}
 
 
-def sampler_defaults(name: str, is_turbo: bool) -> SamplerDefaults:
-    """The defaults of the DiT file ``name`` whose config says ``is_turbo`` (see the table above)."""
+def sampler_defaults(name: str, is_turbo: bool, config_shift: Optional[float] = None) -> SamplerDefaults:
+    """The defaults of the DiT file ``name`` whose config says ``is_turbo`` (see the table above);
+    ``config_shift``: the shift the file's own config.json names (``hparams.shift``), which beats
+    the table's (within a turbo's range, which still warns outside it)."""
+    d = _by_name(name, is_turbo)
+    return d if config_shift is None else dataclasses.replace(d, shift=float(config_shift))
+
+
+def _by_name(name: str, is_turbo: bool) -> SamplerDefaults:
     tokens = name_tokens(name)
     if is_turbo:
         if "continuous" in tokens:

@@ -104,6 +104,11 @@ def _add_device_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
 
+def _add_dit_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--dit", default=None, help="DiT variant in the file name: turbo (default), sft, base, xl-turbo, "
+                                               "xl-sft, xl-base, turbo-shift3, ... (docs/models.md)")
+
+
 def _add_task_flags(s: argparse.ArgumentParser) -> None:
     """The task flags of `synth` and `generate` (see acestep_ggml.tasks)."""
     from .tasks import POSTERIORS, TASKS
@@ -248,7 +253,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     result = synth_from_dir(args.input_dir, args.models, args.output, seed=args.seed, steps=args.steps,
                             shift=args.shift, guidance=args.guidance, init_noise=noise, device=args.device,
                             n_threads=args.threads, progress=_progress(args.quiet), bitrate=args.bitrate,
-                            **_task_args(args), **_control_args(args), **_lora_args(args))
+                            dit=args.dit, **_task_args(args), **_control_args(args), **_lora_args(args))
     if not args.quiet:
         _report(args.output, result)
     return 0
@@ -264,7 +269,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     result = generate(args.models or hub.GGUF_REPO, args.caption, lyrics, duration=args.duration, bpm=args.bpm,
                       keyscale=args.keyscale, timesignature=args.timesignature, language=args.language,
                       seed=args.seed, steps=args.steps, guidance=args.guidance, shift=args.shift,
-                      use_lm=not args.no_lm, lm=args.lm, device=args.device, n_threads=args.threads,
+                      use_lm=not args.no_lm, lm=args.lm, dit=args.dit, device=args.device, n_threads=args.threads,
                       progress=_progress(args.quiet), quiet=args.quiet, **_lm_prompt_args(args),
                       lm_mode=args.lm_mode, instrumental=args.instrumental,
                       **{k: v for k, v in _task_args(args).items() if v is not None}, **_control_args(args),
@@ -407,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=None, help=_GUIDANCE_HELP)
     s.add_argument("--init-noise", default=None, help="initial noise as a (T, 64) float32 .npy file")
     _add_device_flags(s)
+    _add_dit_flag(s)
     s.add_argument("--quiet", action="store_true", help="no progress output")
     _add_task_flags(s)
     _add_control_flags(s)
@@ -480,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", default=None,
                    help="GGUF folder, checkpoint folder or hub repo (default: the published GGUFs, from the cache)")
     _add_device_flags(s)
+    _add_dit_flag(s)
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--output", "-o", required=True, help="output audio file (.wav, .flac, .ogg or .mp3)")
     s.add_argument("--bitrate", type=int, default=None, help="kbit/s of an .mp3 output (default 320)")

@@ -28,9 +28,10 @@ _FILE_NAME = re.compile(r"^(?P<component>.+)-(?P<type>BF16|F16|F32|Q\d\w*)\.gguf
 _COMPONENT_KINDS = (("acestep-5Hz-lm-", "acestep-lm"), ("acestep-v", "acestep-dit"),
                     ("Qwen3-Embedding-", "acestep-text-enc"), ("vae", "acestep-vae"))
 # Among files of one kind, the first of these ranks (`rank`) wins; the LM is chosen by memory instead.
-# DiT variants: turbo (8 steps, no guidance) before SFT before base (50 guided steps each); other
-# variants (turbo-shift3, ...) after them.
-DIT_VARIANTS = ("turbo", "sft", "base")
+# DiT variants: turbo (8 steps, no guidance) before SFT before base (50 guided steps each), then
+# the XL ones (a 4B DiT: about twice the memory and time of the 2B, docs/models.md), the default
+# only when no 2B file is there; other variants (turbo-shift3, sftturbo50, ...) after them.
+DIT_VARIANTS = ("turbo", "sft", "base", "xl-turbo", "xl-sft", "xl-base")
 # Weight types, fastest first for the DiT and the text encoder, whose matmuls take hundreds of
 # tokens at once: there 16-bit floats beat the quants, whose unpacking costs more than their
 # smaller reads save (README benchmarks, AVX2 CPU: DiT BF16 7.4-8.5 s, F16 7.6 s, Q8_0 9.9 s).

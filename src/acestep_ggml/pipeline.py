@@ -106,7 +106,7 @@ class Synthesizer:
         self.is_turbo = self.files["dit"].hparams.is_turbo
         vae = self.files["vae"].hparams
         self.sample_rate, self.latents_per_second = vae.sampling_rate, vae.sampling_rate / vae.hop_length
-        self.defaults = sampler_defaults(Path(self.paths["dit"]).name, self.is_turbo)
+        self.defaults = sampler_defaults(Path(self.paths["dit"]).name, self.is_turbo, self.files["dit"].hparams.shift)
         # Adapters on the DiT (acestep_ggml.adapters, docs/adapters.md): read once, applied to
         # each DiT this object loads; "merge" writes them into the weights, "runtime" adds them
         # in the graph, so that set_loras swaps them without touching the weights.
@@ -457,8 +457,8 @@ def synth_from_dir(input_dir: str | os.PathLike, models: str | os.PathLike, outp
     options = read_controls(input_dir) | {k: v for k, v in flags.items() if v is not None}
     device = kwargs.pop("device", "cpu")
     n_threads = kwargs.pop("n_threads", None)
-    synth = Synthesizer(models, device=device, n_threads=n_threads, loras=kwargs.pop("loras", None),
-                        lora_mode=kwargs.pop("lora_mode", "merge"))
+    synth = Synthesizer(models, device=device, n_threads=n_threads, dit=kwargs.pop("dit", None),
+                        loras=kwargs.pop("loras", None), lora_mode=kwargs.pop("lora_mode", "merge"))
     result = synth(request, **kwargs, **options)
     results = result if isinstance(result, list) else [result]
     for r, path in zip(results, batch_paths(output, len(results))):
@@ -473,15 +473,18 @@ class Pipeline:
 
     def __init__(self, models: str | os.PathLike, device: str = "cpu", n_threads: Optional[int] = None,
                  keep_loaded: bool = False, lm: Optional[str] = None, dtype: str = "bf16", quiet: bool = False,
-                 lora_mode: str = "merge"):
+                 dit: Optional[str] = None, lora_mode: str = "merge"):
         # quiet: no download or conversion progress bars.  From a hub repo the LM is fetched only
-        # when a song needs it.  lora_mode: how generate's loras apply (Synthesizer).
+        # when a song needs it.  dit: a DiT variant in the file name (xl-turbo, sft, ...), as
+        # Synthesizer's.  lora_mode: how generate's loras apply (Synthesizer).
         if lora_mode not in adapters.MODES:
             raise InputError(f"unknown lora_mode {lora_mode!r}: choose one of {', '.join(adapters.MODES)}")
         self.lora_mode = lora_mode
+        prefer = {k: v for k, v in (("acestep-lm", lm), ("acestep-dit", dit)) if v}
         self._resolve = functools.partial(resolve, models, dtype=dtype, quiet=quiet, device=device,
-                                          prefer={"acestep-lm": lm} if lm else None)
+                                          prefer=prefer or None)
         self.device, self.n_threads, self.keep_loaded, self.lm_choice = device, n_threads, keep_loaded, lm
+        self.dit_choice = dit
         self._lm, self._lm_folder = None, None
         # A local folder is checked (or converted) now; from a hub repo nothing is fetched before a
         # song's inputs have passed their checks.
@@ -496,7 +499,7 @@ class Pipeline:
     @functools.cached_property
     def synth(self) -> Synthesizer:
         return Synthesizer(self.folder, device=self.device, n_threads=self.n_threads, keep_loaded=self.keep_loaded,
-                           lora_mode=self.lora_mode)
+                           dit=self.dit_choice, lora_mode=self.lora_mode)
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, **kwargs) -> "Pipeline":
@@ -627,10 +630,10 @@ class Pipeline:
 
 def generate(models: str | os.PathLike, caption: str, lyrics: str = "", *, device: str = "cpu",
              n_threads: Optional[int] = None, lm: Optional[str] = None, quiet: bool = False,
-             lora_mode: str = "merge", **kwargs) -> SynthResult | list[SynthResult]:
+             dit: Optional[str] = None, lora_mode: str = "merge", **kwargs) -> SynthResult | list[SynthResult]:
     """One song (or, with ``batch_size``, a list of them) in one call:
     ``Pipeline(models, ...).generate(caption, lyrics, **kwargs)`` (``loras=[(path, scale), ...]`` too)."""
-    return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet,
+    return Pipeline(models, device=device, n_threads=n_threads, lm=lm, quiet=quiet, dit=dit,
                     lora_mode=lora_mode).generate(caption, lyrics, **kwargs)
 
 

@@ -165,13 +165,16 @@ def _diffusers_dit_config(parts: dict[str, dict]) -> dict:
     cfg = {"model_type": "acestep"}
     for part in ("audio_token_detokenizer", "audio_tokenizer", "condition_encoder", "transformer"):
         cfg.update({k: v for k, v in parts.get(part, {}).items() if k not in drop and v is not None})
-    # The sub-configs disagree only where the XL condition encoder is narrower than the DiT.
-    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+    # The sub-configs disagree only where the XL condition encoder is narrower than the DiT; then
+    # all four encoder_* sizes are stated, as the original XL config.json states them.
+    sizes = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+    xl = c.get("hidden_size", t["hidden_size"]) != t["hidden_size"]
+    for key in sizes:
         cfg[key] = t[key]
-        if c.get(key, t[key]) != t[key]:
-            cfg[f"encoder_{key}"] = c[key]
-    if cfg.get("encoder_hidden_size") == t["hidden_size"]:
-        del cfg["encoder_hidden_size"]
+        if xl:
+            cfg[f"encoder_{key}"] = c.get(key, t[key])
+    if not xl:
+        cfg.pop("encoder_hidden_size", None)
     cfg["num_audio_decoder_hidden_layers"] = t["num_hidden_layers"]
     cfg["use_sliding_window"] = "sliding_attention" in (t.get("layer_types") or ["sliding_attention"])
     cfg["is_turbo"] = bool(t.get("is_turbo", False) or t.get("model_version") == "turbo")
@@ -191,6 +194,8 @@ def _diffusers_components(root: Path) -> list[Component]:
         except KeyError as e:
             raise ModelFileError(f"{root / 'transformer' / 'config.json'}: no {e.args[0]}") from None
         version = str(cfg.get("model_version") or ("turbo" if cfg["is_turbo"] else "base"))
+        if "encoder_hidden_size" in cfg and not version.startswith("acestep-") and "xl" not in version:
+            version = f"xl-{version}"  # the published name of the XL shape: acestep-v15-xl-turbo
         comp = Component("dit", version if version.startswith("acestep-") else f"acestep-v15-{version}", cfg)
         for part in parts:
             files = _weight_files(root / part)

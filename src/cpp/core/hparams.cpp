@@ -438,11 +438,11 @@ DiTHParams read_dit_hparams(const GGUFFile &f) {
     h.num_attention_pooler_hidden_layers = s.integer(num_pooler_layers, pooler.layers);
     h.num_detokenizer_hidden_layers = s.integer(num_pooler_layers, detok.layers);
 
-    // The published XL DiT runs a 2560-wide decoder over a 2048-wide condition encoder.
-    if (h.encoder_hidden_size != h.hidden_size)
-        s.fail(fmt("not supported yet: decoder width %lld (%s) differs from the condition encoder's %lld (%s)",
-                   (long long)h.hidden_size, s.name(embedding_length).c_str(), (long long)h.encoder_hidden_size,
-                   s.name(encoder_hidden_size).c_str()));
+    // XL (acestep-v15-xl-*): a 2560-wide DiT over a 2048-wide condition encoder, tokenizer and
+    // detokenizer, bridged by decoder.condition_embedder; its timbre encoder prepends a learned CLS
+    // token.  As acestep.cpp (0308fa5, src/cond-enc.h) tells XL: by a stated encoder_hidden_size
+    // (2B configs omit it; 2B checkpoints hold the special_token tensor too, unused).
+    h.timbre_cls = s.stated(encoder_hidden_size);
 
     for (const K *k : {&block_count, &num_lyric_layers, &num_timbre_layers, &num_pooler_layers})
         c.at_most(*k, s.integer(*k), kMaxLayers);
@@ -539,6 +539,7 @@ DiTHParams read_dit_hparams(const GGUFFile &f) {
         c.shape("encoder.lyric_encoder.norm.weight", {E});
         c.shape("encoder.timbre_encoder.embed_tokens.weight", {E, c.of(timbre_hidden_dim, h.timbre_hidden_dim)});
         c.shape("encoder.timbre_encoder.norm.weight", {E});
+        if (h.timbre_cls) c.shape("encoder.timbre_encoder.special_token", {E});
         c.shape("null_condition_emb", {E});
         if (h.silence_frames && h.silence_frames < h.timbre_fix_frame)
             s.fail(fmt("tensor 'silence_latent' has %lld frames, fewer than %s = %lld", (long long)h.silence_frames,

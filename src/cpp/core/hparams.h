@@ -84,12 +84,17 @@ struct DiTHParams {
     std::vector<std::string> layer_types;
     double rms_norm_eps = 0, rope_theta = 0;
 
-    // The condition encoder (its width differing from the DiT's is not supported yet).
+    // The condition encoder: as wide as the DiT (2B), or narrower (XL: 2048 under a 2560 DiT,
+    // decoder.condition_embedder maps it to the DiT's width).  The tokenizer and detokenizer
+    // share its heads and MLP width.
     int64_t encoder_hidden_size = 0, encoder_intermediate_size = 0;
     int64_t encoder_num_attention_heads = 0, encoder_num_key_value_heads = 0;
     int64_t text_hidden_dim = 0, timbre_hidden_dim = 0;
     int64_t num_lyric_encoder_hidden_layers = 0, num_timbre_encoder_hidden_layers = 0;
     int64_t timbre_fix_frame = 0;  // silence-latent frames that stand for a missing reference
+    // XL's timbre encoder prepends encoder.timbre_encoder.special_token (a learned CLS token) and
+    // outputs its position; 2B outputs the first frame's.  Set when the file states encoder_hidden_size.
+    bool timbre_cls = false;
     int64_t silence_frames = 0;    // rows of silence_latent (0: none)
 
     // The audio tokenizer (25 Hz latents -> 5 Hz codes) and detokenizer; their stacks are fsq_dim

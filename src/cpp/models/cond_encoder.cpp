@@ -26,6 +26,7 @@ ConditionEncoder::ConditionEncoder(std::shared_ptr<GGUFFile> dit, std::shared_pt
                 hp_.sliding_layers(hp_.num_lyric_encoder_hidden_layers), hp_.sliding_window);
     timbre_.load(w_, "encoder.timbre_encoder.", hp_.timbre_hidden_dim, d,
                  hp_.sliding_layers(hp_.num_timbre_encoder_hidden_layers), hp_.sliding_window);
+    if (hp_.timbre_cls) timbre_cls_ = w_.get("encoder.timbre_encoder.special_token", {d.hidden}, Store::F32);
     embed_table_ = text_w_.get("embed_tokens.weight", {text_hp_.vocab_size, text_hp_.hidden_size});
     null_ = dit->read_f32("null_condition_emb");
     silence_ = dit->read_f32("silence_latent");  // its shape checked by read_dit_hparams
@@ -88,6 +89,7 @@ ConditionEncoder::Output ConditionEncoder::encode(const std::vector<float> &text
                              refer_in.size()));
     }
     const int64_t tr = (int64_t)refer->size() / timbre_dim;
+    const int64_t ts = tr + (timbre_cls_ ? 1 : 0);  // the timbre encoder's sequence: [CLS] + frames on XL
 
     Graph g;
     ggml_context *ctx = g.ctx();
@@ -101,11 +103,15 @@ ConditionEncoder::Output ConditionEncoder::encode(const std::vector<float> &text
     ggml_tensor *full_l = g.input("lyric_full_mask", GGML_TYPE_F16, {tl, tl});
     ggml_tensor *lyric = lyric_.embed_tokens(ctx, ggml_get_rows(ctx, embed_table_, ids));
     lyric = lyric_.layers_and_norm(ctx, lyric, pos_l, win_l, full_l);
-    // timbre: [timbre_dim, Tr] -> [H, Tr] -> first frame [H, 1]
+    // timbre: [timbre_dim, Tr] -> [H, Tr] (XL: the CLS token prepended after the projection, as
+    // upstream's XL AceStepTimbreEncoder.forward, acestep/models/xl_turbo/modeling_acestep_v15_xl_turbo.py
+    // @ 3450c05: RoPE positions 0..Tr, sliding and full layers over Tr + 1) -> position 0 [H, 1].
     ggml_tensor *ref = g.input("refer", GGML_TYPE_F32, {tr, timbre_dim});
-    ggml_tensor *pos_r = g.input("refer_pos", GGML_TYPE_I32, {tr});
-    ggml_tensor *win_r = g.input("refer_window_mask", GGML_TYPE_F16, {tr, tr});
-    ggml_tensor *timbre = timbre_.layers_and_norm(ctx, timbre_.embed_tokens(ctx, ref), pos_r, win_r, nullptr);
+    ggml_tensor *pos_r = g.input("refer_pos", GGML_TYPE_I32, {ts});
+    ggml_tensor *win_r = g.input("refer_window_mask", GGML_TYPE_F16, {ts, ts});
+    ggml_tensor *timbre_in = timbre_.embed_tokens(ctx, ref);
+    if (timbre_cls_) timbre_in = ggml_concat(ctx, ggml_reshape_2d(ctx, timbre_cls_, hidden, 1), timbre_in, 1);
+    ggml_tensor *timbre = timbre_.layers_and_norm(ctx, timbre_in, pos_r, win_r, nullptr);
     timbre = ggml_view_2d(ctx, timbre, hidden, 1, timbre->nb[1], 0);
     timbre = ggml_cont(ctx, timbre);
     g.output(text);
@@ -115,7 +121,7 @@ ConditionEncoder::Output ConditionEncoder::encode(const std::vector<float> &text
 
     set_input(text_in, text_hidden.data(), text_hidden.size());
     set_input(ids, lyric_ids.data(), lyric_ids.size());
-    auto pl = iota(tl), pr = iota(tr);
+    auto pl = iota(tl), pr = iota(ts);
     set_input(pos_l, pl.data(), pl.size());
     set_input(pos_r, pr.data(), pr.size());
     auto set_mask = [](ggml_tensor *t, const std::vector<ggml_fp16_t> &m) {
@@ -123,7 +129,7 @@ ConditionEncoder::Output ConditionEncoder::encode(const std::vector<float> &text
     };
     set_mask(win_l, make_mask(tl, tl, MaskKind::Window, lyric_.window, lyric_mask));
     set_mask(full_l, make_mask(tl, tl, MaskKind::Full, 0, lyric_mask));
-    set_mask(win_r, make_mask(tr, tr, MaskKind::Window, timbre_.window));
+    set_mask(win_r, make_mask(ts, ts, MaskKind::Window, timbre_.window));
     set_input(ref, refer->data(), refer->size());
     runner_.compute(g);
 

@@ -47,6 +47,7 @@ class ConditionEncoder {
     Linear text_projector_;
     EncoderStack lyric_, timbre_;
     ggml_tensor *embed_table_ = nullptr;  // the text encoder's embed_tokens
+    ggml_tensor *timbre_cls_ = nullptr;   // XL: encoder.timbre_encoder.special_token [hidden]
     std::vector<float> null_, silence_;
     Runner runner_;
 };

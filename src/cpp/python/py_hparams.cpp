@@ -52,6 +52,7 @@ void bind_hparams(py::module_ &m) {
         .def_readonly("num_lyric_encoder_hidden_layers", &D::num_lyric_encoder_hidden_layers)
         .def_readonly("num_timbre_encoder_hidden_layers", &D::num_timbre_encoder_hidden_layers)
         .def_readonly("timbre_fix_frame", &D::timbre_fix_frame)
+        .def_readonly("timbre_cls", &D::timbre_cls)
         .def_readonly("silence_frames", &D::silence_frames)
         .def_readonly("fsq_input_levels", &D::fsq_input_levels)
         .def_readonly("codebook_size", &D::codebook_size)
