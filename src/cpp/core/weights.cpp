@@ -155,7 +155,8 @@ void Weights::load() {
     if (backend_->is_cpu() && env::mmap_weights()) {
         const size_t align = ggml_backend_get_alignment(backend_->primary());
         for (auto &e : entries_) {
-            if (e.tensor->data || !e.info || e.tensor->type != e.info->type || e.info->offset % align || e.info->nbytes != ggml_nbytes(e.tensor))
+            if (e.tensor->data || !e.info || e.tensor->type != e.info->type || e.info->offset % align ||
+                e.info->nbytes != ggml_nbytes(e.tensor))
                 continue;
             uint8_t *base = file_->mapping();
             if (!base) break;
