@@ -1,6 +1,7 @@
 """Weights served from the model file's mapping (core/weights.cpp): the same results as weights
 read into memory, and a file truncated or rewritten after it was opened gives a ModelFileError or
 the new file's results, never a SIGBUS."""
+
 from __future__ import annotations
 
 import os
