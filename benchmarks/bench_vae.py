@@ -1,11 +1,12 @@
 """VAE decode of 30 s of audio (750 latent frames) at the real ACE-Step configuration, random weights:
-ours (F32 and BF16 files, tiled with the default options) against PyTorch fp32 and bf16.
+ours (F32 and BF16 files, tiled with the default options) against PyTorch fp32 and bf16.  With
+--encode, the encode of as much audio (frames * 1920 samples) instead.
 
 Each variant runs in its own subprocess so that its peak RSS (VmHWM) is its own.  A variant
 suffixed ``@base`` runs another build of the package, named by --baseline (a folder holding
 ``acestep_ggml``, e.g. an older checkout's src/), with that build's default tiling: list the two
 alternately to compare before and after under the same load.
-Usage: PYTHONPATH=src python benchmarks/bench_vae.py [--frames 750] [--variants ggml-f32,ggml-bf16,torch-fp32,torch-bf16]
+Usage: PYTHONPATH=src python benchmarks/bench_vae.py [--frames 750] [--encode] [--variants ggml-f32,ggml-bf16,torch-bf16]
        PYTHONPATH=src python benchmarks/bench_vae.py --baseline OLD --variants ggml-bf16@base,ggml-bf16,ggml-bf16@base,ggml-bf16
 """
 from __future__ import annotations
@@ -25,10 +26,15 @@ sys.path.insert(0, HERE)
 from _common import cpu_summary, peak_gib  # noqa: E402 (after the path setup)
 
 
-def run_variant(variant: str, gguf_dir: str, frames: int, chunk: int | None, overlap: int | None) -> dict:
+def run_variant(variant: str, gguf_dir: str, frames: int, chunk: int | None, overlap: int | None,
+                encode: bool = False) -> dict:
     import numpy as np
 
-    z = np.random.default_rng(0).standard_normal((1, frames, 64)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    if encode:
+        x = (0.5 * rng.standard_normal((1, 2, frames * 1920))).astype(np.float32)
+    else:
+        x = rng.standard_normal((1, frames, 64)).astype(np.float32)
     if variant.startswith("ggml"):
         import acestep_ggml as A
 
@@ -38,7 +44,7 @@ def run_variant(variant: str, gguf_dir: str, frames: int, chunk: int | None, ove
         load = time.perf_counter() - t0
         opts = {k: v for k, v in (("chunk", chunk), ("overlap", overlap)) if v is not None}
         c0, t0 = time.process_time(), time.perf_counter()
-        audio = vae.decode(z, **opts)
+        out = vae.encode(x, **opts) if encode else vae.decode(x, **opts)
     else:
         import torch
         from _vae_gguf import FULL, make_reference
@@ -49,9 +55,12 @@ def run_variant(variant: str, gguf_dir: str, frames: int, chunk: int | None, ove
         load = time.perf_counter() - t0
         c0, t0 = time.process_time(), time.perf_counter()
         with torch.no_grad():
-            audio = model.decode(torch.from_numpy(z).transpose(1, 2).to(dtype)).sample.float().numpy()
+            if encode:
+                out = model.encode(torch.from_numpy(x).to(dtype)).latent_dist.mean.float().transpose(1, 2).numpy()
+            else:
+                out = model.decode(torch.from_numpy(x).transpose(1, 2).to(dtype)).sample.float().numpy()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    assert audio.shape[-1] == frames * 1920 and np.all(np.isfinite(audio))
+    assert (out.shape[1] == frames if encode else out.shape[-1] == frames * 1920) and np.all(np.isfinite(out))
     return {"variant": variant, "wall_s": wall, "cpu_s": cpu, "load_s": load, "peak_gib": peak_gib()}
 
 
@@ -61,13 +70,14 @@ def main() -> None:
     ap.add_argument("--variants", default="ggml-f32,ggml-bf16,torch-fp32,torch-bf16")
     ap.add_argument("--chunk", type=int, default=None, help="ours: tile chunk in frames (default: the library's)")
     ap.add_argument("--overlap", type=int, default=None)
+    ap.add_argument("--encode", action="store_true", help="time the encode of frames * 1920 samples instead")
     ap.add_argument("--baseline", default=None, help="folder with another build of acestep_ggml, for VARIANT@base")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args._child:
-        print(json.dumps(run_variant(args._child, args._dir, args.frames, args.chunk, args.overlap)))
+        print(json.dumps(run_variant(args._child, args._dir, args.frames, args.chunk, args.overlap, args.encode)))
         return
 
     variants = args.variants.split(",")
@@ -85,6 +95,7 @@ def main() -> None:
         results = []
         for v in variants:
             cmd = [sys.executable, __file__, "--_child", v, "--_dir", d, "--frames", str(args.frames)]
+            cmd += ["--encode"] if args.encode else []
             for k in ("chunk", "overlap"):
                 if getattr(args, k) is not None:
                     cmd += [f"--{k}", str(getattr(args, k))]
@@ -100,7 +111,8 @@ def main() -> None:
                   f"(load {r['load_s']:.1f} s; load average {os.getloadavg()[0]:.1f})", flush=True)
     # CPU seconds are printed too: on a shared machine they track the work done
     # when wall time mostly tracks the neighbours.
-    print(f"\n{args.frames} frames = {args.frames * 1920 / 48000:.1f} s of audio, {os.cpu_count()} threads, "
+    print(f"\n{'encode' if args.encode else 'decode'}: {args.frames} frames = {args.frames * 1920 / 48000:.1f} s of audio, "
+          f"{os.cpu_count()} threads, "
           f"load average {os.getloadavg()[0]:.1f}")
     # Repeated variants are summed: means of wall and CPU seconds, the largest peak.
     runs: dict[str, list[dict]] = {}

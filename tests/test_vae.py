@@ -157,6 +157,38 @@ def test_decode_in_pieces_matches_whole_tiles(real_shape_file, device, ops, monk
         assert r <= TILE_REL, f"{ops} seed {SEED}: chunk {chunk}, sub_chunk {sub_chunk}: rel L2 {r:.2e}, cosine {c:.8f}"
 
 
+# The encoder's first blocks run on pieces the same way, each piece starting on a multiple of
+# their downsampling and widened by the samples their receptive field reads; the audio's length,
+# 45 frames and 1000 samples, is a multiple of neither the piece nor the frame.
+@pytest.mark.parametrize("ops", ["device", "stock"])
+def test_encode_in_pieces_matches_whole_tiles(real_shape_file, device, ops, monkeypatch):
+    ref, path = real_shape_file
+    if ops == "stock":  # the GPU path, on any device
+        monkeypatch.setenv("ACESTEP_GGML_VAE_OPS", "stock")
+    vae = A.VAE(path, device=device)
+    rng = np.random.default_rng(SEED + 9)
+    a = audio_for(ref, 45 * ref.hop_length + 1000, rng, batch=1)
+    whole = vae.encode(a, chunk=0, sub_chunk=0)
+    for chunk, sub_chunk in ((0, 1), (0, 7), (0, 16), (20, 7)):
+        pieces = vae.encode(a, chunk=chunk, overlap=12, sub_chunk=sub_chunk)
+        c, r = cos_rel(pieces, whole)
+        assert r <= TILE_REL, f"{ops} seed {SEED}: chunk {chunk}, sub_chunk {sub_chunk}: rel L2 {r:.2e}, cosine {c:.8f}"
+
+
+# Tiles and pieces together against diffusers' one full encode, F32: only summation order
+# differs, so the F32 bars above hold for the mean and the std alike.
+def test_encode_in_tiles_and_pieces_matches_reference(real_shape_file, device, f32_rel):
+    ref, path = real_shape_file
+    rng = np.random.default_rng(SEED + 10)
+    a = audio_for(ref, 45 * ref.hop_length + 1000, rng, batch=1)
+    mean, std = A.VAE(path, device=device)._vae.encode(a, 20, 12, None, 7)
+    want_mean, want_std = torch_encode(ref, a)
+    assert mean.shape == want_mean.shape == (1, 45, 64)
+    for what, ours, want in (("mean", mean, want_mean), ("std", std, want_std)):
+        c, r = cos_rel(ours, want)
+        assert c >= F32_COS and r <= f32_rel(F32_REL), f"{what} seed {SEED}: cosine {c:.6f}, rel L2 {r:.2e}"
+
+
 def test_tiled_encode_matches_untiled(real_shape):
     ref, vae = real_shape
     rng = np.random.default_rng(SEED + 5)

@@ -19,7 +19,8 @@ from .errors import InputError
 # channels at 12 to 48 kHz dominate its memory, run on pieces of DEFAULT_SUB_CHUNK frames
 # (each with the few samples of context its receptive field reads), which cuts the compute
 # memory per frame of tile eightfold, so that tiles can be long and their overlap a small
-# share of the work.  On the CPU, 1024-frame tiles (41 s of audio: a 30 s song is one tile,
+# share of the work.  The encoder's input conv and first three blocks (128 and 256 channels at
+# 48 to 6 kHz) run on pieces the same way.  On the CPU, 1024-frame tiles (41 s of audio: a 30 s song is one tile,
 # where 128-frame tiles recomputed 16 % of its frames) take a 1.0 GiB compute buffer with the
 # real model (BF16 file); see benchmarks/bench_vae.py.  A GPU takes its tiles from its free
 # memory (VAE.default_chunk).
@@ -321,17 +322,21 @@ class VAE:
         return out if z.ndim == 3 else out[0]
 
     def encode(self, audio, sample: bool = False, seed: int | None = None, *, chunk: Optional[int] = None,
-               overlap: int = DEFAULT_OVERLAP, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+               overlap: int = DEFAULT_OVERLAP, sub_chunk: int = DEFAULT_SUB_CHUNK,
+               progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """Audio (2, N) or (B, 2, N) -> latents (N // hop, C) or (B, N // hop, C).
 
         Returns the posterior mean, or with ``sample=True`` a draw mean + std * noise
-        (std = softplus(scale) + 1e-4), the noise seeded by ``seed``.
+        (std = softplus(scale) + 1e-4), the noise seeded by ``seed``.  Inside each tile the
+        encoder's first blocks run on pieces of ``sub_chunk`` frames (0: the whole tile at
+        once); the output is the same either way, up to float rounding.
         """
         a = _floats(audio, "audio")
         if a.ndim not in (2, 3):
             raise InputError(f"audio must have shape ({self.audio_channels}, N) or (B, {self.audio_channels}, N), "
                              f"got {a.ndim} dimensions {a.shape}")
-        mean, std = self._vae.encode(a if a.ndim == 3 else a[None], self._chunk(chunk), int(overlap), progress)
+        mean, std = self._vae.encode(a if a.ndim == 3 else a[None], self._chunk(chunk), int(overlap), progress,
+                                     int(sub_chunk))
         z = mean
         if sample:
             noise = np.random.default_rng(seed).standard_normal(mean.shape, dtype=np.float32)

@@ -24,6 +24,11 @@ int profile();
 enum class Attn { Auto, Flash, Matmul };
 Attn attention();
 
+// ACESTEP_GGML_MMAP=0: every weight is copied into memory of its own at load; unset or any other
+// value: on the CPU, weights whose stored type is the type used at run time are served straight
+// from a copy-on-write mapping of the model file (Weights::load).  Read at every load.
+bool mmap_weights();
+
 // ACESTEP_GGML_VAE_OPS=fused|stock: the VAE's fused CPU kernels or stock ggml ops regardless of
 // the device (to compare the two on the CPU, and to prove that the strict-device check catches a
 // CPU-only op on a GPU); unset: chosen by what the device runs.  Any other value: InputError.

@@ -1,14 +1,17 @@
 // gguf_file.cpp: GGUF metadata, tensor index and tensor reads.
 #include "core/gguf_file.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/format.h"
 #include "core/log.h"
@@ -68,16 +71,44 @@ GGUFFile::GGUFFile(const std::string &path) : path_(path) {
             throw FileError(fmt("%s: truncated GGUF file: tensor '%s' ends at byte %zu but the file has %lld bytes",
                                 path.c_str(), t.name.c_str(), t.offset + t.nbytes, file_size));
         }
+        extent_ = std::max(extent_, t.offset + t.nbytes);
         index_[t.name] = tensors_.size();
         tensors_.push_back(std::move(t));
     }
     ggml_free(meta);
+    size_ = (size_t)file_size;
     guard.armed = false;
 }
 
 GGUFFile::~GGUFFile() {
+    if (map_) munmap(map_, size_);
     if (gguf_) gguf_free(gguf_);
     if (fd_ >= 0) close(fd_);
+}
+
+uint8_t *GGUFFile::mapping() {
+    // models built from one file may load on several threads
+    std::call_once(map_once_, [this] {
+        void *p = size_ ? mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd_, 0) : MAP_FAILED;
+        if (p == MAP_FAILED) {
+            if (env::verbose())
+                std::fprintf(stderr, "acestep-ggml: %s: cannot map the file (%s); its weights are read into memory\n",
+                             path_.c_str(), std::strerror(errno));
+        } else {
+            map_ = static_cast<uint8_t *>(p);
+        }
+    });
+    return map_;
+}
+
+void GGUFFile::check_size() const {
+    struct stat st {};
+    if (fstat(fd_, &st) != 0)
+        throw FileError(fmt("%s: cannot stat the model file (%s)", path_.c_str(), std::strerror(errno)));
+    if ((size_t)st.st_size < extent_)
+        throw FileError(fmt("%s: the model file was truncated after it was opened: it has %lld bytes, its tensors "
+                            "end at byte %zu",
+                            path_.c_str(), (long long)st.st_size, extent_));
 }
 
 std::string GGUFFile::architecture() const { return get_str("general.architecture", ""); }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -60,9 +61,23 @@ class GGUFFile {
     std::vector<float> read_f32(const TensorInfo &t) const;  // dequantized
     std::vector<float> read_f32(const std::string &name) const { return read_f32(require(name)); }
 
+    // The whole file mapped copy-on-write (MAP_PRIVATE, readable and writable): writes through it
+    // stay in this process and never reach the file.  Made on the first call, unmapped with the
+    // file; nullptr where the system refuses the mapping.  The file must not be truncated while
+    // mapped: reading a page past its new end raises SIGBUS (check_size catches it at each load).
+    uint8_t *mapping();
+    size_t size() const { return size_; }
+    // Throws FileError when the file has become shorter than the tensors' extent since it was
+    // opened (truncated or rewritten in place).
+    void check_size() const;
+
   private:
     std::string path_;
     int fd_ = -1;
+    size_t size_ = 0;     // at open
+    size_t extent_ = 0;   // the end of the last tensor's data
+    uint8_t *map_ = nullptr;
+    std::once_flag map_once_;
     gguf_context *gguf_ = nullptr;
     std::vector<TensorInfo> tensors_;
     std::map<std::string, size_t> index_;

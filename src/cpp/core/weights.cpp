@@ -1,4 +1,5 @@
-// weights.cpp: declaring a model's tensors and loading them with a pool of pread workers.
+// weights.cpp: declaring a model's tensors and loading them: served from the file's mapping, or
+// read with a pool of pread workers.
 #include "core/weights.h"
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 
 #include <unistd.h>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/format.h"
 #include "core/types.h"
@@ -25,11 +27,12 @@ Weights::Weights(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backen
 
 Weights::~Weights() {
     if (buffer_) ggml_backend_buffer_free(buffer_);
+    if (mapped_) ggml_backend_buffer_free(mapped_);
     if (ctx_) ggml_free(ctx_);
 }
 
 ggml_tensor *Weights::new_tensor(const std::string &name, ggml_type type, const std::vector<int64_t> &s) {
-    if (buffer_) throw Error("Weights: tensor declared after load()");
+    if (loaded_) throw Error("Weights: tensor declared after load()");
     if (s.empty() || s.size() > GGML_MAX_DIMS) throw Error("Weights: bad rank for " + name);
     int64_t ne[GGML_MAX_DIMS] = {1, 1, 1, 1};
     for (size_t i = 0; i < s.size(); i++) ne[i] = s[s.size() - 1 - i];
@@ -136,19 +139,50 @@ static bool read_tensor(int fd, const TensorInfo &t, uint8_t *dst, bool to_f16, 
     return std::all_of(ok.begin(), ok.end(), [](char c) { return c != 0; });
 }
 
+// A tensor's bytes at the alignment the CPU buffers pad each tensor to.
+static size_t padded_bytes(ggml_backend_t backend, const ggml_tensor *t) {
+    const size_t align = ggml_backend_get_alignment(backend);
+    return (ggml_nbytes(t) + align - 1) / align * align;
+}
+
 void Weights::load() {
-    if (buffer_) return;
-    buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, backend_->primary());
-    if (!buffer_ && !entries_.empty()) {
-        size_t bytes = 0;
-        for (ggml_tensor *t = ggml_get_first_tensor(ctx_); t; t = ggml_get_next_tensor(ctx_, t)) bytes += ggml_nbytes(t);
+    if (loaded_) return;
+    // A file truncated since it was opened fails here, not as a SIGBUS in the first graph.
+    file_->check_size();
+    // The tensors stored as they are used, served from the file's mapping where the weights
+    // live in host memory the CPU backend computes on.  Its pointers must meet the CPU's
+    // tensor alignment (GGUF aligns tensor data to 32 bytes by default).
+    if (backend_->is_cpu() && env::mmap_weights()) {
+        const size_t align = ggml_backend_get_alignment(backend_->primary());
+        for (auto &e : entries_) {
+            if (e.tensor->data || !e.info || e.tensor->type != e.info->type || e.info->offset % align ||
+                e.info->nbytes != ggml_nbytes(e.tensor))
+                continue;
+            uint8_t *base = file_->mapping();
+            if (!base) break;
+            if (!mapped_) {
+                mapped_ = ggml_backend_cpu_buffer_from_ptr(base, file_->size());
+                ggml_backend_buffer_set_usage(mapped_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            }
+            if (ggml_backend_tensor_alloc(mapped_, e.tensor, base + e.info->offset) != GGML_STATUS_SUCCESS)
+                throw DeviceError(fmt("%s: could not map tensor '%s'", file_->path().c_str(), e.info->name.c_str()));
+            mapped_bytes_ += padded_bytes(backend_->primary(), e.tensor);
+        }
+    }
+    size_t left = 0;  // bytes still to allocate
+    for (ggml_tensor *t = ggml_get_first_tensor(ctx_); t; t = ggml_get_next_tensor(ctx_, t))
+        if (!t->data) left += ggml_nbytes(t);
+    if (left) buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, backend_->primary());
+    if (!buffer_ && left) {
         throw DeviceError(fmt("%s: could not allocate %.1f MiB for the weights on %s", file_->path().c_str(),
-                              bytes / 1048576.0, backend_->name().c_str()));
+                              left / 1048576.0, backend_->name().c_str()));
     }
     if (buffer_) ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     bool host = buffer_ && ggml_backend_buffer_is_host(buffer_);
     std::vector<uint8_t> staging;
-    for (auto &e : entries_) fill(e, staging, host);
+    for (auto &e : entries_)
+        if (!(mapped_ && e.tensor->buffer == mapped_)) fill(e, staging, host);
+    loaded_ = true;
 }
 
 void Weights::fill(const Entry &e, std::vector<uint8_t> &staging, bool host) {
@@ -173,7 +207,7 @@ void Weights::fill(const Entry &e, std::vector<uint8_t> &staging, bool host) {
 }
 
 const Weights::Entry &Weights::entry(const std::string &name) const {
-    if (!buffer_) throw Error("Weights: tensor access before load()");
+    if (!loaded_) throw Error("Weights: tensor access before load()");
     for (const Entry &e : entries_)
         if (e.name == name) return e;
     throw FileError(fmt("%s: no loaded tensor '%s'", file_->path().c_str(), name.c_str()));
@@ -202,9 +236,12 @@ void Weights::write(const std::string &name, std::vector<float> values) {
 
 void Weights::restore(const std::string &name) {
     std::vector<uint8_t> staging;
-    fill(entry(name), staging, ggml_backend_buffer_is_host(buffer_));
+    const Entry &e = entry(name);
+    // A mapped tensor's pages are the process's own copy once written (MAP_PRIVATE): reading the
+    // file's bytes into them again restores them.
+    fill(e, staging, ggml_backend_buffer_is_host(e.tensor->buffer));
 }
 
-size_t Weights::nbytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }
+size_t Weights::nbytes() const { return (buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0) + mapped_bytes_; }
 
 }  // namespace ace

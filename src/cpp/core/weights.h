@@ -33,7 +33,11 @@ class Weights {
     // A tensor computed at load time from file data (e.g. folding weight norm).
     ggml_tensor *derived(const std::string &name, ggml_type type, const std::vector<int64_t> &torch_shape,
                          std::function<std::vector<float>()> compute);
-    // Allocates one backend buffer and fills every declared tensor.
+    // Fills every declared tensor.  On the CPU (unless ACESTEP_GGML_MMAP=0), a tensor whose
+    // stored type is its run-time type is served straight from the file's copy-on-write mapping
+    // (GGUFFile::mapping): no copy, no second resident image, and a write into it (an adapter
+    // merged into a weight) stays private to the process.  The others (converted at load,
+    // derived) get one backend buffer and are read into it.
     void load();
 
     // Loaded tensors by name, for adapters merged into them (FileError when `name` was not
@@ -45,7 +49,9 @@ class Weights {
 
     GGUFFile &file() const { return *file_; }
     const std::shared_ptr<Backend> &backend() const { return backend_; }
+    // Bytes of the weights, copied or mapped; mapped_bytes() of them served from the mapping.
     size_t nbytes() const;
+    size_t mapped_bytes() const { return mapped_bytes_; }
 
   private:
     struct Entry {
@@ -62,6 +68,9 @@ class Weights {
     std::shared_ptr<Backend> backend_;
     ggml_context *ctx_ = nullptr;
     ggml_backend_buffer_t buffer_ = nullptr;
+    ggml_backend_buffer_t mapped_ = nullptr;  // over the file's mapping, which the file owns
+    size_t mapped_bytes_ = 0;
+    bool loaded_ = false;
     std::vector<Entry> entries_;
     bool keep_bf16_ = false;
 };

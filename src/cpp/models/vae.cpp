@@ -119,6 +119,40 @@ int64_t tail_halo(const Decoder &d, size_t first) {
     return r;
 }
 
+// The encoder's head, run in pieces inside a tile (Builder::encoder): its input conv and first
+// kHeadBlocks blocks, the decoder's tail mirrored.  Their 128 and 256 channels at 48 to 6 kHz
+// hold most of the encoder's activations (a 30 s tile in one pass took a 4.9 GiB compute buffer
+// with the real model); each later block has half the activations of the one before.
+constexpr size_t kHeadBlocks = 3;
+
+size_t head_end(const Encoder &e) { return std::min(e.block.size(), kHeadBlocks); }
+
+// Input samples per output sample of the head: each strided conv (kernel 2s, padding s / 2,
+// even s) makes floor(T_in / s) outputs, so a piece starting at a multiple of the product
+// lines up with the whole pass.
+int64_t head_downsampling(const Encoder &e, size_t end) {
+    int64_t down = 1;
+    for (size_t i = 0; i < end; i++) down *= e.block[i].conv1.geom.stride;
+    return down;
+}
+
+// Head output samples at either end of a piece that can differ from the whole pass's (its
+// convs read zeros there where the whole pass reads neighbours), walked forward from the
+// input: each conv widens the span by (kernel - 1) / 2 * dilation samples at its own rate; the
+// strided conv's output j reads inputs j * stride - padding .. j * stride - padding + kernel - 1,
+// so a span of r inputs spoils at most (r + kernel + padding) / stride + 1 outputs.
+int64_t head_halo(const Encoder &e, size_t end) {
+    auto reach = [](const Conv &c) { return (int64_t)(c.geom.kernel - 1) / 2 * c.geom.dilation; };
+    int64_t r = reach(e.conv1);
+    for (size_t i = 0; i < end; i++) {
+        const EncoderBlock &b = e.block[i];
+        for (const ResUnit &u : b.res) r += reach(u.conv1) + reach(u.conv2);
+        const ConvGeom &g = b.conv1.geom;
+        r = (r + g.kernel + g.padding) / g.stride + 1;
+    }
+    return r;
+}
+
 // Unit axes are not significant: ggml drops trailing ones ([1, C, 1] reads back as [C, 1]).
 void check(const GGUFFile &file, const std::string &name, const std::vector<int64_t> &shape) {
     auto squeeze = [](const std::vector<int64_t> &s) {
@@ -449,13 +483,36 @@ class Builder {
         return join(std::move(pieces), 1);
     }
 
-    // audio [audio_channels, N] -> [2 * latent_channels, N / hop]
-    ggml_tensor *encoder(ggml_tensor *a, const Encoder &e) {
-        ggml_tensor *x = conv(to_layout(a), e.conv1);
-        for (const auto &b : e.block) {
-            for (const auto &r : b.res) x = res_unit(x, r);
-            x = conv(snake(x, b.snake1), b.conv1);
+    // audio [audio_channels, N] -> [2 * latent_channels, N / hop].
+    // The head (the input conv and the first kHeadBlocks blocks) holds the largest activations,
+    // so it runs on pieces of sub_chunk latent frames of audio (0: the whole tile at once), each
+    // widened by head_halo output samples either side; a piece starts at a multiple of the
+    // head's downsampling, so its samples line up with the whole pass's.  As in the decoder,
+    // ggml's allocator reuses one piece's intermediates for the next.
+    ggml_tensor *encoder(ggml_tensor *a, const Encoder &e, int64_t sub_chunk, int64_t hop) {
+        const size_t end = head_end(e);
+        const int64_t N = a->ne[1], down = head_downsampling(e, end), n = N / down;  // a: [A, N]
+        ggml_tensor *x;
+        if (sub_chunk <= 0 || sub_chunk * hop >= N) {
+            x = head(to_layout(a), e, end);
+        } else {
+            // in head output samples; at most kMaxPieces pieces, so that the node count stays bounded
+            const int64_t per = std::max(sub_chunk * (hop / down), (n + kMaxPieces - 1) / kMaxPieces);
+            const int64_t halo = head_halo(e, end);
+            std::vector<ggml_tensor *> pieces;
+            for (int64_t c0 = 0; c0 < n; c0 += per) {
+                const int64_t c1 = std::min(n, c0 + per), p0 = std::max<int64_t>(0, c0 - halo);
+                const int64_t p1 = std::min(n, c1 + halo);
+                // the last piece takes the samples past the last whole output sample too, as the
+                // whole pass sees them
+                const int64_t s0 = p0 * down, s1 = p1 == n ? N : p1 * down;
+                ggml_tensor *y = head(to_layout(ggml_view_2d(ctx_, a, a->ne[0], s1 - s0, a->nb[1], s0 * a->nb[1])),
+                                      e, end);  // [C, p1 - p0] (stock: [p1 - p0, C])
+                pieces.push_back(time_slice(y, c0 - p0, c1 - p0));
+            }
+            x = join(std::move(pieces), fused_ ? 1 : 0);
         }
+        for (size_t i = end; i < e.block.size(); i++) x = block(x, e.block[i]);
         return to_layout(conv(snake(x, e.snake1), e.conv2));
     }
 
@@ -464,6 +521,19 @@ class Builder {
     ggml_tensor *block(ggml_tensor *x, const DecoderBlock &b) {
         x = conv_transposed(snake(x, b.snake1), b.conv_t1);
         for (const auto &r : b.res) x = res_unit(x, r);
+        return x;
+    }
+
+    // x [C_in, T] -> [C_out, T / stride] (stock: [T, C])
+    ggml_tensor *block(ggml_tensor *x, const EncoderBlock &b) {
+        for (const auto &r : b.res) x = res_unit(x, r);
+        return conv(snake(x, b.snake1), b.conv1);
+    }
+
+    // The input conv and blocks ..end: audio x [A, N] (stock: [N, A]) -> [C, N / down]
+    ggml_tensor *head(ggml_tensor *x, const Encoder &e, size_t end) {
+        x = conv(x, e.conv1);
+        for (size_t i = 0; i < end; i++) x = block(x, e.block[i]);
         return x;
     }
 
@@ -700,7 +770,7 @@ void VAE::encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::v
             Graph g;
             ggml_tensor *a = g.input("audio", GGML_TYPE_F32, {Ns, A});
             Builder build(g, *m_->backend, m_->compute, m_->fused);
-            ggml_tensor *h = build.encoder(a, m_->enc);  // [2L, Tw]
+            ggml_tensor *h = build.encoder(a, m_->enc, tiling.sub_chunk, hop);  // [2L, Tw]
             g.output(h);
             m_->runner->alloc(g);
             in.resize((size_t)(Ns * A));
@@ -726,6 +796,9 @@ void VAE::encode(const float *audio, int64_t B, int64_t N, Tiling tiling, std::v
             if (progress) progress(++done, B * (int64_t)wins.size());
         }
     }
+    // An encode comes before the stages it conditions (a timbre reference, a source song): its
+    // compute buffer is released rather than held through them.
+    m_->runner = std::make_unique<Runner>(m_->backend);
 }
 
 }  // namespace ace

@@ -17,8 +17,9 @@ namespace ace {
 
 // Tiling along time: windows of `chunk` frames plus `overlap` frames of context on
 // each side, whose centres are stitched together.  chunk <= 0 decodes in one pass.
-// Decoding only: inside a tile, the decoder's last blocks and output conv, whose activations
-// are the largest, run on pieces of `sub_chunk` frames (0: the whole tile at once).
+// Inside a tile, the decoder's last blocks and output conv, and the encoder's input conv and
+// first blocks, whose activations are the largest, run on pieces of `sub_chunk` frames
+// (0: the whole tile at once).
 struct Tiling {
     int64_t chunk = 0;
     int64_t overlap = 0;

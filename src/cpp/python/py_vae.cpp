@@ -49,7 +49,8 @@ void bind_vae(py::module_ &m) {
             return to_numpy(out, {(ssize_t)B, (ssize_t)A, (ssize_t)(B ? out.size() / (B * A) : 0)});
         }, py::arg("latents"), py::arg("chunk") = 0, py::arg("overlap") = 0, py::arg("progress") = py::none(),
            py::arg("sub_chunk") = 0, "(B, T, latent_channels) float32 -> (B, audio_channels, T * hop_length).")
-        .def("encode", [](VAE &v, py::handle audio, int64_t chunk, int64_t overlap, py::object progress) {
+        .def("encode", [](VAE &v, py::handle audio, int64_t chunk, int64_t overlap, py::object progress,
+                          int64_t sub_chunk) {
             auto a = as_f32(audio, "audio", 3, 3);
             const int64_t B = a.shape(0), A = a.shape(1), N = a.shape(2);
             if (A != v.hparams().audio_channels)
@@ -59,12 +60,12 @@ void bind_vae(py::module_ &m) {
             std::vector<float> mean, stdev;
             {
                 py::gil_scoped_release nogil;
-                v.encode(a.data(), B, N, {chunk, overlap}, mean, stdev, tick);
+                v.encode(a.data(), B, N, {chunk, overlap, sub_chunk}, mean, stdev, tick);
             }
             const ssize_t L = v.hparams().decoder_input_channels, T = (ssize_t)(mean.size() / (B * L));
             return py::make_tuple(to_numpy(mean, {(ssize_t)B, T, L}), to_numpy(stdev, {(ssize_t)B, T, L}));
         }, py::arg("audio"), py::arg("chunk") = 0, py::arg("overlap") = 0, py::arg("progress") = py::none(),
-           "(B, audio_channels, N) float32 -> (mean, std), each (B, N // hop_length, latent_channels).");
+           py::arg("sub_chunk") = 0, "(B, audio_channels, N) float32 -> (mean, std), each (B, N // hop_length, latent_channels).");
 }
 
 }  // namespace ace
