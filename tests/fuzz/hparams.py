@@ -169,9 +169,10 @@ def run_command(command: str, models: Path, work: Path, timeout: float, env: dic
     if command == "synth":
         args = ["synth", "--input-dir", exchange_dir(work), "-o", work / "a.wav", "--seed", "1", *common]
     else:
-        args = ["lm", "--caption", CAPTION, "--output-dir", out, "--seed", "1", *common]
+        # 10 s of codes either way; without the other metadata the LM writes them first (its CoT).
+        args = ["lm", "--caption", CAPTION, "--output-dir", out, "--seed", "1", "--duration", "10", *common]
         if lm_metadata:
-            args += ["--duration", "10", "--bpm", "90", "--keyscale", "A minor", "--timesignature", "4", "--language", "en"]
+            args += ["--bpm", "90", "--keyscale", "A minor", "--timesignature", "4", "--language", "en"]
     return run_cli(args, timeout, env)
 
 
