@@ -48,6 +48,8 @@ done
 cp "$build"/acestep_ggml/_core*.so "$site/"
 [ "${SANITIZE_BUILD_ONLY:-0}" = 1 ] && exit 0
 
+# The interpreter itself, not a wrapper script (pyenv's shim is bash, which would run under ASan).
+py="$(python3 -c 'import sys; print(sys.executable)')"
 asan="$(${CC:-gcc} -print-file-name=libasan.so)"
 # libstdc++ first: a C++ exception thrown through an uninstrumented library otherwise trips
 # ASan's interceptor of __cxa_throw before libstdc++ is resolved.
@@ -62,8 +64,8 @@ export PYTHONPATH="$root/$build/site:$root/tests${PYTHONPATH:+:$PYTHONPATH}"
 export ACESTEP_SANITIZE=1
 start=$SECONDS
 set +e
-python3 -c "import acestep_ggml._core as c, sys; sys.exit(0 if '/build/asan/' in c.__file__ else 'sanitize: not the instrumented _core: ' + c.__file__)" \
-    && python3 -m pytest -q -p no:cacheprovider "${@:-tests}"
+"$py" -c "import acestep_ggml._core as c, sys; sys.exit(0 if '/build/asan/' in c.__file__ else 'sanitize: not the instrumented _core: ' + c.__file__)" \
+    && "$py" -m pytest -q -p no:cacheprovider "${@:-tests}"
 rc=$?
 set -e
 echo "sanitize: tests ran in $((SECONDS - start)) s, exit $rc"

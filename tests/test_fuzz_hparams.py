@@ -17,7 +17,8 @@ from fuzz.common import CORPUS, files_by_kind, fuzz_seed
 CASES = int(os.environ.get("ACESTEP_FUZZ_CASES", "6"))
 TIMEOUT = 180  # the hang was past 3 minutes; a tiny model's run takes seconds
 
-# The two findings (hyperparameter fuzz of 140 cases at c14d019).
+# The two findings (hyperparameter fuzz of 140 cases at c14d019), then this fuzzer's:
+# each with the words its one error line holds.
 KNOWN = [
     {
         "kind": "acestep-text-enc",
@@ -25,7 +26,8 @@ KNOWN = [
         "key": "acestep-text-enc.attention.layer_norm_rms_epsilon",
         "value": math.nan,
         "command": "synth",
-        "why": "SIGABRT in ggml's rms_norm",
+        "expect": "layer_norm_rms_epsilon = nan",
+        "was": "SIGABRT in rms_norm",
     },
     {
         "kind": "acestep-lm",
@@ -34,7 +36,27 @@ KNOWN = [
         "value": math.nan,
         "command": "lm",
         "lm_metadata": False,
-        "why": "lm hung past 3 minutes",
+        "expect": "layer_norm_rms_epsilon = nan",
+        "was": "lm hung past 3 min",
+    },
+    {
+        "kind": "acestep-lm",
+        "where": "gguf",
+        "key": "acestep-lm.rope.freq_base",
+        "value": 1e-45,
+        "command": "lm",
+        "lm_metadata": False,
+        "expect": "rope.freq_base = 1.4013e-45 must be at least 1",
+        "was": "NaN logits, numpy's ValueError: a traceback",
+    },
+    {
+        "kind": "acestep-dit",
+        "where": "gguf",
+        "key": "acestep-dit.rope.freq_base",
+        "value": 0.5,
+        "command": "synth",
+        "expect": "rope.freq_base = 0.5 must be at least 1",
+        "was": "(the same check, the DiT's reader)",
     },
 ]
 
@@ -50,10 +72,10 @@ def _check(case: dict, models: Path, tmp_path: Path):
     return out
 
 
-@pytest.mark.parametrize("case", KNOWN, ids=[c["command"] + "-nan-eps" for c in KNOWN])
+@pytest.mark.parametrize("case", KNOWN, ids=[f"{c['command']}-{c['key'].split('.')[-1]}" for c in KNOWN])
 def test_known_findings(models, tmp_path, case):
     out = _check(case, models, tmp_path)
-    assert out.kind == "ok-error" and "layer_norm_rms_epsilon = nan" in out.error_line, out.error_line
+    assert out.kind == "ok-error" and case["expect"] in out.error_line, out.error_line
 
 
 def test_random_mutations(models, tmp_path):
