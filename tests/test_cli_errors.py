@@ -231,3 +231,31 @@ def test_ctrl_c_is_one_line_and_130(models, tmp_path):
     assert p.returncode == 130 and "Traceback" not in text, text
     assert text.replace("\r", "\n").strip().splitlines()[-1] == "interrupted", text
     assert not (tmp_path / "out").exists()
+
+
+# -- the other commands: understand, batch, serve (tests/fuzz has the model-file fuzzers) --------
+
+@pytest.mark.parametrize("args, words", [
+    (["understand", "{tmp}/no-such.wav", "--models", "{empty}", "--output-dir", "{tmp}/out"], []),
+    (["understand", "{garbage_gguf}", "--models", "{hollow_models}", "--output-dir", "{tmp}/out"], []),
+    (["understand", "--codes", "{tmp}/no-codes.txt", "--models", "{empty}", "--output-dir", "{tmp}/out"],
+     ["no-codes.txt"]),
+    (["understand", "--codes", "{a_file}", "--models", "{hollow_models}", "--output-dir", "{tmp}/out"], ["a-file"]),
+    (["understand", "--models", "{empty}", "--output-dir", "{tmp}/out"], ["--codes"]),
+    (["batch", "{tmp}/no-table.jsonl", "--models", "{empty}", "--output-dir", "{tmp}/out"], ["no-table.jsonl"]),
+    (["batch", "{garbage_gguf}", "--models", "{empty}", "--output-dir", "{tmp}/out"], []),
+    (["batch", "{bad_table}", "--models", "{empty}", "--output-dir", "{tmp}/out"], []),
+    (["serve", "--models", "{empty}", "--port", "0", "--max-queue", "0"], ["--max-queue"]),
+])
+def test_every_command_bad_input(bad, tmp_path, args, words):
+    """No command prints a traceback for bad input: `understand` with missing or unreadable audio
+    or codes, `batch` with a missing or malformed table, `serve` with a bad option."""
+    bad_table = tmp_path / "table.jsonl"
+    bad_table.write_text('{"id": "a", "caption": "x", "duration": "long"}\n{not json\n')
+    values = {k: v for k, v in bad.items()} | {"tmp": tmp_path, "bad_table": bad_table}
+    r = subprocess.run([sys.executable, "-m", "acestep_ggml", *(a.format(**values) for a in args), "--quiet"]
+                       if args[0] != "serve" else [sys.executable, "-m", "acestep_ggml",
+                                                   *(a.format(**values) for a in args)],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub-cache")})
+    assert_one_error_line(r, *words)

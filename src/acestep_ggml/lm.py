@@ -181,6 +181,8 @@ class LM:
                 tok = int(ids[0])  # forced: nothing to draw
             else:
                 logits = guided(rows[0], rows[1], scale) if n_seq == 2 else rows[0]
+                if np.isnan(logits).any() or np.isposinf(logits).any():  # broken weights: no draw to make
+                    raise ModelFileError(f"{self.path}: the LM's logits are NaN or infinite; its weights are broken")
                 if ids is not None and not (ids[0] == lo and ids.size == logits.size):
                     logits = logits[ids - lo]  # a subset of the computed rows
                 greedy = constraint is not None and constraint.greedy

@@ -47,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
         from .app import ServerConfig
     except ImportError as e:
         raise SystemExit(f"error: the server needs its extra: pip install 'acestep-ggml[server]' ({e})") from None
+    from ..errors import InputError
+
     for name in ("max_queue", "keep_results", "max_body_mb"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1")
+        if getattr(args, name) < 1:  # one line `error: ...` and exit 2, as every bad value
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
     serve(ServerConfig(models=args.models, devices=args.device or ["cpu"], n_threads=args.threads,
                        api_key=args.api_key or None, max_queue=args.max_queue, keep_results=args.keep_results,

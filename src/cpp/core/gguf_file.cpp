@@ -25,6 +25,58 @@ std::vector<int64_t> TensorInfo::torch_shape() const {
     return s;
 }
 
+namespace {
+
+// Whether s is well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF).
+bool valid_utf8(const char *s, size_t n) {
+    const auto *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        const unsigned c = p[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+        if (len == 0 || i + len > n) return false;
+        uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+        for (size_t k = 1; k < len; k++) {
+            if ((p[i + k] & 0xC0) != 0x80) return false;
+            cp = (cp << 6) | (p[i + k] & 0x3F);
+        }
+        static const uint32_t min_cp[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+        i += len;
+    }
+    return true;
+}
+
+// s with bytes outside printable ASCII as \xNN, for messages about names that are not UTF-8.
+std::string escaped(const std::string &s) {
+    std::string out;
+    for (unsigned char c : s.substr(0, 200))
+        out += c >= 0x20 && c < 0x7F ? std::string(1, (char)c) : fmt("\\x%02x", c);
+    return out;
+}
+
+// Every key, string value and tensor name is text to Python: a file whose bytes there are not
+// UTF-8 is corrupt (a UnicodeDecodeError later otherwise).  Returns what is wrong, or "".
+std::string non_utf8(const gguf_context *g) {
+    auto ok = [](const char *s) { return valid_utf8(s, std::strlen(s)); };
+    for (int64_t i = 0; i < gguf_get_n_kv(g); i++) {
+        const char *key = gguf_get_key(g, i);
+        if (!ok(key)) return fmt("metadata key %lld's name '%s' is not UTF-8", (long long)i, escaped(key).c_str());
+        const gguf_type t = gguf_get_kv_type(g, i);
+        if (t == GGUF_TYPE_STRING && !ok(gguf_get_val_str(g, i)))
+            return fmt("metadata key '%s' holds a string that is not UTF-8", key);
+        if (t == GGUF_TYPE_ARRAY && gguf_get_arr_type(g, i) == GGUF_TYPE_STRING)
+            for (size_t k = 0; k < gguf_get_arr_n(g, i); k++)
+                if (!ok(gguf_get_arr_str(g, i, k)))
+                    return fmt("metadata key '%s' holds a string (entry %zu) that is not UTF-8", key, k);
+    }
+    for (int64_t i = 0; i < gguf_get_n_tensors(g); i++)
+        if (!ok(gguf_get_tensor_name(g, i)))
+            return fmt("tensor %lld's name '%s' is not UTF-8", (long long)i, escaped(gguf_get_tensor_name(g, i)).c_str());
+    return "";
+}
+
+}  // namespace
+
 GGUFFile::GGUFFile(const std::string &path) : path_(path) {
     fd_ = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) throw FileError(fmt("%s: cannot open model file (%s)", path.c_str(), std::strerror(errno)));
@@ -51,6 +103,12 @@ GGUFFile::GGUFFile(const std::string &path) : path_(path) {
         std::string why = last_ggml_error();
         throw FileError(fmt("%s: corrupt or truncated GGUF file%s%s", path.c_str(), why.empty() ? "" : ": ",
                             why.c_str()));
+    }
+    if (const std::string bad = non_utf8(gguf_); !bad.empty()) {
+        ggml_free(meta);
+        gguf_free(gguf_);
+        gguf_ = nullptr;
+        throw FileError(fmt("%s: corrupt GGUF file: %s", path.c_str(), bad.c_str()));
     }
     size_t data_offset = gguf_get_data_offset(gguf_);
     int64_t n = gguf_get_n_tensors(gguf_);

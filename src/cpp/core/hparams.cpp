@@ -212,6 +212,12 @@ class Checker {
         if (!std::isfinite(v) || v <= 0 || v >= max)
             s_.fail(fmt("%s = %g must be finite, positive and below %g", s_.name(k).c_str(), v, max));
     }
+    // A rotary base: real models use 1e4 .. 1e6; below 1 the frequencies theta^(-2i/d) overflow
+    // to inf and the attention to NaN (found by tests/fuzz: 1e-45 gave NaN logits).
+    void rope_base(const K &k, double v) const {
+        real(k, v, 1e12);
+        if (v < 1) s_.fail(fmt("%s = %g must be at least 1", s_.name(k).c_str(), v));
+    }
     void heads(const K &heads, int64_t h, const K &kv, int64_t hkv) const {
         if (hkv >= 1 && h % hkv != 0)
             s_.fail(fmt("%s = %lld is not a multiple of %s = %lld", s_.name(heads).c_str(), (long long)h,
@@ -487,7 +493,7 @@ DiTHParams read_dit_hparams(const GGUFFile &f) {
     size(fsq_dim, h.fsq_dim, kMaxWidth, h.has_tokenizer || h.has_detokenizer);
     size(pool_window_size, h.pool_window_size, kMaxPool, h.has_tokenizer || h.has_detokenizer);
     c.real(rms_eps, h.rms_norm_eps, 1.0);
-    c.real(rope_freq_base, h.rope_theta, 1e12);
+    c.rope_base(rope_freq_base, h.rope_theta);
     c.heads(head_count, h.num_attention_heads, head_count_kv, h.num_key_value_heads);
     c.heads(encoder_num_attention_heads, h.encoder_num_attention_heads, encoder_num_key_value_heads,
             h.encoder_num_key_value_heads);
@@ -603,7 +609,7 @@ void read_qwen3(const Source &s, const std::string &prefix, TextEncHParams &h) {
     c.size(key_length, h.head_dim, kMaxHeadDim);
     if (h.max_position_embeddings) c.size(context_length, *h.max_position_embeddings, 1 << 30);
     c.real(rms_eps, h.rms_norm_eps, 1.0);
-    c.real(rope_freq_base, h.rope_theta, 1e12);
+    c.rope_base(rope_freq_base, h.rope_theta);
     c.heads(head_count, h.num_attention_heads, head_count_kv, h.num_key_value_heads);
 
     const Want V = c.of(vocab_size, h.vocab_size), H = c.of(embedding_length, h.hidden_size);
