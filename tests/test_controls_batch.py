@@ -84,3 +84,13 @@ def test_generate_cli_batch_of_three(synth_models, tmp_path, device):
     assert r.returncode == 0, r.stderr
     a, b = sf.read(tmp_path / "s-2.wav")[0], sf.read(tmp_path / "one.wav")[0]
     assert a.shape == b.shape and cosine(a, b) >= AUDIO_COSINE
+
+
+def test_render_groups_items_of_other_lengths(synth):
+    # Another caption (encoder length) and another duration (latent length) cannot share the
+    # DiT's batch: they step in their own groups, every item still its single run.
+    reqs = [Request(caption=CAPTION, lyrics=LYRICS, duration=2), Request(caption="x", lyrics=LYRICS, duration=2),
+            Request(caption=CAPTION, lyrics=LYRICS, duration=3), Request(caption=CAPTION, lyrics=LYRICS, duration=2)]
+    out = synth.render(reqs, [3, 4, 5, 6], steps=STEPS, guidance=3.0)
+    for r, req, seed in zip(out, reqs, [3, 4, 5, 6]):
+        assert cosine(r.audio, synth(req, steps=STEPS, guidance=3.0, seed=seed).audio) >= AUDIO_COSINE, seed
