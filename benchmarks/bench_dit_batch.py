@@ -6,7 +6,7 @@ made) for a song of --seconds, 8 turbo steps (B = N, unguided).
                                          [--steps 8] [--timed-steps 2]
 
 Each N runs in its own process: conditions set once, then --timed-steps steps after a first
-(graph-building) one; the song's DiT time is set_conditions + steps x the mean step.  Peak RSS of
+(graph-building) one (--no-warmup: none); the song's DiT time is set_conditions + steps x the mean step.  Peak RSS of
 that process is printed beside it.  Text encoder, condition encoder, VAE and LM are not in it.
 """
 from __future__ import annotations
@@ -43,7 +43,8 @@ def child(args) -> dict:
     t0 = time.perf_counter()
     m.set_conditions(enc, src, np.ones_like(src))
     t_cond = time.perf_counter() - t0
-    m.step(x, np.full(n, 1.0, dtype=np.float32))  # builds and allocates the step graph
+    if args.warmup:
+        m.step(x, np.full(n, 1.0, dtype=np.float32))  # builds and allocates the step graph
     t0 = time.perf_counter()
     for i in range(args.timed_steps):
         m.step(x, np.full(n, 0.9 - 0.1 * i, dtype=np.float32))
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--timed-steps", type=int, default=2)
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="time the first step too (its graph build takes milliseconds; saves a step per N)")
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.n:
@@ -71,7 +74,8 @@ def main() -> None:
     for n in (int(b) for b in args.batch_sizes.split(",")):
         out = subprocess.run([sys.executable, __file__, args.dit, "--n", str(n), "--seconds", str(args.seconds),
                               "--threads", str(args.threads), "--steps", str(args.steps),
-                              "--timed-steps", str(args.timed_steps)], capture_output=True, text=True)
+                              "--timed-steps", str(args.timed_steps), *([] if args.warmup else ["--no-warmup"])],
+                             capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"N = {n} failed:\n{out.stderr[-3000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
