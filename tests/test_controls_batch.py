@@ -75,7 +75,8 @@ def test_generate_cli_batch_of_three(synth_models, tmp_path, device):
     # The acceptance command of issue #23: s-2.wav is the single run of seed S + 1 (all metadata
     # given so that the random LM skips its chain of thought, which it would fill to the cap).
     common = [sys.executable, "-m", "acestep_ggml", "generate", "--caption", CAPTION, "--lyrics", LYRICS,
-              "--duration", "10", "--bpm", "100", "--keyscale", "C major", "--timesignature", "4", "--models", str(synth_models[2]["f32"]), "--threads", "1", "--device", device,
+              "--duration", "10", "--bpm", "100", "--keyscale", "C major", "--timesignature", "4",
+              "--models", str(synth_models[2]["f32"]), "--threads", "1", "--device", device,
               "--steps", str(STEPS), "--quiet"]
     r = subprocess.run(common + ["--batch-size", "3", "--seed", "30", "-o", str(tmp_path / "s.wav")],
                        capture_output=True, text=True)
