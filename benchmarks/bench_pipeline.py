@@ -107,8 +107,11 @@ def run_ours(args) -> dict:
     pipe.synth._model = timed_model
     t0 = time.perf_counter()
     clock.enter("load LM")
-    song = pipe.generate(CAPTION, LYRICS, duration=args.seconds, seed=args.seed, progress=progress)
+    batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    song = pipe.generate(CAPTION, LYRICS, duration=args.seconds, seed=args.seed, progress=progress,
+                         use_lm=not args.no_lm, **batch)
     clock.enter(None)
+    song = song[0] if isinstance(song, list) else song
     r = song.request
     # What PyTorch is given so that it does the same work: the LM's chain of thought (its
     # caption and language included) and codes; the DiT prompt with that caption.
@@ -353,6 +356,23 @@ def report_acestep_cpp(seconds: int, ours: dict, theirs: dict) -> None:
     print(f"{'CPU seconds':<24}{cpu:10.1f}{theirs['cpu']:14.1f}", flush=True)
 
 
+def report_batches(args) -> None:
+    """Songs per hour of generate(batch_size=N) for each N, each in its own process."""
+    print(f"\nours, {args.threads} threads, {'synth stage only (no LM)' if args.no_lm else 'LM + synth'}; "
+          "wall seconds per stage (peak RSS GiB), model loads apart")
+    for seconds in (int(s) for s in args.seconds.split(",")):
+        for n in (int(b) for b in args.batch_size.split(",")):
+            ours = _child(args, "ours", ["--seconds", str(seconds), "--batch-size", str(n),
+                                         *(["--no-lm"] if args.no_lm else [])])
+            spans = ours["spans"]
+            work = sum(v[0] for k, v in spans.items() if not k.startswith("load"))
+            stages = ", ".join(f"{k} {v[0]:.1f} ({v[1]:.2f})" for k, v in spans.items() if not k.startswith("load"))
+            peak = max(v[1] for v in spans.values())
+            print(f"{seconds} s song, N = {n}: wall {ours['wall']:.1f} s, of it compute {work:.1f} s; "
+                  f"songs per hour {3600 * n / ours['wall']:.1f} (compute only {3600 * n / work:.1f}); "
+                  f"peak RSS {peak:.2f} GiB; {stages}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", default="30,120", help="song lengths, comma-separated")
@@ -364,6 +384,10 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny models: checks the script in a minute")
     ap.add_argument("--acestep-cpp", metavar="DIR", help="a folder holding a built ace-synth (acestep.cpp): "
                     "time its synth of the same song on the same files")
+    ap.add_argument("--batch-size", default=None,
+                    help="comma-separated batch sizes (e.g. 1,2,4): ours only, one generate(batch_size=N) call "
+                         "each; prints songs per hour")
+    ap.add_argument("--no-lm", action="store_true", help="with --batch-size: the synth stage only (use_lm=False)")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--ours", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -374,6 +398,7 @@ def main() -> None:
             res = {}
         else:
             args.seconds = int(args.seconds)
+            args.batch_size = None if args.batch_size is None else int(args.batch_size)
             if args.phase == "ours":
                 res = run_ours(args)
             else:
@@ -390,6 +415,9 @@ def main() -> None:
             print(f"making random real-size checkpoints in {args.workdir} ...", flush=True)
             _child(args, "make")
             print(f"made in {time.perf_counter() - t:.0f} s", flush=True)
+        if args.batch_size:
+            report_batches(args)
+            return
         for seconds in (int(s) for s in args.seconds.split(",")):
             ours = _child(args, "ours", ["--seconds", str(seconds)])
             ref = None if args.no_torch else _child(args, "torch", ["--seconds", str(seconds), "--ours", json.dumps(ours)],

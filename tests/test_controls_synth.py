@@ -145,7 +145,9 @@ def test_batch_item_i_is_the_song_of_seed_plus_i(synth):
     batch = _song(synth, solver="sde", batch_size=3)
     assert isinstance(batch, list) and [r.seed for r in batch] == [11, 12, 13]
     for i, r in enumerate(batch):
-        assert np.array_equal(r.audio, _song(synth, solver="sde", seed=11 + i).audio), i
+        # The DiT steps the batch in one graph: rows of a batch of 3 may round differently in the
+        # last bits from a batch of one (issue #23's bar: audio cosine 0.9999).
+        assert cosine(r.audio, _song(synth, solver="sde", seed=11 + i).audio) >= 0.9999, i
     with pytest.raises(InputError, match="batch_size"):
         _song(synth, batch_size=0)
 
@@ -159,7 +161,7 @@ def test_synth_cli_batch_writes_numbered_files(synth_models, tmp_path, device):
     assert not (tmp_path / "song.wav").exists() and "seed 9" in r.stderr
     r = _cli("synth", *common, "--seed", 9, "-o", tmp_path / "one.wav", "--quiet")
     assert r.returncode == 0, r.stderr
-    assert np.array_equal(sf.read(tmp_path / "song-2.wav")[0], sf.read(tmp_path / "one.wav")[0])
+    assert cosine(sf.read(tmp_path / "song-2.wav")[0], sf.read(tmp_path / "one.wav")[0]) >= 0.9999
     assert sf.info(str(tmp_path / "song-1.wav")).frames == sf.info(str(tmp_path / "one.wav")).frames
 
 
@@ -170,4 +172,4 @@ def test_pipeline_generate_batch_matches_single_runs(synth_models, device):
     kw = dict(use_lm=False, duration=2, steps=STEPS, solver="dpm3m")
     batch = pipe.generate(CAPTION, LYRICS, seed=5, batch_size=2, **kw)
     assert [r.seed for r in batch] == [5, 6]
-    assert np.array_equal(batch[1].audio, pipe.generate(CAPTION, LYRICS, seed=6, **kw).audio)
+    assert cosine(batch[1].audio, pipe.generate(CAPTION, LYRICS, seed=6, **kw).audio) >= 0.9999

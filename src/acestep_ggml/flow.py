@@ -359,7 +359,7 @@ def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = TURBO_STEPS
            cfg_interval: tuple[float, float] = (0.0, 1.0),
            callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None,
            mix: Optional[Callable[[np.ndarray, float, np.ndarray], np.ndarray]] = None, *,
-           solver: str = "euler", seed: int = 0, stork_substeps: int = STORK_SUBSTEPS, use_adg: bool = False,
+           solver: str = "euler", seed: int | Sequence[int] = 0, stork_substeps: int = STORK_SUBSTEPS, use_adg: bool = False,
            velocity_norm_threshold: float = 0.0, velocity_ema_factor: float = 0.0, dcw_mode: Optional[str] = None,
            dcw_scaler: float = DCW_SCALER, dcw_high_scaler: float = DCW_HIGH_SCALER, repaint: Optional[Repaint] = None,
            turbo: bool = False) -> np.ndarray:
@@ -372,7 +372,8 @@ def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = TURBO_STEPS
     EMA; the solver; DCW (``dcw_mode`` None: off); repaint injection.
 
     Solvers: ``euler`` ``x ← x + (t_next − t)·v``; ``sde`` re-noises the clean prediction to
-    t_next with :func:`sde_noise` of ``seed`` (item b of a batch: ``seed + b``); ``dpm3m`` is
+    t_next with :func:`sde_noise` of ``seed`` (item b of a batch: ``seed + b``, or ``seed[b]`` when
+    ``seed`` is a list); ``dpm3m`` is
     acestep.cpp's fixed-coefficient Adams–Bashforth 2/3; ``stork4`` acestep.cpp's STORK4;
     ``heun`` upstream's predictor–corrector (two model calls a step).  Every solver but Heun
     takes a plain Euler step to t = 0 at the end, as acestep.cpp does; Heun corrects there too
@@ -390,7 +391,12 @@ def sample(velocity: VelocityFn, noise: np.ndarray, num_steps: int = TURBO_STEPS
     lo, hi = (float(v) for v in cfg_interval)
     ts = timestep_schedule(num_steps, shift, timesteps)
     buffer = MomentumBuffer() if guidance_scale > 1.0 else None
-    item_seeds = [int(seed)] if x.ndim == 2 else [int(seed) + b for b in range(x.shape[0])]
+    if isinstance(seed, (list, tuple, np.ndarray)):  # one per item
+        item_seeds = [int(s) for s in seed]
+        if len(item_seeds) != (1 if x.ndim == 2 else x.shape[0]):
+            raise InputError(f"{len(item_seeds)} seeds for noise of shape {x.shape}")
+    else:
+        item_seeds = [int(seed)] if x.ndim == 2 else [int(seed) + b for b in range(x.shape[0])]
     stork = [_Stork4(int(stork_substeps)) for _ in item_seeds]
     prev_v: Optional[np.ndarray] = None  # the previous step's final velocity (EMA)
     history: list[np.ndarray] = []  # dpm3m's last two velocities

@@ -205,6 +205,50 @@ class LM:
             run = []
         return out
 
+    def _run_many(self, jobs: List["_Job"], max_new: int, scale: float, stop: int, temperature: float, top_p,
+                  top_k) -> List[List[int]]:
+        """``_run`` for several items at once, in one KV cache and one graph per token: item j's
+        sequences (cond, and uncond when guided) are rows ``k·j .. k·j + k − 1``, each step feeds
+        one token to every sequence.  Every item keeps its own prompts, FSM, random stream and
+        stop, so its tokens are those of ``_run`` alone; a finished item is fed ``stop`` (ignored)
+        until the last one ends.
+
+        Unguided jobs (one sequence each) run one after another through ``_run``: ggml's CPU flash
+        attention takes another path for a single sequence than for several (logits differ by
+        up to 5e-3 on the tests' tiny LM), which would change the tokens an item draws.  Guided
+        jobs batch: 2 sequences and 2N give the same logits bit for bit."""
+        k = len(jobs[0].prompts)
+        if len(jobs) == 1 or k == 1:
+            return [self._run(j.prompts, max_new, scale, j.constraint, stop, j.rng, temperature, top_p, top_k,
+                              tick=j.tick) for j in jobs]
+        self.reset(k * len(jobs), max(len(p) for j in jobs for p in j.prompts) + max_new)
+        for j_i, j in enumerate(jobs):
+            j.rows = [self.prefill(k * j_i + s, p) for s, p in enumerate(j.prompts)]
+            j.lo = 0  # j.rows[s][m] is the logit of token lo + m
+            j.ids = j.constraint.allowed() if j.constraint is not None else None
+        while True:
+            tokens: List[int] = []
+            for j in jobs:
+                if not j.done:
+                    tok = j.next_token(scale, temperature, top_p, top_k)
+                    j.done = (len(j.out) >= max_new or tok == stop
+                              or (j.constraint is not None and j.constraint.done))
+                    if not j.done and j.constraint is not None:
+                        j.ids = j.constraint.allowed()
+                tokens += [j.out[-1] if not j.done else stop] * k
+            active = [j for j in jobs if not j.done]
+            if not active:
+                return [j.out for j in jobs]
+            # One head span for the batch: the union of the items' next choices.
+            if any(j.ids is None for j in active):
+                lo, hi = 0, None
+            else:
+                lo, hi = min(int(j.ids[0]) for j in active), max(int(j.ids[-1]) + 1 for j in active)
+            logits = self.decode(tokens, lo, hi)
+            for j_i, j in enumerate(jobs):
+                if not j.done:
+                    j.rows, j.lo = list(logits[k * j_i:k * j_i + k]), lo
+
     def answer(self, prompt: str, given: Optional[dict] = None, skip_language: bool = False,
                temperature: float = LM_TEMPERATURE, top_p: Optional[float] = None, top_k: Optional[int] = None,
                seed: Optional[int] = None, fsm: bool = True, max_new_tokens: int = LM_MODE_MAX_NEW_TOKENS,
@@ -251,57 +295,134 @@ class LM:
         ``progress(stage, done, total)`` follows the tokens: stage "lm-metadata" (phase 1,
         ``total`` 0 as its length is not known ahead) and "lm-codes" (``total`` = the codes to
         write, 0 when the LM decides)."""
+        return self.generate_batch([request], [seed], cfg_scale=cfg_scale, temperature=temperature, top_p=top_p,
+                                   top_k=top_k, fsm=fsm, rewrite_caption=rewrite_caption,
+                                   negative_prompt=negative_prompt, legacy_cfg_prompt=legacy_cfg_prompt,
+                                   progress=progress)[0]
+
+    def generate_batch(self, requests: List[Request], seeds: List[Optional[int]], cfg_scale: float = LM_CFG_SCALE,
+                       temperature: float = LM_TEMPERATURE, top_p: Optional[float] = LM_TOP_P,
+                       top_k: Optional[int] = None, fsm: bool = True, rewrite_caption: bool = True,
+                       negative_prompt: Optional[str] = None, legacy_cfg_prompt: bool = False,
+                       progress: Optional[Callable[[str, int, int], None]] = None) -> List[Request]:
+        """:meth:`generate` for several items decoded together: every phase runs the items'
+        sequences (each with its CFG pair) in one KV cache, one graph per token.  Item i draws
+        from ``seeds[i]`` and its tokens are those of ``generate(requests[i], seed=seeds[i])``.
+        ``progress`` reports the furthest item."""
         check_params(temperature, top_p, top_k)
         if not math.isfinite(cfg_scale):
             raise InputError(f"cfg_scale must be finite, got {cfg_scale}")
-        given = given_metadata(request)
-        rng = np.random.default_rng(seed)
+        if len(requests) != len(seeds) or not requests:
+            raise InputError(f"generate_batch takes one seed per request: {len(requests)} requests, "
+                             f"{len(seeds)} seeds")
+        givens = [given_metadata(r) for r in requests]
+        rngs = [np.random.default_rng(s) for s in seeds]
         enc = self.tokenizer.encode
         guide = cfg_scale > 1.0  # the original guides only above 1
-        sample_args = (rng, temperature, top_p, top_k)
+        sample_args = (temperature, top_p, top_k)
 
-        if all(k in given for k in ALL_METAS):
-            values = {k: given[k] for k in ALL_METAS}
-        else:
-            prompts = [enc(cot_prompt(request.caption, request.lyrics))]
-            if guide and legacy_cfg_prompt:
-                prompts.append(enc(cot_uncond_prompt(request.lyrics, negative_prompt)))
-            constraint = _fsm.CotFSM(self._cot, given, rewrite_caption) if fsm else None
-            tick = (lambda n: progress("lm-metadata", n, 0)) if progress else None
+        def ticker(stage: str, total: int):
+            if not progress:
+                return None
+            furthest = [0]
+
+            def tick(n):
+                if n > furthest[0]:
+                    furthest[0] = n
+                    progress(stage, min(n, total or n), total)
+            return tick
+
+        values: List[dict] = [{}] * len(requests)
+        phase1 = [i for i, g in enumerate(givens) if not all(k in g for k in ALL_METAS)]
+        for i, g in enumerate(givens):
+            if i not in phase1:
+                values[i] = {k: g[k] for k in ALL_METAS}
+        if phase1:
+            tick = ticker("lm-metadata", 0)
+            jobs = []
+            for i in phase1:
+                prompts = [enc(cot_prompt(requests[i].caption, requests[i].lyrics))]
+                if guide and legacy_cfg_prompt:
+                    prompts.append(enc(cot_uncond_prompt(requests[i].lyrics, negative_prompt)))
+                constraint = _fsm.CotFSM(self._cot, givens[i], rewrite_caption) if fsm else None
+                jobs.append(_Job(prompts, constraint, rngs[i], tick))
             if progress:
                 progress("lm-metadata", 0, 0)
-            out = self._run(prompts, MAX_COT_TOKENS, cfg_scale, constraint, self._cot.end_think, *sample_args,
-                            tick=tick)
-            values = dict(constraint.values if fsm else _fsm.parse_cot(self.tokenizer.decode(out)))
-            values.update(given)
-            if not rewrite_caption:
-                values.pop("caption", None)
+            outs = self._run_many(jobs, MAX_COT_TOKENS, cfg_scale, self._cot.end_think, *sample_args)
+            for i, j, out in zip(phase1, jobs, outs):
+                v = dict(j.constraint.values if fsm else _fsm.parse_cot(self.tokenizer.decode(out)))
+                v.update(givens[i])
+                if not rewrite_caption:
+                    v.pop("caption", None)
+                values[i] = v
 
-        cot = _fsm.cot_text(values)
-        prompts = [enc(codes_prompt(request.caption, request.lyrics, cot, legacy_cfg_prompt))]
-        if guide:
-            prompts.append(enc(codes_uncond_prompt(request.caption, request.lyrics, negative_prompt,
-                                                   legacy_cfg_prompt)))
-        n_codes = CODES_PER_SECOND * int(given["duration"]) if "duration" in given else None
-        tick = (lambda n: progress("lm-codes", min(n, n_codes or n), n_codes or 0)) if progress else None
-        if progress:
-            progress("lm-codes", 0, n_codes or 0)
-        if fsm:
-            constraint = _fsm.CodesFSM(n_codes or 0, n_codes or MAX_CODES, self.first_code, N_AUDIO_CODES, self.eos)
-            out = self._run(prompts, (n_codes or MAX_CODES) + 1, cfg_scale, constraint, self.eos, *sample_args,
-                            tick=tick)
+        # Phase 2: items of one length of codes run together (the FSM's count is per item; one
+        # max_new for the cache).
+        n_codes = [CODES_PER_SECOND * int(g["duration"]) if "duration" in g else None for g in givens]
+        codes_out: List[List[int]] = [[] for _ in requests]
+        for n in dict.fromkeys(n_codes):
+            group = [i for i, c in enumerate(n_codes) if c == n]
+            tick = ticker("lm-codes", n or 0)
+            jobs = []
+            for i in group:
+                r = requests[i]
+                prompts = [enc(codes_prompt(r.caption, r.lyrics, _fsm.cot_text(values[i]), legacy_cfg_prompt))]
+                if guide:
+                    prompts.append(enc(codes_uncond_prompt(r.caption, r.lyrics, negative_prompt, legacy_cfg_prompt)))
+                constraint = (_fsm.CodesFSM(n or 0, n or MAX_CODES, self.first_code, N_AUDIO_CODES, self.eos)
+                              if fsm else None)
+                jobs.append(_Job(prompts, constraint, rngs[i], tick))
+            if progress:
+                progress("lm-codes", 0, n or 0)
+            max_new = (n or MAX_CODES) + (1 if fsm else EXTRA_NEW_TOKENS)
+            for i, out in zip(group, self._run_many(jobs, max_new, cfg_scale, self.eos, *sample_args)):
+                codes_out[i] = out
+
+        results = []
+        for r, v, out in zip(requests, values, codes_out):
+            codes = [t - self.first_code for t in out if self.first_code <= t < self.first_code + N_AUDIO_CODES]
+            keyscale = v.get("keyscale")
+            results.append(dataclasses.replace(
+                r, codes=codes, caption=v.get("caption") or r.caption,
+                duration=_int_or(v.get("duration"), None), bpm=_int_or(v.get("bpm"), None),
+                keyscale=keyscale if keyscale in KEYSCALES else None,
+                timesignature=_int_or(v.get("timesignature"), None),
+                language=v.get("language") or r.language))
+        return results
+
+
+@dataclasses.dataclass
+class _Job:
+    """One item of ``LM._run_many``: its prompts, FSM, random stream and the tokens so far."""
+
+    prompts: List[List[int]]
+    constraint: object
+    rng: np.random.Generator
+    tick: Optional[Callable[[int], None]] = None
+    out: List[int] = dataclasses.field(default_factory=list)
+    done: bool = False
+    rows: list = dataclasses.field(default_factory=list)
+    lo: int = 0
+    ids: Optional[np.ndarray] = None
+
+    def next_token(self, scale: float, temperature: float, top_p, top_k) -> int:
+        """Chooses, records and reports the next token exactly as ``LM._run`` does."""
+        ids, c = self.ids, self.constraint
+        if ids is not None and ids.size == 1:
+            tok = int(ids[0])  # forced: nothing to draw
         else:
-            out = self._run(prompts, (n_codes or MAX_CODES) + EXTRA_NEW_TOKENS, cfg_scale, None, self.eos,
-                            *sample_args, tick=tick)
-        codes = [t - self.first_code for t in out if self.first_code <= t < self.first_code + N_AUDIO_CODES]
-
-        keyscale = values.get("keyscale")
-        return dataclasses.replace(
-            request, codes=codes, caption=values.get("caption") or request.caption,
-            duration=_int_or(values.get("duration"), None), bpm=_int_or(values.get("bpm"), None),
-            keyscale=keyscale if keyscale in KEYSCALES else None,
-            timesignature=_int_or(values.get("timesignature"), None),
-            language=values.get("language") or request.language)
+            logits = guided(self.rows[0], self.rows[1], scale) if len(self.rows) == 2 else self.rows[0]
+            if ids is not None and not (ids[0] == self.lo and ids.size == logits.size):
+                logits = logits[ids - self.lo]
+            greedy = c is not None and c.greedy
+            tok = int(np.argmax(logits)) if greedy else sample(logits, self.rng, temperature, top_p, top_k)
+            tok = int(ids[tok]) if ids is not None else self.lo + tok
+        if c is not None:
+            c.advance(tok)
+        self.out.append(tok)
+        if self.tick is not None:
+            self.tick(len(self.out))
+        return tok
 
 
 def _int_or(text: Optional[str], fallback):

@@ -201,7 +201,10 @@ class DiT:
                null_encoder_states=None, cfg_interval: tuple[float, float] = (0.0, 1.0),
                callback: Optional[Callable[[int, float, np.ndarray, np.ndarray], None]] = None,
                non_cover_states=None, cover_strength: float = 1.0, **options) -> np.ndarray:
-        """Runs the flow-matching sampler from seeded (or given) noise to clean latents ``(T, 64)``.
+        """Runs the flow-matching sampler from seeded (or given) noise to clean latents ``(T, 64)``,
+        or ``(B, T, 64)`` for a batch: then every array has the batch first (encoder states
+        ``(B, S, D)``), item b draws from ``seed[b]`` (a list) or ``seed + b``, and the DiT runs the
+        items in one graph per step.
         ``options``: the solver, guidance, DCW and repaint options of :func:`acestep_ggml.flow.sample`
         (its SDE noise is drawn from ``seed``).
 
@@ -213,45 +216,67 @@ class DiT:
         ``v_non_cover`` the unguided velocity under ``non_cover_states`` (the text2music prompt).
         """
         src = np.asarray(src_latents, dtype=np.float32)
-        if src.ndim != 2:
-            raise InputError("src_latents must be (T, 64) for sample()")
+        if src.ndim not in (2, 3):
+            raise InputError("src_latents must be (T, 64), or (B, T, 64) for a batch, for sample()")
+        batched = src.ndim == 3
+        srcb = src if batched else src[None]
+        B, T, C = srcb.shape
+        seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple, np.ndarray)) else \
+            [int(seed) + b for b in range(B)]
+        if len(seeds) != B:
+            raise InputError(f"{len(seeds)} seeds for a batch of {B}")
         if noise is None:
-            noise = flow.initial_noise(src.shape[0], seed, src.shape[1])
+            noise = np.stack([flow.initial_noise(T, s, C) for s in seeds]) if batched else \
+                flow.initial_noise(T, seeds[0], C)
         noise = np.asarray(noise, dtype=np.float32)
         if noise.shape != src.shape:
             raise InputError(f"noise has shape {noise.shape}, src_latents {src.shape}")
         mask = np.ones_like(src) if chunk_mask is None else np.asarray(chunk_mask, dtype=np.float32)
+        maskb = mask if batched else mask[None]
         enc = np.asarray(encoder_states, dtype=np.float32)
-        conds = enc[None]
-        if guidance_scale > 1.0:
+        conds = enc if batched else enc[None]
+        if conds.ndim != 3 or conds.shape[0] != B:
+            raise InputError(f"encoder_states has shape {enc.shape} for src_latents {src.shape}")
+        guided = guidance_scale > 1.0
+        if guided:
             if null_encoder_states is None:
                 raise InputError("guidance_scale > 1 needs null_encoder_states")
             null = np.asarray(null_encoder_states, dtype=np.float32)
             if null.shape != enc.shape:
                 raise InputError(f"null_encoder_states has shape {null.shape}, encoder_states {enc.shape}")
-            conds = np.stack([enc, null])
+            conds = np.concatenate([conds, null if batched else null[None]])  # B cond rows, then B null rows
         blend = non_cover_states is not None and cover_strength < 1.0
-        non_cover = np.asarray(non_cover_states, dtype=np.float32)[None] if blend else None
-        # Once per generation: the (cond, null) pair and the latents stay on the device; a step
-        # sends x_t and t, as a batch of two where guided and of one (the conditional row) elsewhere.
+        non_cover = None
+        if blend:
+            non_cover = np.asarray(non_cover_states, dtype=np.float32)
+            non_cover = non_cover if batched else non_cover[None]
+        # Once per generation: the conditions and the latents stay on the device; a step sends
+        # x_t and t, as a batch of 2B where guided (B conditional rows, then B null rows) and of B
+        # (the conditional rows) elsewhere; one item shares its latents between its two rows.
         # A blended cover's text2music prompt has its own length, so it cannot share that batch:
         # its conditions are swapped in for one pass per step (only then is the K/V work per step).
-        self._m.set_conditions(conds, src[None], mask[None])
+        pair = guided and B > 1
+        src_c, mask_c = (np.concatenate([srcb, srcb]), np.concatenate([maskb, maskb])) if pair else (srcb, maskb)
+        self._m.set_conditions(conds, src_c, mask_c)
 
         def velocity(x, t, guided):
             if blend:
-                self._m.set_conditions(conds, src[None], mask[None])
-            v = self._m.step(x[None], np.full(2 if guided else 1, t, dtype=np.float32))
-            return (v[0], v[1]) if guided else v[0]
+                self._m.set_conditions(conds, src_c, mask_c)
+            xb = x if batched else x[None]
+            if guided:
+                v = self._m.step(np.concatenate([xb, xb]) if B > 1 else xb, np.full(2 * B, t, dtype=np.float32))
+                return (v[:B], v[B:]) if batched else (v[0], v[1])
+            v = self._m.step(xb, np.full(B, t, dtype=np.float32))
+            return v if batched else v[0]
 
         def mix(x, t, v):
-            self._m.set_conditions(non_cover, src[None], mask[None])
-            v_non_cover = self._m.step(x[None], np.full(1, t, dtype=np.float32))[0]
-            return cover_strength * v + (1.0 - cover_strength) * v_non_cover
+            self._m.set_conditions(non_cover, srcb, maskb)
+            v_non_cover = self._m.step(x if batched else x[None], np.full(B, t, dtype=np.float32))
+            return cover_strength * v + (1.0 - cover_strength) * (v_non_cover if batched else v_non_cover[0])
 
         return flow.sample(velocity, noise, num_steps=num_steps, shift=shift, timesteps=timesteps,
                            guidance_scale=guidance_scale, cfg_interval=cfg_interval, callback=callback,
-                           mix=mix if blend else None, seed=seed, **options)
+                           mix=mix if blend else None, seed=seeds, **options)
 
 
 def _batch(a, what: str) -> np.ndarray:

@@ -159,8 +159,10 @@ class Synthesizer:
             self._loaded[name] = make()
         return self._loaded[name]
 
+    _holding = False  # render's preparation: stages stay loaded until every item has passed
+
     def _done(self, name: str) -> None:
-        if not self.keep_loaded:
+        if not self.keep_loaded and not self._holding:
             self._loaded.pop(name, None)
 
     @property
@@ -237,17 +239,55 @@ class Synthesizer:
         ``cfg_interval=(0.2, 1.0)``, ``repaint_mode=...``, ``retake_seed=...``, ...) choose how
         the DiT samples; see :class:`acestep_ggml.request.Controls` and docs/controls.md.
 
-        ``batch_size=N`` returns a list of N results, item i the song of ``seed + i`` (one after
-        another: the DiT does not yet run a batch in one graph)."""
+        ``batch_size=N`` returns a list of N results, item i the song of ``seed + i``; the DiT
+        steps the items together (see :meth:`render`)."""
         controls = Controls.of(controls, **options)
         if batch_size is not None:
             n = check_batch_size(batch_size)
             if init_noise is not None and n > 1:
                 raise InputError("init_noise is one song's noise; a batch_size > 1 draws each item's from its seed")
             seed = new_seed() if seed is None else seed
-            return [self(request, seed=seed + i, steps=steps, shift=shift, guidance=guidance, timesteps=timesteps,
-                         init_noise=init_noise, posterior=posterior, progress=progress, keep_stages=keep_stages,
-                         controls=controls) for i in range(n)]
+            return self.render([request] * n, [seed + i for i in range(n)], steps=steps, shift=shift,
+                               guidance=guidance, timesteps=timesteps, init_noise=init_noise, posterior=posterior,
+                               progress=progress, keep_stages=keep_stages, controls=controls)
+        return self.render([request], [seed], steps=steps, shift=shift, guidance=guidance, timesteps=timesteps,
+                           init_noise=init_noise, posterior=posterior, progress=progress, keep_stages=keep_stages,
+                           controls=controls)[0]
+
+    def render(self, requests: list[Request], seeds: list[Optional[int]], *, steps: Optional[int] = None,
+               shift: Optional[float] = None, guidance: Optional[float] = None, timesteps=None,
+               init_noise: Optional[np.ndarray] = None, posterior: str = "sample",
+               progress: Optional[Progress] = None, keep_stages: bool = False,
+               controls: Optional[Controls] = None) -> list[SynthResult]:
+        """Renders several songs, item i ``requests[i]`` from ``seeds[i]`` (None: a fresh seed),
+        each exactly as alone.  Text, condition and detokenizer run per item; the DiT then steps
+        every group of items whose latent length and encoder length agree as one batch (2 rows
+        per item where guided, one elsewhere), each row with its own noise and conditions; the
+        VAE decodes each song's tiles."""
+        controls = controls or Controls()
+        report = progress or (lambda stage, done, total: None)
+        self._holding = True  # each stage's weights serve every item before they are freed
+        try:
+            items = [self._prepare(r, s, steps=steps, shift=shift, guidance=guidance, timesteps=timesteps,
+                                   init_noise=init_noise, posterior=posterior, report=report,
+                                   keep_stages=keep_stages, controls=controls) for r, s in zip(requests, seeds)]
+        finally:
+            self._holding = False
+            for name in ("vae", "text", "condition", "audio_tokenizer", "detokenizer"):
+                self._done(name)
+        groups: dict[tuple, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(it.shape_key(), []).append(i)
+        x0s: list[Optional[np.ndarray]] = [None] * len(items)
+        for idx in groups.values():
+            for i, x0 in zip(idx, self._sample([items[i] for i in idx], controls, report, keep_stages)):
+                x0s[i] = x0
+        self._done("dit")
+        return [self._finish(it, x0, controls, report) for it, x0 in zip(items, x0s)]
+
+    def _prepare(self, request: Request, seed: Optional[int], *, steps, shift, guidance, timesteps, init_noise,
+                 posterior, report: Progress, keep_stages: bool, controls: Controls) -> "_Item":
+        """One item up to the DiT: checks, audio in, text, condition, source latents, noise."""
         check_for_synth(request, posterior)
         if controls.repaint_mode != Controls.repaint_mode and request.task not in tasks.WINDOW_TASKS:
             raise InputError(f"repaint_mode applies to repaint and lego, not '{request.task}'")
@@ -272,7 +312,6 @@ class Synthesizer:
                           stacklevel=2)
         if seed is None:
             seed = new_seed()
-        report = progress or (lambda stage, done, total: None)
         stages: dict[str, np.ndarray] = {}
         keep = (lambda k, v: stages.__setitem__(k, np.array(v, copy=True))) if keep_stages else (lambda k, v: None)
         lps, rate = self.latents_per_second, self.sample_rate
@@ -380,7 +419,21 @@ class Synthesizer:
             repaint = flow.Repaint(mask=chunk_mask[:, 0] > 0.5, source=src_latents[:src.shape[0]], noise=noise,
                                    cutoff=round(ratio * n_steps), crossfade=crossfade)
 
+        used = request if has_codes else dataclasses.replace(request, duration=int(round(duration)))
+        return _Item(request=used, seed=seed, stages=stages, keep=keep, enc_hidden=enc_hidden, null_emb=null_emb,
+                     non_cover=non_cover[0] if blend else None, cover_strength=request.audio_cover_strength,
+                     src=src, chunk_mask=chunk_mask, noise=noise, repaint=repaint, window=window, src_wave=src_wave,
+                     wav_crossfade=wav_crossfade, steps=steps, shift=shift, guidance=guidance, timesteps=timesteps,
+                     turbo=turbo)
+
+    def _sample(self, items: list["_Item"], controls: Controls, report: Progress,
+                keep_stages: bool) -> list[np.ndarray]:
+        """The DiT over items of one shape as one batch (one item: exactly the unbatched call)."""
+        one = len(items) == 1
+        first = items[0]
+        stack = (lambda get: get(first)) if one else (lambda get: np.stack([get(it) for it in items]))
         velocities: list[np.ndarray] = []
+        steps = first.steps
 
         def on_step(i, t, x, v):
             if keep_stages:
@@ -389,31 +442,74 @@ class Synthesizer:
 
         dit = self._model("dit")
         report("dit", 0, steps)
-        null = None if null_emb is None else np.broadcast_to(null_emb, enc_hidden.shape)
-        x0 = dit.sample(enc_hidden, src, chunk_mask, noise=noise, num_steps=steps, shift=shift,
-                        timesteps=timesteps, guidance_scale=guidance, null_encoder_states=null, callback=on_step,
-                        non_cover_states=non_cover[0] if blend else None,
-                        cover_strength=request.audio_cover_strength, seed=seed, repaint=repaint, turbo=turbo,
-                        **controls.sampler_options())
+        null = None
+        if first.null_emb is not None:
+            null = stack(lambda it: np.broadcast_to(it.null_emb, it.enc_hidden.shape))
+        repaint = first.repaint
+        if repaint is not None and not one:
+            repaint = dataclasses.replace(repaint, source=stack(lambda it: it.repaint.source),
+                                          noise=stack(lambda it: it.repaint.noise))
+        x0 = dit.sample(stack(lambda it: it.enc_hidden), stack(lambda it: it.src), stack(lambda it: it.chunk_mask),
+                        noise=stack(lambda it: it.noise), num_steps=steps, shift=first.shift,
+                        timesteps=first.timesteps, guidance_scale=first.guidance, null_encoder_states=null,
+                        callback=on_step,
+                        non_cover_states=None if first.non_cover is None else stack(lambda it: it.non_cover),
+                        cover_strength=first.cover_strength, seed=first.seed if one else [it.seed for it in items],
+                        repaint=repaint, turbo=first.turbo, **controls.sampler_options())
         del dit  # freed before the VAE loads (unless kept loaded)
-        self._done("dit")
-        for i, v in enumerate(velocities):
-            keep(f"v_t{i}", v)
-        keep("x0", x0)
+        x0s = [x0] if one else list(x0)
+        for b, it in enumerate(items):
+            for i, v in enumerate(velocities):
+                it.keep(f"v_t{i}", v if one else v[b])
+            it.keep("x0", x0s[b])
+        return x0s
 
+    def _finish(self, item: "_Item", x0: np.ndarray, controls: Controls, report: Progress) -> SynthResult:
+        """One item after the DiT: the VAE, the repaint splice, peak normalization."""
+        keep, rate = item.keep, self.sample_rate
         vae = self._model("vae")
         wave = vae.decode(x0, progress=lambda done, total: report("vae", done, total))
         del vae
         self._done("vae")
         keep("audio_raw", wave)
-        if window is not None and controls.repaint_mode != "aggressive":
-            wave = splice_source(wave, src_wave, window, rate, wav_crossfade)
+        if item.window is not None and controls.repaint_mode != "aggressive":
+            wave = splice_source(wave, item.src_wave, item.window, rate, item.wav_crossfade)
             keep("audio_spliced", wave)
         out = audio_io.normalize_peak(np.asarray(wave, dtype=np.float32)).astype(np.float32)
         keep("audio", out)
+        return SynthResult(audio=out, sample_rate=rate, latents=x0, request=item.request, seed=item.seed,
+                           stages=item.stages)
 
-        used = request if has_codes else dataclasses.replace(request, duration=int(round(duration)))
-        return SynthResult(audio=out, sample_rate=rate, latents=x0, request=used, seed=seed, stages=stages)
+
+@dataclass
+class _Item:
+    """One song of Synthesizer.render between its preparation and the DiT."""
+
+    request: Request
+    seed: int
+    stages: dict
+    keep: Callable
+    enc_hidden: np.ndarray
+    null_emb: Optional[np.ndarray]
+    non_cover: Optional[np.ndarray]
+    cover_strength: float
+    src: np.ndarray
+    chunk_mask: np.ndarray
+    noise: np.ndarray
+    repaint: Optional[flow.Repaint]
+    window: Optional[tasks.Window]
+    src_wave: Optional[np.ndarray]
+    wav_crossfade: float
+    steps: int
+    shift: float
+    guidance: float
+    timesteps: object
+    turbo: bool
+
+    def shape_key(self) -> tuple:
+        """Items with equal keys step as one DiT batch: lengths, and the repaint window."""
+        return (self.src.shape, self.enc_hidden.shape, None if self.non_cover is None else self.non_cover.shape,
+                None if self.repaint is None else self.repaint.mask.tobytes())
 
 
 def splice_source(pred: np.ndarray, src: np.ndarray, window: tasks.Window, rate: int,
@@ -529,7 +625,8 @@ class Pipeline:
         upstream skips it for cover and repaint: the source gives the audio context, a cover's
         codes come from it.  ``controls`` / ``options``: how the DiT samples, as for
         :meth:`Synthesizer.__call__`.  ``batch_size=N`` returns a list of N songs, item i the song of
-        ``seed + i``, the LM included (items run one after another).
+        ``seed + i``, the LM included: the LM decodes the items together, the DiT steps them as one
+        batch (see :meth:`Synthesizer.render`).
 
         ``lm_mode="inspire"`` first lets the LM write a whole song from the caption as a query
         (upstream's create_sample: caption, lyrics, metadata; ``instrumental`` and ``language``
@@ -548,18 +645,8 @@ class Pipeline:
             self.synth.set_loras(loras)
         if seed is None:
             seed = new_seed()
-        if batch_size is not None:
-            n = check_batch_size(batch_size)
-            return [self.generate(caption, lyrics, duration=duration, bpm=bpm, keyscale=keyscale,
-                                  timesignature=timesignature, language=language, seed=seed + i, steps=steps,
-                                  guidance=guidance, shift=shift, use_lm=use_lm, task=task, src_audio=src_audio,
-                                  ref_audio=ref_audio, repainting_start=repainting_start,
-                                  repainting_end=repainting_end, track_name=track_name, track_classes=track_classes,
-                                  audio_cover_strength=audio_cover_strength, posterior=posterior,
-                                  rewrite_caption=rewrite_caption, negative_prompt=negative_prompt,
-                                  legacy_cfg_prompt=legacy_cfg_prompt, lm_mode=lm_mode, instrumental=instrumental,
-                                  progress=progress, controls=controls)
-                    for i in range(n)]
+        n = 1 if batch_size is None else check_batch_size(batch_size)
+        seeds = [seed + i for i in range(n)]
         request = Request(caption=caption, lyrics=lyrics, bpm=bpm, duration=duration, keyscale=keyscale,
                           timesignature=timesignature, language=language, task=task, src_audio=src_audio,
                           ref_audio=ref_audio, repainting_start=repainting_start, repainting_end=repainting_end,
@@ -581,17 +668,22 @@ class Pipeline:
             # A song that cannot fit is refused before the LM spends its minutes on it.
             self.synth.check_memory(request, self.synth.defaults.guidance if guidance is None else guidance)
             lm = self._load_lm()
+            requests = [request] * n
             if lm_mode != "generate":
-                request = lm_modes.run(lm, request, lm_mode, instrumental=instrumental, seed=seed,
-                                       progress=progress)
-            request = lm.generate(request, seed=seed, rewrite_caption=rewrite_caption,
-                                  negative_prompt=negative_prompt, legacy_cfg_prompt=legacy_cfg_prompt,
-                                  progress=progress)
+                requests = [lm_modes.run(lm, request, lm_mode, instrumental=instrumental, seed=s, progress=progress)
+                            for s in seeds]
+            # One graph per token for the whole batch, item i as the single run of seed + i.
+            requests = lm.generate_batch(requests, seeds, rewrite_caption=rewrite_caption,
+                                         negative_prompt=negative_prompt, legacy_cfg_prompt=legacy_cfg_prompt,
+                                         progress=progress)
             del lm
         elif lm_mode != "generate":
             raise InputError(f"lm_mode {lm_mode!r} needs the LM: not with use_lm=False or source audio")
-        return self.synth(request, seed=seed, steps=steps, shift=shift, guidance=guidance, posterior=posterior,
-                          progress=progress, controls=controls)
+        else:
+            requests = [request] * n
+        results = self.synth.render(requests, seeds, steps=steps, shift=shift, guidance=guidance,
+                                    posterior=posterior, progress=progress, controls=controls)
+        return results if batch_size is not None else results[0]
 
     def _load_lm(self):
         from .lm import LM
