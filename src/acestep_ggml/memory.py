@@ -63,17 +63,19 @@ def matmul_attention() -> bool:
     return os.environ.get("ACESTEP_GGML_ATTN") == "matmul"
 
 
-def synth_needs(files: dict, paths: dict, duration: float, guidance: float, src_frames: int = 0) -> list[Need]:
-    """The synth stage's needs, stage by stage, for a song of ``duration`` seconds: text encoder,
-    condition encoder, DiT (a batch of two when ``guidance`` > 1: classifier-free guidance), VAE
-    (decoding tile by tile; encoding ``src_frames`` latent frames of source audio)."""
+def synth_needs(files: dict, paths: dict, duration: float, guidance: float, src_frames: int = 0,
+                songs: int = 1) -> list[Need]:
+    """The synth stage's needs, stage by stage, for ``songs`` songs of ``duration`` seconds rendered
+    together: text encoder, condition encoder, DiT (two rows per song when ``guidance`` > 1:
+    classifier-free guidance), VAE (decoding tile by tile; encoding ``src_frames`` latent frames of
+    source audio); every song's audio is kept until the last is done."""
     dit, text, vae = files["dit"].hparams, files["text"].hparams, files["vae"].hparams
     frames = math.ceil(duration * vae.sampling_rate / vae.hop_length)
     mm = matmul_attention()
     text_compute = _layer_bytes(TEXT_TOKENS, text.hidden_size, text.intermediate_size, text.num_attention_heads, mm)
     # The DiT: patched frames, times the batch; its inputs, context and outputs are F32 rows of
     # the latent channels; the encoder states are few (text and lyrics).
-    batch = 2 if guidance > 1.0 else 1
+    batch = (2 if guidance > 1.0 else 1) * songs
     patched = math.ceil(frames / max(1, dit.patch_size))
     dit_compute = batch * _layer_bytes(patched, dit.hidden_size, dit.intermediate_size, dit.num_attention_heads, mm)
     dit_compute += 4 * batch * frames * (dit.in_channels + 4 * dit.audio_acoustic_hidden_dim)
@@ -90,7 +92,7 @@ def synth_needs(files: dict, paths: dict, duration: float, guidance: float, src_
     vae_compute = 3 * 4 * tile * per_frame
     # The whole song's audio, as F32 samples: the decoder's output, its peak-normalised copy and
     # the result handed back.
-    audio = 3 * 4 * frames * vae.hop_length * vae.audio_channels
+    audio = 3 * 4 * frames * vae.hop_length * vae.audio_channels * songs
     src_compute = 3 * 4 * min(src_frames, DEFAULT_CHUNK) * per_frame if src_frames else 0
     needs = [
         Need("text encoder", _size(paths["text"]), text_compute + OVERHEAD),

@@ -210,9 +210,11 @@ class Synthesizer:
         report("tokenize", 1, 1)
         return [int(c) for c in codes]
 
-    def check_memory(self, request: Request, guidance: float = 1.0, src_wave: Optional[np.ndarray] = None) -> None:
-        """MemoryRefused when the song would need more memory than the device or host has free
-        (acestep_ggml.memory): checked by ``__call__`` before any model loads."""
+    def check_memory(self, request: Request, guidance: float = 1.0, src_wave: Optional[np.ndarray] = None,
+                     songs: int = 1) -> None:
+        """MemoryRefused when the song (``songs`` of them, rendered as one batch) would need more
+        memory than the device or host has free (acestep_ggml.memory): checked by ``__call__``
+        before any model loads."""
         lps, rate = self.latents_per_second, self.sample_rate
         if request.codes:
             duration = len(request.codes) * LATENTS_PER_CODE / lps
@@ -221,7 +223,7 @@ class Synthesizer:
         else:
             duration = request.resolved_duration()
         src_frames = 0 if src_wave is None else math.ceil(src_wave.shape[1] / rate * lps)
-        needs = memory.synth_needs(self.files, self.paths, duration, guidance, src_frames)
+        needs = memory.synth_needs(self.files, self.paths, duration, guidance, src_frames, songs)
         memory.check(needs, self.device, self.keep_loaded, what=f"a {duration:g} s song")
 
     # -- the job ------------------------------------------------------------------------
@@ -270,7 +272,8 @@ class Synthesizer:
         try:
             items = [self._prepare(r, s, steps=steps, shift=shift, guidance=guidance, timesteps=timesteps,
                                    init_noise=init_noise, posterior=posterior, report=report,
-                                   keep_stages=keep_stages, controls=controls) for r, s in zip(requests, seeds)]
+                                   keep_stages=keep_stages, controls=controls, songs=len(requests))
+                     for r, s in zip(requests, seeds)]
         finally:
             self._holding = False
             for name in ("vae", "text", "condition", "audio_tokenizer", "detokenizer"):
@@ -286,7 +289,7 @@ class Synthesizer:
         return [self._finish(it, x0, controls, report) for it, x0 in zip(items, x0s)]
 
     def _prepare(self, request: Request, seed: Optional[int], *, steps, shift, guidance, timesteps, init_noise,
-                 posterior, report: Progress, keep_stages: bool, controls: Controls) -> "_Item":
+                 posterior, report: Progress, keep_stages: bool, controls: Controls, songs: int = 1) -> "_Item":
         """One item up to the DiT: checks, audio in, text, condition, source latents, noise."""
         check_for_synth(request, posterior)
         if controls.repaint_mode != Controls.repaint_mode and request.task not in tasks.WINDOW_TASKS:
@@ -328,7 +331,7 @@ class Synthesizer:
                              f"{1 / lps:g} s (one latent frame) to {MAX_DURATION} s")
 
         # The memory this song needs, against what is free, before any model loads.
-        self.check_memory(request, guidance, src_wave)
+        self.check_memory(request, guidance, src_wave, songs)
 
         # Separate noise streams for the two posterior draws, apart from the DiT's initial noise.
         src_seed, ref_seed = (int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2))
@@ -666,7 +669,7 @@ class Pipeline:
                     raise InputError(f"ref_audio: {e}") from None
             self.synth  # noqa: B018 (the synth models are fetched before the LM, so a failed fetch costs no LM run)
             # A song that cannot fit is refused before the LM spends its minutes on it.
-            self.synth.check_memory(request, self.synth.defaults.guidance if guidance is None else guidance)
+            self.synth.check_memory(request, self.synth.defaults.guidance if guidance is None else guidance, songs=n)
             lm = self._load_lm()
             requests = [request] * n
             if lm_mode != "generate":
