@@ -6,6 +6,7 @@ no importance matrix).  The rules follow llama.cpp's ``src/llama-quant.cpp`` (fu
 ``tensor_allows_quantization``, ``llama_tensor_get_type_impl``, ``tensor_type_fallback``; read at
 007dbbf), restated for our tensor names; docs/quantization.md gives the table in words.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ def _is_matrix(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and name.endswith(".weight")
 
 
-def plan_types(kind: str, tensors: Iterable[tuple[str, tuple[int, ...]]], dtype: str,
-               float_type=lambda name: "BF16") -> dict[str, str]:
+def plan_types(
+    kind: str, tensors: Iterable[tuple[str, tuple[int, ...]]], dtype: str, float_type=lambda name: "BF16"
+) -> dict[str, str]:
     """The GGUF type of every tensor of one file of `kind` (dit | text-enc | lm | vae) under
     `dtype` (a key of QUANT_DTYPES).  `tensors` are (name, PyTorch-order shape); `float_type(name)`
     is the type a tensor keeps when it is not quantized (the converter's BF16, or the source
@@ -107,6 +109,7 @@ def plan_types(kind: str, tensors: Iterable[tuple[str, tuple[int, ...]]], dtype:
 
 # ---------------------------------------------------------------------------
 # Quantizing a GGUF file
+
 
 def parallel_chunks(encode, slices, workers: int | None = None):
     """encode(slice) for every slice, in order, on a few threads (ggml's quantizers release the
@@ -163,23 +166,25 @@ def quantize_file(src: str | Path, dst: str | Path, dtype: str) -> dict[str, str
     arch = str(arch_field.contents()) if arch_field is not None else None
     kind = _ARCH_KINDS.get(arch)
     if kind is None:
-        raise ModelFileError(f"{src}: general.architecture is {arch!r}, not an ACE-Step model file "
-                             f"({', '.join(_ARCH_KINDS)})")
+        raise ModelFileError(f"{src}: general.architecture is {arch!r}, not an ACE-Step model file ({', '.join(_ARCH_KINDS)})")
     if kind not in QUANTIZED_KINDS:
-        raise InputError(f"{src}: a VAE file ({arch}); the VAE is never quantized (its convolution rows are "
-                         f"1 to 7 values long), use it as it is")
+        raise InputError(
+            f"{src}: a VAE file ({arch}); the VAE is never quantized (its convolution rows are "
+            f"1 to 7 values long), use it as it is"
+        )
     tensors = {}
     for t in r.tensors:
         tname = t.tensor_type.name
         if tname not in GGML_TYPES:
             raise ModelFileError(f"{src}: tensor {t.name} has type {tname}, which this tool does not read")
         tensors[t.name] = (t, tname, tuple(int(d) for d in reversed(t.shape.tolist())))
-    types = plan_types(kind, [(n, s) for n, (_, _, s) in tensors.items()], dtype,
-                       float_type=lambda n: tensors[n][1])
+    types = plan_types(kind, [(n, s) for n, (_, _, s) in tensors.items()], dtype, float_type=lambda n: tensors[n][1])
     for name, (_, tname, _) in tensors.items():
         if types[name] != tname and tname not in FLOAT_TYPES:
-            raise InputError(f"{src}: tensor {name} is already {tname}; quantize from a BF16, F16 or F32 file "
-                             f"(re-quantizing a quantized tensor adds the errors of both)")
+            raise InputError(
+                f"{src}: tensor {name} is already {tname}; quantize from a BF16, F16 or F32 file "
+                f"(re-quantizing a quantized tensor adds the errors of both)"
+            )
     w = GGUFWriter(arch)
     for key, field in r.fields.items():
         if key.startswith("GGUF.") or key in _SKIP_KEYS:
@@ -201,6 +206,7 @@ def quantize_file(src: str | Path, dst: str | Path, dtype: str) -> dict[str, str
                 return _core.quantize(f, out_type).tobytes()
 
             yield from parallel_chunks(encode, iter_rows(rows.shape[0], ne0))
+
         return chunks
 
     for name, (t, tname, shape) in tensors.items():
