@@ -144,15 +144,23 @@ def small(lm_tokenizer_dir, tmp_path_factory):
         paths = convert(root, out, dtype=dtype, quiet=True)
         files[dtype] = {k: next(p for p in paths if p.name.startswith(STEMS[k] + "-")) for k in STEMS}
     for dtype in TYPES:
-        if dtype == "q4_k_m":
-            continue
-        out = tmp_path_factory.mktemp(f"qsmall-{dtype}")
-        files[dtype] = {"vae": files["f32"]["vae"]}
-        for kind in ("dit", "text-enc", "lm"):
-            dst = out / f"{STEMS[kind]}-{QUANT_DTYPES[dtype][0]}.gguf"
-            quantize_file(files["f32"][kind], dst, dtype)
-            files[dtype][kind] = dst
+        if dtype != "q4_k_m":
+            files[dtype] = _Quantized(files["f32"], tmp_path_factory.mktemp(f"qsmall-{dtype}"), dtype)
     return seed, root, files
+
+
+class _Quantized(dict):
+    """{kind: path} of the F32 files quantized by `quantize`, each written on first use."""
+
+    def __init__(self, f32: dict, out, dtype: str):
+        super().__init__(vae=f32["vae"])
+        self.f32, self.out, self.dtype = f32, out, dtype
+
+    def __missing__(self, kind):
+        dst = self.out / f"{STEMS[kind]}-{QUANT_DTYPES[self.dtype][0]}.gguf"
+        quantize_file(self.f32[kind], dst, self.dtype)
+        self[kind] = dst
+        return dst
 
 
 def test_convert_q4_k_m_types_and_values(small):
