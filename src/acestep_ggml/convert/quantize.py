@@ -29,9 +29,9 @@ QUANT_DTYPES = {
     "q4_0": ("Q4_0", "Q4_0"),
 }
 FLOAT_TYPES = ("F32", "F16", "BF16")
-# The type ggml's runtime needs for nothing else but a matmul or a row lookup: every quantized
-# tensor here is a Linear weight (ggml_mul_mat) or an embedding table (ggml_get_rows, and
-# ggml_mul_mat where it is the tied LM head), so ggml's CPU backend runs all of them.
+# Values per block.  Every tensor quantized here is a Linear weight (ggml_mul_mat) or an embedding
+# table (ggml_get_rows, and ggml_mul_mat as the tied LM head): no other op meets a quantized
+# tensor, so any backend that multiplies the type runs the file (ggml's CPU backend: all of these).
 BLOCK = {"Q4_0": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
 # A type whose blocks do not divide the row: the next type that can hold it (llama.cpp's
 # tensor_type_fallback); rows not even a multiple of 32 keep the float type.
