@@ -320,7 +320,7 @@ def test_cli_quantize_and_errors(small, tmp_path):
     src = files["f32"]["text-enc"]
     r = _cli(src, tmp_path / "te.gguf", "Q6_K")
     assert r.returncode == 0, r.stderr
-    assert set(_names(tmp_path / "te.gguf").values()) == {"q6_k", "f32"}
+    assert {t.lower() for t in _names(tmp_path / "te.gguf").values()} == {"q6_k", "f32"}
     bad = tmp_path / "not.gguf"
     bad.write_bytes(b"not a gguf file at all")
     cases = [
