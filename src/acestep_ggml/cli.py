@@ -64,6 +64,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .convert.quantize import quantize_file
+
+    types = quantize_file(args.input, args.output, args.type)
+    counts: dict[str, int] = {}
+    for t in types.values():
+        counts[t] = counts.get(t, 0) + 1
+    print(f"{args.output}: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())))
+    return 0
+
+
 # The progress bars open now, closed before an error or an interrupt is reported.
 _BARS: dict = {}
 
@@ -396,10 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("convert", help="convert checkpoints (original or diffusers layout) to GGUF files")
     s.add_argument("src", help="checkpoint directory: original layout, diffusers pipeline, or one component folder")
     s.add_argument("out_dir", help="directory for the GGUF files")
-    s.add_argument("--dtype", default="bf16", choices=["bf16", "f16", "f32", "q8_0"],
-                   help="weight type of the matrices (default bf16, as published)")
+    s.add_argument("--dtype", default="bf16", choices=["bf16", "f16", "f32", "q8_0", "q6_k", "q5_k_m", "q4_k_m",
+                                                       "q5_0", "q4_0"],
+                   help="weight type of the matrices (default bf16, as published; the quantized types: "
+                        "docs/quantization.md)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=_cmd_convert)
+
+    s = sub.add_parser("quantize", help="a converted or downloaded GGUF -> the same model with quantized matrices")
+    s.add_argument("input", help="GGUF file (DiT, text encoder or LM; BF16, F16 or F32)")
+    s.add_argument("output", help="GGUF file to write")
+    s.add_argument("type", help="q8_0, q6_k, q5_k_m, q4_k_m, q5_0 or q4_0 (docs/quantization.md)")
+    s.set_defaults(func=_cmd_quantize)
 
     s = sub.add_parser("synth", help="exchange directory -> audio file (text encoder, DiT, VAE)")
     s.add_argument("--input-dir", required=True, help="exchange directory (caption, lyrics, codes, bpm, ...)")

@@ -19,8 +19,10 @@ from .. import _core
 from ..errors import InputError, ModelFileError, ModelsNotFound
 from .checkpoint import FLOAT_SOURCE_DTYPES, SafetensorsFile, as_f32, f32_to_bf16_bits, load_torch_tensor
 from .gguf_writer import GGUFWriter, iter_rows
+from .quantize import FLOAT_TYPES, QUANT_DTYPES, parallel_chunks, plan_types
 
-DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32", "q8_0": "Q8_0"}
+# --dtype -> file name suffix.  The quantized types follow one table: quantize.plan_types.
+DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"} | {k: v[0] for k, v in QUANT_DTYPES.items()}
 
 ARCHITECTURES = {"dit": "acestep-dit", "vae": "acestep-vae", "text-enc": "acestep-text-enc", "lm": "acestep-lm"}
 
@@ -41,9 +43,6 @@ _ATTENTION_RE = re.compile(r"\.(self_attn|cross_attn)\.(to_q|to_k|to_v|to_out\.0
 # A diffusers pipeline's text_encoder/ is ACE-Step's Qwen3-Embedding-0.6B; the GGUF
 # keeps the published file name.
 DIFFUSERS_TEXT_ENCODER = "Qwen3-Embedding-0.6B"
-
-# Linear weights and embedding tables whose rows hold a whole number of Q8_0 blocks.
-_Q8_0_KINDS = ("dit", "text-enc", "lm")
 
 
 def original_dit_name(part: str, name: str) -> str:
@@ -339,15 +338,20 @@ def _add_tokenizer(w: GGUFWriter, comp: Component) -> None:
 # ---------------------------------------------------------------------------
 # Tensor types and data
 
+def tensor_types(kind: str, tensors: list[tuple[str, tuple[int, ...]]], dtype: str) -> dict[str, str]:
+    """The GGUF type of every tensor (name, shape) of one component under the requested --dtype:
+    the quantized types by quantize.plan_types, where what is not quantized is BF16."""
+    def float_type(name: str) -> str:
+        return "F32" if name == "silence_latent" else "BF16"
+
+    if dtype in QUANT_DTYPES:
+        return plan_types(kind, tensors, dtype, float_type)
+    return {name: "F32" if name == "silence_latent" else DTYPES[dtype] for name, _ in tensors}
+
+
 def tensor_type(kind: str, name: str, shape: tuple[int, ...], dtype: str) -> str:
-    """The GGUF type of one tensor under the requested --dtype."""
-    if name == "silence_latent":
-        return "F32"
-    if dtype == "q8_0":
-        if kind in _Q8_0_KINDS and len(shape) == 2 and name.endswith(".weight") and shape[1] % 32 == 0:
-            return "Q8_0"
-        return "BF16"
-    return DTYPES[dtype]
+    """The GGUF type of one tensor seen alone (the _M mixes need the whole file: `tensor_types`)."""
+    return tensor_types(kind, [(name, shape)], dtype)[name]
 
 
 def _encode(values: np.ndarray, type_name: str) -> bytes:
@@ -360,16 +364,19 @@ def _encode(values: np.ndarray, type_name: str) -> bytes:
         return f.astype("<f2").tobytes()
     if type_name == "F32":
         return f.tobytes()
-    from .. import _core
-    return _core.quantize(f, "q8_0").tobytes()
+    return _core.quantize(f, type_name).tobytes()
 
 
 def _producer(t: _Tensor, type_name: str):
     def produce():
         raw = t.load()
         rows = raw.reshape(-1, raw.shape[-1]) if raw.ndim else raw.reshape(1, 1)
-        for sl in iter_rows(rows.shape[0], rows.shape[1]):
-            yield _encode(rows[sl], type_name)
+        slices = iter_rows(rows.shape[0], rows.shape[1])
+        if type_name in FLOAT_TYPES:
+            for sl in slices:
+                yield _encode(rows[sl], type_name)
+        else:
+            yield from parallel_chunks(lambda sl: _encode(rows[sl], type_name), slices)
     return produce
 
 
@@ -377,9 +384,9 @@ def plan(comp: Component, dtype: str) -> GGUFWriter:
     """A writer holding the component's metadata and every tensor's type and size."""
     w = GGUFWriter(ARCHITECTURES[comp.kind])
     _add_metadata(w, comp)
+    types = tensor_types(comp.kind, [(t.name, t.shape) for t in comp.tensors], dtype)
     for t in comp.tensors:
-        type_name = tensor_type(comp.kind, t.name, t.shape, dtype)
-        w.add_tensor(t.name, t.shape, type_name, _producer(t, type_name))
+        w.add_tensor(t.name, t.shape, types[t.name], _producer(t, types[t.name]))
     return w
 
 

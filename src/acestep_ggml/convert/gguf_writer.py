@@ -23,7 +23,13 @@ ALIGNMENT = 32
 GGML_TYPES = {
     "F32": (0, 1, 4),
     "F16": (1, 1, 2),
+    "Q4_0": (2, 32, 18),
+    "Q5_0": (6, 32, 22),
+    "Q5_1": (7, 32, 24),
     "Q8_0": (8, 32, 34),
+    "Q4_K": (12, 256, 144),
+    "Q5_K": (13, 256, 176),
+    "Q6_K": (14, 256, 210),
     "BF16": (30, 1, 2),
 }
 
@@ -92,6 +98,10 @@ class GGUFWriter:
     def add_int32_array(self, key: str, values: Iterable[int]) -> None:
         arr = np.asarray(list(values), dtype="<i4")
         self._add(key, struct.pack("<IIQ", _ARRAY, _INT32, arr.size) + arr.tobytes())
+
+    def add_raw(self, key: str, payload: bytes) -> None:
+        """A key whose value (gguf type id, then the value) is already encoded: a copied key."""
+        self._add(key, payload)
 
     def add_string_array(self, key: str, values: Iterable[str]) -> None:
         values = list(values)
