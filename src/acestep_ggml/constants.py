@@ -78,6 +78,7 @@ DEFAULT_DURATION = 120
 
 # -- limits -----------------------------------------------------------------------------------
 MAX_CODES = CODES_PER_SECOND * MAX_DURATION  # the most audio codes one song takes
+MAX_LATENT_FRAMES = MAX_CODES * LATENTS_PER_CODE  # the most latent frames the DiT is given (600 s at 25 Hz)
 # The DiT's prompts, in tokens, as the original pipeline truncates them.
 MAX_TEXT_TOKENS = 256
 MAX_LYRIC_TOKENS = 2048

@@ -24,6 +24,7 @@ from .checkpoints import sampler_defaults
 from .constants import (
     LATENTS_PER_CODE,
     MAX_DURATION,
+    MAX_LATENT_FRAMES,
     TASK_INSTRUCTIONS,
     TURBO_STEPS,
 )
@@ -222,6 +223,10 @@ class Synthesizer:
             duration = src_wave.shape[1] / rate
         else:
             duration = request.resolved_duration()
+        frames = math.ceil(duration * lps)
+        if frames > MAX_LATENT_FRAMES:  # a VAE whose rate and hop disagree with the DiT's 25 Hz
+            raise InputError(f"a {duration:g} s song is {frames} latent frames at this VAE's {lps:g} latents per "
+                             f"second ({self.paths['vae']}); the DiT takes at most {MAX_LATENT_FRAMES}")
         src_frames = 0 if src_wave is None else math.ceil(src_wave.shape[1] / rate * lps)
         needs = memory.synth_needs(self.files, self.paths, duration, guidance, src_frames, songs)
         memory.check(needs, self.device, self.keep_loaded, what=f"a {duration:g} s song")
