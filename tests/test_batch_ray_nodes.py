@@ -15,6 +15,8 @@ from _ray_cluster import LocalCluster
 from acestep_ggml import batch
 
 need("ray")
+# One worker runs every Ray test (pytest -n 2 --dist loadgroup): they share one 2-CPU cluster.
+pytestmark = pytest.mark.xdist_group("ray")
 RUN_TIMEOUT = 600
 
 
