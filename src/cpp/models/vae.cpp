@@ -120,10 +120,10 @@ int64_t tail_halo(const Decoder &d, size_t first) {
 }
 
 // The encoder's head, run in pieces inside a tile (Builder::encoder): its input conv and first
-// kHeadBlocks blocks, the decoder's tail mirrored.  Their 128 and 256 channels at 48 to 6 kHz
+// kHeadBlocks blocks, the decoder's tail mirrored.  Their 128 to 512 channels at 48 to 1.5 kHz
 // hold most of the encoder's activations (a 30 s tile in one pass took a 4.9 GiB compute buffer
-// with the real model); each later block has half the activations of the one before.
-constexpr size_t kHeadBlocks = 3;
+// with the real model); with four blocks here a 30 s encode peaks below its decode (docs/benchmarks.md).
+constexpr size_t kHeadBlocks = 4;
 
 size_t head_end(const Encoder &e) { return std::min(e.block.size(), kHeadBlocks); }
 
