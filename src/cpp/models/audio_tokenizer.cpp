@@ -35,7 +35,7 @@ ggml_tensor *AudioTokenizer::build(ggml_context *ctx, ggml_tensor *x, ggml_tenso
     x = pooler_.embed_tokens(ctx, audio_acoustic_proj_(ctx, x));  // [H, pool, N]
     ggml_tensor *slot = ggml_repeat_4d(ctx, ggml_reshape_3d(ctx, special_token_, hidden, 1, 1), hidden, 1, n, 1);
     x = ggml_concat(ctx, slot, x, 1);                              // [H, pool + 1, N]: slot first
-    x = pooler_.layers_and_norm(ctx, x, pos, window_mask, nullptr);
+    x = pooler_.layers_and_norm(ctx, x, pos, window_mask, nullptr, 1);  // [H, 1, N]: only the slot is read
     x = ggml_view_2d(ctx, x, hidden, n, x->nb[2], 0);             // [H, N]: each window's slot
     return project_in_(ctx, x);                                    // [levels, N]
 }

@@ -111,9 +111,7 @@ ConditionEncoder::Output ConditionEncoder::encode(const std::vector<float> &text
     ggml_tensor *win_r = g.input("refer_window_mask", GGML_TYPE_F16, {ts, ts});
     ggml_tensor *timbre_in = timbre_.embed_tokens(ctx, ref);
     if (timbre_cls_) timbre_in = ggml_concat(ctx, ggml_reshape_2d(ctx, timbre_cls_, hidden, 1), timbre_in, 1);
-    ggml_tensor *timbre = timbre_.layers_and_norm(ctx, timbre_in, pos_r, win_r, nullptr);
-    timbre = ggml_view_2d(ctx, timbre, hidden, 1, timbre->nb[1], 0);
-    timbre = ggml_cont(ctx, timbre);
+    ggml_tensor *timbre = timbre_.layers_and_norm(ctx, timbre_in, pos_r, win_r, nullptr, 1);  // pooled: position 0
     g.output(text);
     g.output(lyric);
     g.output(timbre);
