@@ -159,6 +159,24 @@ uint8_t *GGUFFile::mapping() {
     return map_;
 }
 
+void GGUFFile::hold(const TensorInfo &t) {
+    std::lock_guard<std::mutex> lock(holds_mu_);
+    holds_[t.offset]++;
+}
+
+void GGUFFile::let_go(const TensorInfo &t) {
+    std::lock_guard<std::mutex> lock(holds_mu_);
+    auto it = holds_.find(t.offset);
+    if (it == holds_.end() || --it->second > 0) return;
+    holds_.erase(it);
+    if (!map_) return;
+    // Only pages wholly inside this tensor: a page it shares with a neighbour stays.
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t begin = ((uintptr_t)(map_ + t.offset) + page - 1) / page * page;
+    const uintptr_t end = (uintptr_t)(map_ + t.offset + t.nbytes) / page * page;
+    if (end > begin) madvise(reinterpret_cast<void *>(begin), end - begin, MADV_DONTNEED);
+}
+
 void GGUFFile::check_size() const {
     struct stat st {};
     if (fstat(fd_, &st) != 0)

@@ -66,6 +66,13 @@ class GGUFFile {
     // file; nullptr where the system refuses the mapping.  The file must not be truncated while
     // mapped: reading a page past its new end raises SIGBUS (check_size catches it at each load).
     uint8_t *mapping();
+    // Users of the mapping, per tensor: a model serving a tensor from the mapping holds it from
+    // load to destruction.  When a tensor's last user lets go, the whole pages inside its bytes
+    // leave the process (madvise MADV_DONTNEED): a freed model's weights stop counting in the
+    // resident set while the file stays open for another model (the page cache keeps the
+    // data; a write an adapter made into them is dropped with the model that made it).
+    void hold(const TensorInfo &t);
+    void let_go(const TensorInfo &t);
     size_t size() const { return size_; }
     // Throws FileError when the file has become shorter than the tensors' extent since it was
     // opened (truncated or rewritten in place).
@@ -78,6 +85,8 @@ class GGUFFile {
     size_t extent_ = 0;   // the end of the last tensor's data
     uint8_t *map_ = nullptr;
     std::once_flag map_once_;
+    std::mutex holds_mu_;
+    std::map<size_t, int> holds_;  // users per tensor, by its offset in the file
     gguf_context *gguf_ = nullptr;
     std::vector<TensorInfo> tensors_;
     std::map<std::string, size_t> index_;

@@ -27,7 +27,11 @@ Weights::Weights(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backen
 
 Weights::~Weights() {
     if (buffer_) ggml_backend_buffer_free(buffer_);
-    if (mapped_) ggml_backend_buffer_free(mapped_);
+    if (mapped_) {
+        for (const Entry &e : entries_)
+            if (e.info && e.tensor->buffer == mapped_) file_->let_go(*e.info);
+        ggml_backend_buffer_free(mapped_);
+    }
     if (ctx_) ggml_free(ctx_);
 }
 
@@ -166,6 +170,7 @@ void Weights::load() {
             }
             if (ggml_backend_tensor_alloc(mapped_, e.tensor, base + e.info->offset) != GGML_STATUS_SUCCESS)
                 throw DeviceError(fmt("%s: could not map tensor '%s'", file_->path().c_str(), e.info->name.c_str()));
+            file_->hold(*e.info);
             mapped_bytes_ += padded_bytes(backend_->primary(), e.tensor);
         }
     }
