@@ -60,7 +60,8 @@ def _layer_bytes(tokens: int, hidden: int, intermediate: int, heads: int, matmul
 
 
 def matmul_attention() -> bool:
-    return os.environ.get("ACESTEP_GGML_ATTN") == "matmul"
+    """Attention forced to the matmul form (its scores take memory), read by the core's parser."""
+    return _core.attention_mode() == "matmul"
 
 
 def synth_needs(files: dict, paths: dict, duration: float, guidance: float, src_frames: int = 0,

@@ -70,6 +70,14 @@ void bind_core(py::module_ &m) {
     m.def("memory_limit", &env::memory_limit,
           "ACESTEP_GGML_MEMORY_LIMIT in bytes (parsed by the core's one parser of the switches), -1 when unset.");
 
+    m.def(
+        "attention_mode",
+        [] {
+            const env::Attn a = env::attention();
+            return a == env::Attn::Flash ? "flash" : a == env::Attn::Matmul ? "matmul" : "auto";
+        },
+        "ACESTEP_GGML_ATTN as the core reads it: 'auto', 'flash' or 'matmul' (InputError for another value).");
+
     m.def("load_backend", &load_backend_library, py::arg("path"),
           "Load a ggml backend library (a plugin wheel's); RuntimeError saying why if it cannot.");
 
