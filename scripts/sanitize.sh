@@ -4,6 +4,9 @@
 #   scripts/sanitize.sh                 # build build/asan, then run the whole test suite under it
 #   scripts/sanitize.sh tests/test_x.py # ... or the named tests (any pytest arguments)
 #   SANITIZE_BUILD_ONLY=1 scripts/sanitize.sh
+#   SANITIZE_PROCS=2 scripts/sanitize.sh  # the whole suite as two pytest processes over alternate
+#                                         # test files (pytest-xdist's workers do not start under
+#                                         # the preloaded runtime); logs in build/asan/tests-N.log
 #
 # Build: a separate tree (build/asan), ACESTEP_NATIVE=ON (ggml linked statically into _core, so
 # ggml is instrumented too), -O1 -g.  The package the tests import is build/asan/site/acestep_ggml:
@@ -64,9 +67,27 @@ export PYTHONPATH="$root/$build/site:$root/tests${PYTHONPATH:+:$PYTHONPATH}"
 export ACESTEP_SANITIZE=1
 start=$SECONDS
 set +e
-"$py" -c "import acestep_ggml._core as c, sys; sys.exit(0 if '/build/asan/' in c.__file__ else 'sanitize: not the instrumented _core: ' + c.__file__)" \
-    && "$py" -m pytest -q -p no:cacheprovider "${@:-tests}"
+"$py" -c "import acestep_ggml._core as c, sys; sys.exit(0 if '/build/asan/' in c.__file__ else 'sanitize: not the instrumented _core: ' + c.__file__)"
 rc=$?
+procs="${SANITIZE_PROCS:-1}"
+if [ $rc -eq 0 ] && [ "$procs" -gt 1 ] && [ $# -eq 0 ]; then
+    # Tests needing a Ray cluster run outside: Ray starts its workers itself, without the preload.
+    mapfile -t files < <(ls tests/test_*.py | grep -v '/test_batch_ray')
+    pids=()
+    for ((k = 0; k < procs; k++)); do
+        part=()
+        for ((i = k; i < ${#files[@]}; i += procs)); do part+=("${files[i]}"); done
+        "$py" -m pytest -q -p no:cacheprovider -p no:xdist -rfEs "${part[@]}" >"$build/tests-$k.log" 2>&1 &
+        pids+=($!)
+    done
+    for k in "${!pids[@]}"; do
+        wait "${pids[k]}" || rc=1
+        echo "sanitize: part $k: $(tail -n 1 "$build/tests-$k.log")"
+    done
+elif [ $rc -eq 0 ]; then
+    "$py" -m pytest -q -p no:cacheprovider "${@:-tests}"
+    rc=$?
+fi
 set -e
 echo "sanitize: tests ran in $((SECONDS - start)) s, exit $rc"
 exit $rc
