@@ -435,6 +435,64 @@ def _save(path, tensors):
     return path
 
 
+def _peft_dir(path, config, r=2, **extra):
+    """A PEFT folder on layers.0.self_attn.q_proj with ``config`` as adapter_config.json (any JSON)."""
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    stem = "base_model.model.layers.0.self_attn.q_proj"
+    _save(path / "adapter_model.safetensors", {stem + ".lora_A.weight": torch.ones(r, H),
+                                               stem + ".lora_B.weight": torch.ones(H, r), **extra})
+    return path
+
+
+def test_malformed_adapters_found_by_the_fuzzer(tmp_path, targets):
+    """What `python -m fuzz.inputs adapter` found (tests/fuzz/corpus/inputs-adapter-*): each was a
+    traceback outside the error family (AttributeError, ZeroDivisionError, re.error, ValueError,
+    TypeError, OverflowError); each is an AdapterError naming the file and the key now."""
+    q = "diffusion_model.decoder.layers.0.self_attn.q_proj"
+    lokr = "lycoris_layers_0_self_attn_q_proj"
+    good = {"peft_type": "LORA", "r": 2, "lora_alpha": 4}
+    cases = {
+        # numpy has no float8: safetensors' numpy reader raised AttributeError
+        "dtype F8_E4M3, not a float type": _lora_file(tmp_path / "f8.safetensors", q, torch.ones(2, H).to(
+            torch.float8_e4m3fn), torch.ones(H, 2)),
+        "adapter_config.json is a JSON list, not an object": _peft_dir(tmp_path / "list", [good]),
+        "rank_pattern is a str": _peft_dir(tmp_path / "pattern", {**good, "rank_pattern": "x"}),
+        "rank_pattern key '(' is not a regular expression": _peft_dir(tmp_path / "regex", {**good, "rank_pattern": {
+            "(": 2}}),
+        "q_proj = nan is not a positive whole number": _peft_dir(tmp_path / "nan", {**good, "r": float("nan")}),
+        "q_proj = None is not a positive whole number": _peft_dir(tmp_path / "none", {**good, "r": None}),
+        "q_proj = '8' is not a positive whole number": _peft_dir(tmp_path / "str", {**good, "r": "8"}),
+        "q_proj = 'abc' is not a finite number": _peft_dir(tmp_path / "alpha", {**good, "lora_alpha": "abc"}),
+        # ZeroDivisionError: alpha / r with r = 0, with and without a config
+        "rank 0, an empty LoRA": _lora_file(tmp_path / "r0.safetensors", q, torch.ones(0, H), torch.ones(H, 0),
+                                            **{q + ".alpha": torch.tensor(1.0)}),
+        "lora_adapter_metadata is a JSON int": _save_meta(tmp_path / "diffusers.safetensors", {
+            "transformer.layers.0.self_attn.to_q.lora_A.weight": torch.ones(2, H),
+            "transformer.layers.0.self_attn.to_q.lora_B.weight": torch.ones(H, 2)}, lora_adapter_metadata="7"),
+        "lokr_config is a JSON str": _save_meta(tmp_path / "lokr_meta.safetensors", {
+            lokr + ".lokr_w1": torch.ones(8, 8), lokr + ".lokr_w2": torch.ones(8, 8)}, lokr_config='"x"'),
+        # math.sqrt of a negative dimension: ValueError
+        "linear_dim = -4 is not a positive number": _save_meta(tmp_path / "lokr_dim.safetensors", {
+            lokr + ".lokr_w1": torch.ones(8, 8), lokr + ".lokr_w2": torch.ones(8, 8)},
+            lokr_config=json.dumps({"linear_dim": -4, "rs_lora": True})),
+        # a split factor of rank 0: ZeroDivisionError in alpha / dim
+        "rank 0, an empty factor": _save(tmp_path / "lokr0.safetensors", {
+            lokr + ".lokr_w1": torch.ones(8, 8), lokr + ".lokr_w2_a": torch.ones(8, 0), lokr + ".lokr_w2_b":
+            torch.ones(0, 8), lokr + ".alpha": torch.tensor(1.0)}),
+    }
+    assert targets["decoder.layers.0.self_attn.q_proj.weight"] == (H, H)
+    for message, path in cases.items():
+        with pytest.raises(AdapterError, match=re.escape(message)) as e:
+            load_adapter(path, targets)
+        assert str(path) in str(e.value), e.value
+
+
+def _save_meta(path, tensors, **metadata):
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
 # -- the issue's acceptance: `synth --lora DIR --lora-scale S` against diffusers -------------------
 def test_synth_cli_lora_matches_diffusers_with_the_lora_merged(synth_models, tmp_path, device):
     """A held-out random LoRA in upstream's PEFT layout (written by upstream's own trainer code on
