@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     if args.target == "inputs":
         from .inputs import run_all
 
-        results = run_all(seed, args.cases)
+        results = run_all(seed, args.cases, args.models)
         for name, n in results.items():
             print(f"{name}: {n} cases, 0 findings")
         return 0
