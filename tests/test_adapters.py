@@ -448,7 +448,7 @@ def _peft_dir(path, config, r=2, **extra):
 def test_malformed_adapters_found_by_the_fuzzer(tmp_path, targets):
     """What `python -m fuzz.inputs adapter` found (tests/fuzz/corpus/inputs-adapter-*): each was a
     traceback outside the error family (AttributeError, ZeroDivisionError, re.error, ValueError,
-    TypeError, OverflowError); each is an AdapterError naming the file and the key now."""
+    TypeError, OverflowError) or a hang; each is an AdapterError naming the file and the key now."""
     q = "diffusion_model.decoder.layers.0.self_attn.q_proj"
     lokr = "lycoris_layers_0_self_attn_q_proj"
     good = {"peft_type": "LORA", "r": 2, "lora_alpha": 4}
@@ -460,6 +460,9 @@ def test_malformed_adapters_found_by_the_fuzzer(tmp_path, targets):
         "rank_pattern is a str": _peft_dir(tmp_path / "pattern", {**good, "rank_pattern": "x"}),
         "rank_pattern key '(' is not a regular expression": _peft_dir(tmp_path / "regex", {**good, "rank_pattern": {
             "(": 2}}),
+        # a match that backtracks for minutes: a hang
+        "alpha_pattern key '(.*.*)*x' repeats a repetition": _peft_dir(tmp_path / "redos", {
+            **good, "alpha_pattern": {"(.*.*)*x": 1.0, "q_proj": 2.0}}),
         "q_proj = nan is not a positive whole number": _peft_dir(tmp_path / "nan", {**good, "r": float("nan")}),
         "q_proj = None is not a positive whole number": _peft_dir(tmp_path / "none", {**good, "r": None}),
         "q_proj = '8' is not a positive whole number": _peft_dir(tmp_path / "str", {**good, "r": "8"}),

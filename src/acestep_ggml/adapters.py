@@ -40,6 +40,11 @@ import numpy as np
 
 from .errors import AdapterError, InputError
 
+try:  # the regex parser, to look at rank_pattern / alpha_pattern keys before matching them
+    from re import _parser as _sre_parse  # Python 3.11+
+except ImportError:  # Python 3.9, 3.10
+    import sre_parse as _sre_parse
+
 log = logging.getLogger("acestep_ggml.adapters")
 
 MODES = ("merge", "runtime")
@@ -187,6 +192,30 @@ class _Names:
         return s if s in self.paths or s in _CONVS[:2] else None
 
 
+def _backtracks(items, repeated: bool = False) -> bool:
+    """Whether a parsed regex repeats (more than once) something that itself repeats or branches,
+    as in ``(.*)*`` or ``(\\w|.)*``: what makes a backtracking match take exponential time (``(.*)*z``
+    takes 2 s on one module name, ``(.*.*)*z`` minutes)."""
+    for op, av in items:
+        op = str(op)
+        if op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            many = av[1] > 1
+            if (many and repeated) or _backtracks(av[2], repeated or many):
+                return True
+        elif op == "BRANCH":
+            if repeated or any(_backtracks(b, repeated) for b in av[1]):
+                return True
+        elif op == "SUBPATTERN" and _backtracks(av[-1], repeated):
+            return True
+        elif op in ("ASSERT", "ASSERT_NOT") and _backtracks(av[1], repeated):
+            return True
+        elif op == "ATOMIC_GROUP" and _backtracks(av, repeated):
+            return True
+        elif op == "GROUPREF_EXISTS" and any(b is not None and _backtracks(b, repeated) for b in av[1:]):
+            return True
+    return False
+
+
 def _pattern_value(pattern, name: str, default, where: str, key: str):
     """PEFT's get_pattern_key rule (peft 0.21.2 utils/other.py): the first key K whose regex
     ``(.*\\.)?(K)$`` matches the module name from its start; else the default."""
@@ -196,10 +225,14 @@ def _pattern_value(pattern, name: str, default, where: str, key: str):
         raise AdapterError(f"{where}: {key} is a {type(pattern).__name__}, not a JSON object of module patterns")
     for k, v in pattern.items():
         try:
-            if re.match(rf"(.*\.)?({k})$", name):
+            risky = _backtracks(_sre_parse.parse(k))
+            if not risky and re.match(rf"(.*\.)?({k})$", name):
                 return v
         except re.error as e:
             raise AdapterError(f"{where}: {key} key {k!r} is not a regular expression ({e})") from None
+        if risky:
+            raise AdapterError(f"{where}: {key} key {k!r} repeats a repetition or an alternation, which can take "
+                               "exponential time to match: write the module names out")
     return default
 
 

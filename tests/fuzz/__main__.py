@@ -2,7 +2,7 @@
 
     PYTHONPATH=src:tests python -m fuzz hparams --cases 60 [--seed N] [--models DIR] [--save]
     PYTHONPATH=src:tests python -m fuzz bytes --cases 200
-    PYTHONPATH=src:tests python -m fuzz inputs --cases 2000      (exchange, audio, server requests)
+    PYTHONPATH=src:tests python -m fuzz inputs --cases 2000      (exchange, audio, server requests, adapters)
 
 ACESTEP_FUZZ_SEED=N replays a run (as --seed N).  --models: a folder of tiny GGUFs of every kind,
 made there with torch when it holds none (default ~/.cache/acestep-ggml/fuzz-models).  Prints one

@@ -1,16 +1,18 @@
 """Coverage-guided fuzzing (atheris, libFuzzer for Python) of what users hand the package besides
 model files: the exchange-directory reader (exchange.py), audio loading (audio.py, the server's
-uploads), and the server's request parsing (server/schemas.py validated as FastAPI does, then
-server/specs.py).  A target may raise the package's error family (and OSError, which the CLI
+uploads), the server's request parsing (server/schemas.py validated as FastAPI does, then
+server/specs.py), and adapter files (adapters.py: loaded against a tiny DiT, applied merged and at
+run time, and run).  A target may raise the package's error family (and OSError, which the CLI
 reports as one line too; pydantic's ValidationError for a request body, which the server answers
 with 422); any other exception, a crash or a hang is a finding.
 
     PYTHONPATH=src:tests python -m fuzz.inputs exchange --cases 2000 [--seed N]
+    PYTHONPATH=src:tests python -m fuzz.inputs adapter --cases 2000 [--models DIR]
 
 runs one target under atheris in this process (libFuzzer ends it); a found input is written to
-tests/fuzz/corpus/inputs-<target>-crash-<sha1>, which tests/test_fuzz_inputs.py replays.
-Adapter files (src/acestep_ggml/adapters.py) have no target yet: that module did not exist when
-these were written."""
+tests/fuzz/corpus/inputs-<target>-crash-<sha1>, which tests/test_fuzz_inputs.py replays.  An
+input's meaning depends on this file's generators: change them and the corpus replays other cases
+(the unit tests beside each fix keep it fixed)."""
 
 from __future__ import annotations
 
@@ -332,7 +334,9 @@ WRONG_MODULES = [
 DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I32": 4, "I64": 8, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 NUMBERS = [8, 0, 1, -1, 2, 4, 16, 0.5, -3.5, 1e-30, 1e30, 1e308, float("nan"), float("inf"), -float("inf"), 2**40]
 JUNK = [None, "", "8", "abc", "NaN", [], [4], {}, {"r": 2}, True, False, -(2**63)]
-PATTERN_KEYS = ["layers.0.self_attn.q_proj", "q_proj", "mlp.down_proj", "^time_embed.linear_1", "(", "[", "*", ".*", "", "\\"]
+# Pattern keys: module names, regexes, broken regexes, and regexes whose match backtracks for minutes.
+PATTERN_KEYS = ["layers.0.self_attn.q_proj", "q_proj", "mlp.down_proj", "^time_embed.linear_1", "(q|k)_proj", ".*"]
+PATTERN_KEYS += ["(", "[", "*", "", "\\", "(.*)*z", "(.*.*)*x", "(\\w|.)*y"]
 RANKS = [4, 1, 2, 3, 8, 0, 64, 300]
 MAX_ELEMENTS = 1 << 18  # one tensor: at most 1 MiB of F32; a file holds a few
 
@@ -679,6 +683,7 @@ def main(argv=None) -> int:
             f"-max_len={args.max_len}",
             f"-artifact_prefix={CORPUS}/inputs-{args.target}-",
             "-len_control=0",
+            "-timeout=60",  # seconds one input may take before it is a hang (a case takes milliseconds)
             "-print_final_stats=1",
         ],
         target,
