@@ -491,6 +491,20 @@ def test_malformed_adapters_found_by_the_fuzzer(tmp_path, targets):
         assert str(path) in str(e.value), e.value
 
 
+def test_scale_beyond_float32_names_the_file(tmp_path, targets):
+    """A user scale times the file's alpha / r beyond float32: an AdapterError naming the file and
+    module before anything is applied (was an InputError from the core naming only the weight)."""
+    from acestep_ggml.adapters import plan
+
+    q = "diffusion_model.decoder.layers.0.self_attn.q_proj"
+    path = _lora_file(tmp_path / "big.safetensors", q, torch.ones(1, H), torch.ones(H, 1),
+                      **{q + ".alpha": torch.tensor(1e30)})
+    adapter = load_adapter(path, targets)
+    with pytest.raises(AdapterError, match=re.escape(f"{path}: module '{q}': its scale")):
+        plan([(adapter, 1e30)], None)
+    assert plan([(adapter, 1e-30)], None).modules  # a small one is fine
+
+
 def _save_meta(path, tensors, **metadata):
     save_file(tensors, str(path), metadata=metadata)
     return path

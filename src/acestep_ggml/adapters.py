@@ -498,12 +498,20 @@ def plan(adapters: Sequence[tuple[Adapter, float]], base: Callable[[str], np.nda
     weight as float32 (needed for DoRA only)."""
     out: dict[str, tuple[Optional[np.ndarray], list[tuple]]] = {}
     cache: dict[str, np.ndarray] = {}
+    f32_max = float(np.finfo(np.float32).max)
+
+    def checked(adapter: Adapter, m: Module, scale: float) -> float:
+        if not abs(scale) <= f32_max:  # NaN too: the branch runs in F32
+            raise AdapterError(f"{adapter.path}: module '{m.key}': its scale (the user's × the file's "
+                               f"{m.scale:g}) is {scale:g}, beyond float32")
+        return scale
+
     for adapter, S in adapters:
         for m in adapter.modules:
             rows, branches = out.get(m.target, (None, []))
             if m.dora is None:
                 if not m.is_zero():
-                    branches.append((m.kind, m.a, m.b, None, S * m.scale))
+                    branches.append((m.kind, m.a, m.b, None, checked(adapter, m, S * m.scale)))
             else:
                 if m.target not in cache:
                     cache[m.target] = np.asarray(base(m.target), dtype=np.float32)
@@ -516,11 +524,13 @@ def plan(adapters: Sequence[tuple[Adapter, float]], base: Callable[[str], np.nda
                     norm = np.linalg.norm(w + m.scale * d, axis=1)
                     g = S * (m.magnitude / (norm + m.eps) - 1.0) + 1.0
                     scale = m.scale
+                with np.errstate(over="ignore"):
+                    g = g.astype(np.float32)
                 if not np.all(np.isfinite(g)):
-                    raise AdapterError(f"{adapter.path}: module '{m.key}': DoRA factor is not finite (zero row norm)")
-                g = g.astype(np.float32)
+                    raise AdapterError(f"{adapter.path}: module '{m.key}': DoRA factor is not finite (zero row norm, "
+                                       "or beyond float32)")
                 rows = (np.ones_like(g) if rows is None else rows) + (g - 1.0)
-                branches.append((m.kind, m.a, m.b, g, scale))
+                branches.append((m.kind, m.a, m.b, g, checked(adapter, m, scale)))
             out[m.target] = (rows, branches)
     return Plan({k: v for k, v in out.items() if v[0] is not None or v[1]})
 
