@@ -195,7 +195,7 @@ class _Names:
 def _backtracks(items, repeated: bool = False) -> bool:
     """Whether a parsed regex repeats (more than once) something that itself repeats or branches,
     as in ``(.*)*`` or ``(\\w|.)*``: what makes a backtracking match take exponential time (``(.*)*z``
-    takes 2 s on one module name, ``(.*.*)*z`` minutes)."""
+    takes 2 s on one module name, ``(.*.*)*z`` over a minute)."""
     for op, av in items:
         op = str(op)
         if op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):

@@ -657,6 +657,7 @@ def main(argv=None) -> int:
     p.add_argument("--cases", type=int, default=2000)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-len", type=int, default=4096)
+    p.add_argument("--timeout", type=int, default=60, help="seconds one input may take before it is a hang")
     p.add_argument("--models", type=Path, default=MODELS, help="adapter: the folder of tiny GGUFs (made there when empty)")
     args = p.parse_args(argv)
     from .common import fuzz_seed
@@ -683,7 +684,7 @@ def main(argv=None) -> int:
             f"-max_len={args.max_len}",
             f"-artifact_prefix={CORPUS}/inputs-{args.target}-",
             "-len_control=0",
-            "-timeout=60",  # seconds one input may take before it is a hang (a case takes milliseconds)
+            f"-timeout={args.timeout}",  # a case takes milliseconds; more on a machine that pauses niced jobs
             "-print_final_stats=1",
         ],
         target,
