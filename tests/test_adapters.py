@@ -505,6 +505,23 @@ def test_scale_beyond_float32_names_the_file(tmp_path, targets):
     assert plan([(adapter, 1e-30)], None).modules  # a small one is fine
 
 
+def test_merge_that_overflows_leaves_no_half_merged_dit(gguf_path, tmp_path, targets):
+    """A merge whose second weight overflows float32: an AdapterError naming the file, and the
+    first weight, merged already, is the file's again (no half-merged DiT)."""
+    stems = ["diffusion_model.decoder.layers.0.self_attn.q_proj", "diffusion_model.decoder.layers.1.self_attn.q_proj"]
+    path = _save(tmp_path / "overflow.safetensors", {
+        stems[0] + ".lora_down.weight": torch.ones(1, H) * 0.1, stems[0] + ".lora_up.weight": torch.ones(H, 1),
+        stems[1] + ".lora_down.weight": torch.ones(1, H) * 1e30, stems[1] + ".lora_up.weight": torch.ones(H, 1) * 1e30})
+    dit = acestep_ggml.DiT(gguf_path, n_threads=2)
+    applied = Applied(dit._m, "merge")
+    adapter = load_adapter(path, targets)
+    assert [m.target for m in adapter.modules] == [f"decoder.{s.split('decoder.')[1]}.weight" for s in stems]
+    before = dit._m.get_weight(adapter.modules[0].target)
+    with pytest.raises(AdapterError, match=re.escape(str(path))):
+        applied.set([(adapter, 1.0)])
+    assert np.array_equal(dit._m.get_weight(adapter.modules[0].target), before) and not applied.merged
+
+
 def _save_meta(path, tensors, **metadata):
     save_file(tensors, str(path), metadata=metadata)
     return path

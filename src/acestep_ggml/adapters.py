@@ -570,7 +570,12 @@ class Applied:
             for name in p.modules:
                 w = p.merged(name, self.dit.get_weight(name))
                 if not np.all(np.isfinite(w)):
-                    raise AdapterError(f"{name}: the merged weight contains NaN or infinity")
+                    for done in self.merged:  # no half-merged DiT: the file's weights again
+                        self.dit.set_weight(done, None)
+                    self.merged = set()
+                    files = ", ".join(a.path for a, _ in adapters)
+                    raise AdapterError(f"{name}: the merged weight contains NaN or infinity (adapters: {files}; "
+                                       "their scales, or their values, are too large); no adapter is applied")
                 self.dit.set_weight(name, w)
                 self.merged.add(name)
         elif p.modules or self.runtime:

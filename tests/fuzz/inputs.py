@@ -309,7 +309,7 @@ def target_server(data: bytes) -> None:
 
 # -- adapter files -----------------------------------------------------------------------------
 # The choices below take the plain path when the fuzzer's bytes run out (Bytes.int gives 0 then):
-# a rare fault is `b.rare(n)`, so that short inputs still make adapters that load and run.
+# a rare fault is `_rare(b, n)`, so that short inputs still make adapters that load and run.
 
 # The tiny DiT the adapters are loaded against: from `--models` (the folder of the other fuzzers'
 # tiny models), opened once per process.
@@ -338,7 +338,7 @@ JUNK = [None, "", "8", "abc", "NaN", [], [4], {}, {"r": 2}, True, False, -(2**63
 PATTERN_KEYS = ["layers.0.self_attn.q_proj", "q_proj", "mlp.down_proj", "^time_embed.linear_1", "(q|k)_proj", ".*"]
 PATTERN_KEYS += ["(", "[", "*", "", "\\", "(.*)*z", "(.*.*)*x", "(\\w|.)*y"]
 RANKS = [4, 1, 2, 3, 8, 0, 64, 300]
-MAX_ELEMENTS = 1 << 18  # one tensor: at most 1 MiB of F32; a file holds a few
+MAX_ELEMENTS = 1 << 18  # one tensor: at most 1 MiB of F32 (2 of F64); rarely more than one that big
 
 
 def _rare(b: Bytes, n: int) -> bool:
