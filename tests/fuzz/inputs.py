@@ -676,6 +676,12 @@ def main(argv=None) -> int:
         _models(args.models)
     CORPUS.mkdir(exist_ok=True)
     target = TARGETS[args.target]
+    # libFuzzer's memory limit (2 GiB) is on the peak RSS, which Linux carries over from a parent
+    # through fork and exec: a pytest worker that holds models once made every target here "run
+    # out of memory" at its first check.  The limit counts from that inherited peak.
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1 << 20 if sys.platform == "darwin" else 1 << 10)
     atheris.Setup(
         [
             sys.argv[0],
@@ -684,7 +690,8 @@ def main(argv=None) -> int:
             f"-max_len={args.max_len}",
             f"-artifact_prefix={CORPUS}/inputs-{args.target}-",
             "-len_control=0",
-            f"-timeout={args.timeout}",  # a case takes milliseconds; more on a machine that pauses niced jobs
+            f"-timeout={args.timeout}",
+            f"-rss_limit_mb={2048 + peak_mb}",  # a case takes milliseconds; more on a machine that pauses niced jobs
             "-print_final_stats=1",
         ],
         target,
