@@ -435,6 +435,98 @@ def _save(path, tensors):
     return path
 
 
+def _peft_dir(path, config, r=2, **extra):
+    """A PEFT folder on layers.0.self_attn.q_proj with ``config`` as adapter_config.json (any JSON)."""
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    stem = "base_model.model.layers.0.self_attn.q_proj"
+    _save(path / "adapter_model.safetensors", {stem + ".lora_A.weight": torch.ones(r, H),
+                                               stem + ".lora_B.weight": torch.ones(H, r), **extra})
+    return path
+
+
+def test_malformed_adapters_found_by_the_fuzzer(tmp_path, targets):
+    """What `python -m fuzz.inputs adapter` found (tests/fuzz/corpus/inputs-adapter-*): each was a
+    traceback outside the error family (AttributeError, ZeroDivisionError, re.error, ValueError,
+    TypeError, OverflowError) or a hang; each is an AdapterError naming the file and the key now."""
+    q = "diffusion_model.decoder.layers.0.self_attn.q_proj"
+    lokr = "lycoris_layers_0_self_attn_q_proj"
+    good = {"peft_type": "LORA", "r": 2, "lora_alpha": 4}
+    cases = {
+        # numpy has no float8: safetensors' numpy reader raised AttributeError
+        "dtype F8_E4M3, not a float type": _lora_file(tmp_path / "f8.safetensors", q, torch.ones(2, H).to(
+            torch.float8_e4m3fn), torch.ones(H, 2)),
+        "adapter_config.json is a JSON list, not an object": _peft_dir(tmp_path / "list", [good]),
+        "rank_pattern is a str": _peft_dir(tmp_path / "pattern", {**good, "rank_pattern": "x"}),
+        "rank_pattern key '(' is not a regular expression": _peft_dir(tmp_path / "regex", {**good, "rank_pattern": {
+            "(": 2}}),
+        # a match that backtracks for minutes: a hang
+        "alpha_pattern key '(.*.*)*x' repeats a repetition": _peft_dir(tmp_path / "redos", {
+            **good, "alpha_pattern": {"(.*.*)*x": 1.0, "q_proj": 2.0}}),
+        "q_proj = nan is not a positive whole number": _peft_dir(tmp_path / "nan", {**good, "r": float("nan")}),
+        "q_proj = None is not a positive whole number": _peft_dir(tmp_path / "none", {**good, "r": None}),
+        "q_proj = '8' is not a positive whole number": _peft_dir(tmp_path / "str", {**good, "r": "8"}),
+        "q_proj = 'abc' is not a finite number": _peft_dir(tmp_path / "alpha", {**good, "lora_alpha": "abc"}),
+        # ZeroDivisionError: alpha / r with r = 0, with and without a config
+        "rank 0, an empty LoRA": _lora_file(tmp_path / "r0.safetensors", q, torch.ones(0, H), torch.ones(H, 0),
+                                            **{q + ".alpha": torch.tensor(1.0)}),
+        "lora_adapter_metadata is a JSON int": _save_meta(tmp_path / "diffusers.safetensors", {
+            "transformer.layers.0.self_attn.to_q.lora_A.weight": torch.ones(2, H),
+            "transformer.layers.0.self_attn.to_q.lora_B.weight": torch.ones(H, 2)}, lora_adapter_metadata="7"),
+        "lokr_config is a JSON str": _save_meta(tmp_path / "lokr_meta.safetensors", {
+            lokr + ".lokr_w1": torch.ones(8, 8), lokr + ".lokr_w2": torch.ones(8, 8)}, lokr_config='"x"'),
+        # math.sqrt of a negative dimension: ValueError
+        "linear_dim = -4 is not a positive number": _save_meta(tmp_path / "lokr_dim.safetensors", {
+            lokr + ".lokr_w1": torch.ones(8, 8), lokr + ".lokr_w2": torch.ones(8, 8)},
+            lokr_config=json.dumps({"linear_dim": -4, "rs_lora": True})),
+        # a split factor of rank 0: ZeroDivisionError in alpha / dim
+        "rank 0, an empty factor": _save(tmp_path / "lokr0.safetensors", {
+            lokr + ".lokr_w1": torch.ones(8, 8), lokr + ".lokr_w2_a": torch.ones(8, 0), lokr + ".lokr_w2_b":
+            torch.ones(0, 8), lokr + ".alpha": torch.tensor(1.0)}),
+    }
+    assert targets["decoder.layers.0.self_attn.q_proj.weight"] == (H, H)
+    for message, path in cases.items():
+        with pytest.raises(AdapterError, match=re.escape(message)) as e:
+            load_adapter(path, targets)
+        assert str(path) in str(e.value), e.value
+
+
+def test_scale_beyond_float32_names_the_file(tmp_path, targets):
+    """A user scale times the file's alpha / r beyond float32: an AdapterError naming the file and
+    module before anything is applied (was an InputError from the core naming only the weight)."""
+    from acestep_ggml.adapters import plan
+
+    q = "diffusion_model.decoder.layers.0.self_attn.q_proj"
+    path = _lora_file(tmp_path / "big.safetensors", q, torch.ones(1, H), torch.ones(H, 1),
+                      **{q + ".alpha": torch.tensor(1e30)})
+    adapter = load_adapter(path, targets)
+    with pytest.raises(AdapterError, match=re.escape(f"{path}: module '{q}': its scale")):
+        plan([(adapter, 1e30)], None)
+    assert plan([(adapter, 1e-30)], None).modules  # a small one is fine
+
+
+def test_merge_that_overflows_leaves_no_half_merged_dit(gguf_path, tmp_path, targets):
+    """A merge whose second weight overflows float32: an AdapterError naming the file, and the
+    first weight, merged already, is the file's again (no half-merged DiT)."""
+    stems = ["diffusion_model.decoder.layers.0.self_attn.q_proj", "diffusion_model.decoder.layers.1.self_attn.q_proj"]
+    path = _save(tmp_path / "overflow.safetensors", {
+        stems[0] + ".lora_down.weight": torch.ones(1, H) * 0.1, stems[0] + ".lora_up.weight": torch.ones(H, 1),
+        stems[1] + ".lora_down.weight": torch.ones(1, H) * 1e30, stems[1] + ".lora_up.weight": torch.ones(H, 1) * 1e30})
+    dit = acestep_ggml.DiT(gguf_path, n_threads=2)
+    applied = Applied(dit._m, "merge")
+    adapter = load_adapter(path, targets)
+    assert [m.target for m in adapter.modules] == [f"decoder.{s.split('decoder.')[1]}.weight" for s in stems]
+    before = dit._m.get_weight(adapter.modules[0].target)
+    with pytest.raises(AdapterError, match=re.escape(str(path))):
+        applied.set([(adapter, 1.0)])
+    assert np.array_equal(dit._m.get_weight(adapter.modules[0].target), before) and not applied.merged
+
+
+def _save_meta(path, tensors, **metadata):
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
 # -- the issue's acceptance: `synth --lora DIR --lora-scale S` against diffusers -------------------
 def test_synth_cli_lora_matches_diffusers_with_the_lora_merged(synth_models, tmp_path, device):
     """A held-out random LoRA in upstream's PEFT layout (written by upstream's own trainer code on

@@ -1,6 +1,7 @@
-"""atheris on the exchange-directory reader, audio loading and the server's request parsing,
-short runs (tests/fuzz/inputs.py; docs/hardening.md has the long runs), and the inputs found so
-far (tests/fuzz/corpus/inputs-<target>-*) replayed in this process."""
+"""atheris on the exchange-directory reader, audio loading, the server's request parsing and
+adapter files (on the session's tiny DiT), short runs (tests/fuzz/inputs.py; docs/hardening.md has
+the long runs), and the inputs found so far (tests/fuzz/corpus/inputs-<target>-*) replayed in this
+process."""
 
 from __future__ import annotations
 
@@ -19,13 +20,15 @@ TESTS = Path(__file__).parent
 
 
 @pytest.mark.parametrize("target", sorted(inputs.TARGETS))
-def test_atheris(target):
+def test_atheris(target, request):
     need("atheris", "pip install atheris (in the [test] extra)")
     if target == "server":
         need("fastapi", 'pip install "acestep-ggml[server]"')
+    # The adapter target loads adapters against the session's tiny DiT (made once, with torch).
+    models = ["--models", str(request.getfixturevalue("synth_models")[2]["f32"])] if target == "adapter" else []
     seed = fuzz_seed(f"inputs {target}")
     r = subprocess.run(
-        [sys.executable, "-m", "fuzz.inputs", target, "--cases", str(CASES), "--seed", str(seed)],
+        [sys.executable, "-m", "fuzz.inputs", target, "--cases", str(CASES), "--seed", str(seed), *models],
         cwd=TESTS,
         capture_output=True,
         text=True,
@@ -35,9 +38,12 @@ def test_atheris(target):
     assert r.returncode == 0 and f"Done {CASES} runs" in r.stderr, r.stderr[-4000:]
 
 
-def test_corpus():
-    """Every input found so far (tests/fuzz/corpus/inputs-<target>-*), replayed; none yet, so this
-    is one test over the folder rather than a parameter per file (an empty parameter set skips)."""
-    for path in sorted(p for p in CORPUS.glob("inputs-*") if p.is_file()):
+def test_corpus(request):
+    """Every input found so far (tests/fuzz/corpus/inputs-<target>-*), replayed: one test over the
+    folder rather than a parameter per file (an empty parameter set would skip)."""
+    paths = sorted(p for p in CORPUS.glob("inputs-*") if p.is_file())
+    if any(p.name.startswith("inputs-adapter-") for p in paths):
+        inputs.MODELS = request.getfixturevalue("synth_models")[2]["f32"]
+    for path in paths:
         print("replaying", path.name)
         inputs.replay(path.name.split("-")[1], path.read_bytes())

@@ -40,6 +40,11 @@ import numpy as np
 
 from .errors import AdapterError, InputError
 
+try:  # the regex parser, to look at rank_pattern / alpha_pattern keys before matching them
+    from re import _parser as _sre_parse  # Python 3.11+
+except ImportError:  # Python 3.9, 3.10
+    import sre_parse as _sre_parse
+
 log = logging.getLogger("acestep_ggml.adapters")
 
 MODES = ("merge", "runtime")
@@ -126,13 +131,13 @@ class _File:
         return self._f.get_slice(key).get_dtype()
 
     def get(self, key: str) -> np.ndarray:
-        if self.dtype(key) == "BF16":
-            a = self._bf16(key)
-        else:
-            a = np.asarray(self._f.get_tensor(key))
-        if a.dtype.kind not in "fc":
-            raise AdapterError(f"{self.path}: tensor '{key}' has dtype {a.dtype}, not a float type")
-        a = a.astype(np.float32)
+        dtype = self.dtype(key)
+        if dtype not in _DTYPE_EPS:  # before reading: numpy lacks some (F8_*), safetensors' reader fails on them
+            raise AdapterError(f"{self.path}: tensor '{key}' has dtype {dtype}, not a float type this reads "
+                               f"({', '.join(sorted(_DTYPE_EPS))})")
+        a = self._bf16(key) if dtype == "BF16" else np.asarray(self._f.get_tensor(key))
+        with np.errstate(over="ignore"):  # F64 beyond F32's range: infinity, refused below
+            a = a.astype(np.float32)
         if not np.all(np.isfinite(a)):
             raise AdapterError(f"{self.path}: tensor '{key}' contains NaN or infinity")
         return a
@@ -187,20 +192,78 @@ class _Names:
         return s if s in self.paths or s in _CONVS[:2] else None
 
 
-def _pattern_value(pattern: dict, name: str, default):
+def _backtracks(items, repeated: bool = False) -> bool:
+    """Whether a parsed regex repeats (more than once) something that itself repeats or branches,
+    as in ``(.*)*`` or ``(\\w|.)*``: what makes a backtracking match take exponential time (``(.*)*z``
+    takes 2 s on one module name, ``(.*.*)*z`` over a minute)."""
+    for op, av in items:
+        op = str(op)
+        if op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            many = av[1] > 1
+            if (many and repeated) or _backtracks(av[2], repeated or many):
+                return True
+        elif op == "BRANCH":
+            if repeated or any(_backtracks(b, repeated) for b in av[1]):
+                return True
+        elif op == "SUBPATTERN" and _backtracks(av[-1], repeated):
+            return True
+        elif op in ("ASSERT", "ASSERT_NOT") and _backtracks(av[1], repeated):
+            return True
+        elif op == "ATOMIC_GROUP" and _backtracks(av, repeated):
+            return True
+        elif op == "GROUPREF_EXISTS" and any(b is not None and _backtracks(b, repeated) for b in av[1:]):
+            return True
+    return False
+
+
+def _pattern_value(pattern, name: str, default, where: str, key: str):
     """PEFT's get_pattern_key rule (peft 0.21.2 utils/other.py): the first key K whose regex
     ``(.*\\.)?(K)$`` matches the module name from its start; else the default."""
-    for k, v in (pattern or {}).items():
-        if re.match(rf"(.*\.)?({k})$", name):
-            return v
+    if pattern is None:
+        return default
+    if not isinstance(pattern, dict):
+        raise AdapterError(f"{where}: {key} is a {type(pattern).__name__}, not a JSON object of module patterns")
+    for k, v in pattern.items():
+        try:
+            risky = _backtracks(_sre_parse.parse(k))
+            if not risky and re.match(rf"(.*\.)?({k})$", name):
+                return v
+        except re.error as e:
+            raise AdapterError(f"{where}: {key} key {k!r} is not a regular expression ({e})") from None
+        if risky:
+            raise AdapterError(f"{where}: {key} key {k!r} repeats a repetition or an alternation, which can take "
+                               "exponential time to match: write the module names out")
     return default
+
+
+def _config_number(value, where: str, key: str, whole: bool = False, positive: bool = False) -> float:
+    """A number of an adapter's JSON config, checked: finite (whole, > 0 where asked)."""
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # an integer beyond a double's range
+        ok = False
+    if not ok or (whole and value != int(value)) or (positive and value <= 0):
+        kind = "a positive whole number" if whole and positive else "a positive number" if positive else "a finite number"
+        raise AdapterError(f"{where}: {key} = {value!r} is not {kind}")
+    return value
+
+
+def _json_object(text: str, where: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise AdapterError(f"{where} is not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise AdapterError(f"{where} is a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def _read_config(folder: Path) -> dict:
     try:
-        return json.loads((folder / "adapter_config.json").read_text())
+        text = (folder / "adapter_config.json").read_text()
     except (OSError, ValueError) as e:
         raise AdapterError(f"{folder / 'adapter_config.json'}: not readable as JSON ({e})") from None
+    return _json_object(text, str(folder / "adapter_config.json"))
 
 
 def load_adapter(path: str | Path, targets: dict[str, tuple[int, int]]) -> Adapter:
@@ -228,10 +291,12 @@ def load_adapter(path: str | Path, targets: dict[str, tuple[int, int]]) -> Adapt
     elif (path.parent / "adapter_config.json").exists() and path.suffix == ".safetensors":
         config = _read_config(path.parent)
     f = _File(file)
-    return _build(f, str(path), config, targets)
+    where = str((path if path.is_dir() else path.parent) / "adapter_config.json")
+    return _build(f, str(path), config, targets, where)
 
 
-def _build(f: _File, label: str, config: Optional[dict], targets: dict[str, tuple[int, int]]) -> Adapter:
+def _build(f: _File, label: str, config: Optional[dict], targets: dict[str, tuple[int, int]],
+           where: str = "adapter_config.json") -> Adapter:
     names = _Names(targets)
     groups: dict[str, dict[str, str]] = {}
     unknown = []
@@ -251,17 +316,12 @@ def _build(f: _File, label: str, config: Optional[dict], targets: dict[str, tupl
     suffixes = {s for g in groups.values() for s in g}
     is_lokr = any(s.startswith(".lokr") for s in suffixes)
     if config is None and "lora_adapter_metadata" in meta:  # diffusers' save_lora_weights
-        try:
-            raw = json.loads(meta["lora_adapter_metadata"])
-        except ValueError:
-            raise AdapterError(f"{f.path}: __metadata__ lora_adapter_metadata is not JSON") from None
+        where = f"{f.path}: __metadata__ lora_adapter_metadata"
+        raw = _json_object(meta["lora_adapter_metadata"], where)
         config = {k.split(".", 1)[1] if k.startswith("transformer.") else k: v for k, v in raw.items()}
     lokr_config = {}
     if "lokr_config" in meta:
-        try:
-            lokr_config = json.loads(meta["lokr_config"])
-        except ValueError:
-            raise AdapterError(f"{f.path}: __metadata__ lokr_config is not JSON") from None
+        lokr_config = _json_object(meta["lokr_config"], f"{f.path}: __metadata__ lokr_config")
     any_stem = next(iter(groups))
     if is_lokr:
         fmt = "LyCORIS LoKr"
@@ -295,7 +355,7 @@ def _build(f: _File, label: str, config: Optional[dict], targets: dict[str, tupl
         if any(s.startswith(".lokr") for s in parts):
             modules.append(_lokr(f, stem, parts, target, out, inp, lokr_config))
         else:
-            modules.append(_lora(f, stem, parts, target, out, inp, config))
+            modules.append(_lora(f, stem, parts, target, out, inp, config, where))
     if not modules:
         raise AdapterError(f"{f.path}: no key names a Linear of this DiT — an adapter for another base model? "
                            f"(first keys: {', '.join(f.keys[:3])})")
@@ -323,7 +383,8 @@ def _misfit(f: _File, key: str, shape, target: str, out: int, inp: int) -> Adapt
                         "(an adapter for another base model, or a broken file)")
 
 
-def _lora(f: _File, stem: str, parts: dict, target: str, out: int, inp: int, config: Optional[dict]) -> Module:
+def _lora(f: _File, stem: str, parts: dict, target: str, out: int, inp: int, config: Optional[dict],
+          where: str) -> Module:
     ka = next((parts[s] for s in _LORA_A if s in parts), None)
     kb = next((parts[s] for s in _LORA_B if s in parts), None)
     if ka is None or kb is None:
@@ -340,14 +401,18 @@ def _lora(f: _File, stem: str, parts: dict, target: str, out: int, inp: int, con
     if b.ndim != 2 or b.shape[0] != out or b.shape[1] != a.shape[0]:
         raise _misfit(f, kb, b.shape, target, out, inp)
     r = a.shape[0]
+    if r == 0:  # PEFT refuses r <= 0 (LoraConfig: "`r` should be a positive integer value")
+        raise AdapterError(f"{f.path}: '{ka}' has shape {list(a.shape)}: rank 0, an empty LoRA")
     alpha = _scalar(f, parts.get(".alpha"))
     dora, magnitude = None, None
     if config is not None:
         name = stem[len("base_model.model."):] if stem.startswith("base_model.model.") else stem
-        r_cfg = _pattern_value(config.get("rank_pattern"), name, config.get("r", r))
+        r_cfg = _pattern_value(config.get("rank_pattern"), name, config.get("r", r), where, "rank_pattern")
+        r_cfg = _config_number(r_cfg, where, f"the rank (r or rank_pattern) of {name}", whole=True, positive=True)
         if int(r_cfg) != r:
             raise AdapterError(f"{f.path}: '{ka}' has rank {r}, adapter_config.json says {r_cfg} for {name}")
-        alpha = float(_pattern_value(config.get("alpha_pattern"), name, config.get("lora_alpha", r)))
+        alpha = _pattern_value(config.get("alpha_pattern"), name, config.get("lora_alpha", r), where, "alpha_pattern")
+        alpha = float(_config_number(alpha, where, f"the alpha (lora_alpha or alpha_pattern) of {name}"))
         scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     else:
         scale = 1.0 if alpha is None else alpha / r
@@ -373,6 +438,9 @@ def _lokr(f: _File, stem: str, parts: dict, target: str, out: int, inp: int, lok
             wa, wb = f.get(parts[f".lokr_{n}_a"]), f.get(parts[f".lokr_{n}_b"])
             if wa.ndim != 2 or wb.ndim != 2 or wa.shape[1] != wb.shape[0]:
                 raise _misfit(f, parts[f".lokr_{n}_b"], wb.shape, target, out, inp)
+            if wa.shape[1] == 0:
+                raise AdapterError(f"{f.path}: '{parts[f'.lokr_{n}_a']}' has shape {list(wa.shape)}: rank 0, an "
+                                   "empty factor")
             return wa @ wb, wa.shape[1]
         raise AdapterError(f"{f.path}: module '{stem}' lacks lokr_{n} (or lokr_{n}_a and lokr_{n}_b)")
 
@@ -392,7 +460,9 @@ def _lokr(f: _File, stem: str, parts: dict, target: str, out: int, inp: int, lok
         rank: int | str = dim
     else:
         full_dim = lokr_config.get("linear_dim")
-        sigma = math.sqrt(full_dim) if lokr_config.get("rs_lora") and full_dim else 1.0
+        sigma = 1.0
+        if lokr_config.get("rs_lora") and full_dim:
+            sigma = math.sqrt(_config_number(full_dim, f"{f.path}: __metadata__ lokr_config", "linear_dim", positive=True))
         rank = "full"
     dora, magnitude, eps = None, None, 0.0
     if ".dora_scale" in parts:
@@ -428,12 +498,20 @@ def plan(adapters: Sequence[tuple[Adapter, float]], base: Callable[[str], np.nda
     weight as float32 (needed for DoRA only)."""
     out: dict[str, tuple[Optional[np.ndarray], list[tuple]]] = {}
     cache: dict[str, np.ndarray] = {}
+    f32_max = float(np.finfo(np.float32).max)
+
+    def checked(adapter: Adapter, m: Module, scale: float) -> float:
+        if not abs(scale) <= f32_max:  # NaN too: the branch runs in F32
+            raise AdapterError(f"{adapter.path}: module '{m.key}': its scale (the user's × the file's "
+                               f"{m.scale:g}) is {scale:g}, beyond float32")
+        return scale
+
     for adapter, S in adapters:
         for m in adapter.modules:
             rows, branches = out.get(m.target, (None, []))
             if m.dora is None:
                 if not m.is_zero():
-                    branches.append((m.kind, m.a, m.b, None, S * m.scale))
+                    branches.append((m.kind, m.a, m.b, None, checked(adapter, m, S * m.scale)))
             else:
                 if m.target not in cache:
                     cache[m.target] = np.asarray(base(m.target), dtype=np.float32)
@@ -446,11 +524,13 @@ def plan(adapters: Sequence[tuple[Adapter, float]], base: Callable[[str], np.nda
                     norm = np.linalg.norm(w + m.scale * d, axis=1)
                     g = S * (m.magnitude / (norm + m.eps) - 1.0) + 1.0
                     scale = m.scale
+                with np.errstate(over="ignore"):
+                    g = g.astype(np.float32)
                 if not np.all(np.isfinite(g)):
-                    raise AdapterError(f"{adapter.path}: module '{m.key}': DoRA factor is not finite (zero row norm)")
-                g = g.astype(np.float32)
+                    raise AdapterError(f"{adapter.path}: module '{m.key}': DoRA factor is not finite (zero row norm, "
+                                       "or beyond float32)")
                 rows = (np.ones_like(g) if rows is None else rows) + (g - 1.0)
-                branches.append((m.kind, m.a, m.b, g, scale))
+                branches.append((m.kind, m.a, m.b, g, checked(adapter, m, scale)))
             out[m.target] = (rows, branches)
     return Plan({k: v for k, v in out.items() if v[0] is not None or v[1]})
 
@@ -490,7 +570,12 @@ class Applied:
             for name in p.modules:
                 w = p.merged(name, self.dit.get_weight(name))
                 if not np.all(np.isfinite(w)):
-                    raise AdapterError(f"{name}: the merged weight contains NaN or infinity")
+                    for done in self.merged:  # no half-merged DiT: the file's weights again
+                        self.dit.set_weight(done, None)
+                    self.merged = set()
+                    files = ", ".join(a.path for a, _ in adapters)
+                    raise AdapterError(f"{name}: the merged weight contains NaN or infinity (adapters: {files}; "
+                                       "their scales, or their values, are too large); no adapter is applied")
                 self.dit.set_weight(name, w)
                 self.merged.add(name)
         elif p.modules or self.runtime:

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src:tests python -m fuzz hparams --cases 60 [--seed N] [--models DIR] [--save]
     PYTHONPATH=src:tests python -m fuzz bytes --cases 200
-    PYTHONPATH=src:tests python -m fuzz inputs --cases 2000      (exchange, audio, server requests)
+    PYTHONPATH=src:tests python -m fuzz inputs --cases 2000      (exchange, audio, server requests, adapters)
 
 ACESTEP_FUZZ_SEED=N replays a run (as --seed N).  --models: a folder of tiny GGUFs of every kind,
 made there with torch when it holds none (default ~/.cache/acestep-ggml/fuzz-models).  Prints one
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     if args.target == "inputs":
         from .inputs import run_all
 
-        results = run_all(seed, args.cases)
+        results = run_all(seed, args.cases, args.models)
         for name, n in results.items():
             print(f"{name}: {n} cases, 0 findings")
         return 0
