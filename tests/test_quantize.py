@@ -260,10 +260,15 @@ def test_synth_q4_k_m_close_to_f32(small):
     }
     table = {k: cosine(runs["q4_k_m"].stages[k], runs["f32"].stages[k]) for k in runs["f32"].stages}
     print("\nq4_k_m vs f32 stage cosines:", {k: round(v, 6) for k, v in table.items()})
+    # The quantized models end at the DiT's x0: measured 0.99716 to 0.99888 over six seeds (text
+    # encoder states 0.984, DiT velocities about 0.997 at every step: the DiT's own error does not
+    # grow over the 8 steps).  0.995 leaves about twice the worst loss.
+    x0 = cosine(runs["q4_k_m"].stages["x0"], runs["f32"].stages["x0"])
+    assert x0 >= 0.995, f"seed {seed}: q4_k_m x0 cosine {x0}"
+    # The VAE is never quantized, but the tiny random one amplifies a latent error: audio measured
+    # 0.99680 to 0.99796, and 0.98925 at seed 878257419, where x0 was 0.99716 (3.8 times the loss).
     c = cosine(runs["q4_k_m"].stages["audio"], runs["f32"].stages["audio"])
-    # Measured 0.99767 (seed 743502385; text encoder states 0.984, DiT velocities 0.998 at every
-    # step): the DiT's own error does not grow over the 8 steps.  0.99 leaves twice that loss.
-    assert c >= 0.99, f"seed {seed}: q4_k_m audio cosine {c}"
+    assert c >= 0.98, f"seed {seed}: q4_k_m audio cosine {c}"
 
 
 def test_lm_codes_under_the_fsm_q8_0(small):
