@@ -279,11 +279,16 @@ def test_lm_codes_under_the_fsm_q8_0(small):
     }
     a, b = np.array(codes["f32"]), np.array(codes["q8_0"])
     assert len(a) == len(b) == 50
+    assert np.all((b >= 0) & (b < 64000)), f"seed {seed}: Q8_0 codes outside the codebook"
     agree = float(np.mean(a == b))
     print(f"\nQ8_0 vs F32 greedy codes under the FSM: {agree:.3f} agree")
-    # Measured 0.94 (seed 743502385).  Greedy decoding follows its own picks, so one flip at a
-    # near-tie changes what follows; 0.7 tolerates a late flip, not a broken head or FSM.
-    assert agree >= 0.7, f"seed {seed}: {agree}"
+    # Not asserted: greedy decoding follows its own picks, so one flip at a near-tie of random
+    # weights changes everything after it (measured 0.94 at seed 743502385, 0.18 at 1057793553,
+    # on add40fa too).  The head's accuracy is checked teacher-forced, where a flip cannot
+    # propagate: test_models_from_quantized_files_track_f32 (LM logits cosine >= 0.9995).  Here:
+    # the FSM still yields every code of the song, and decoding the same file again is identical.
+    again = acestep_ggml.LM(files["q8_0"]["lm"], n_threads=2).generate(req, temperature=0.0, seed=0).codes
+    assert list(again) == list(b), f"seed {seed}: Q8_0 greedy codes differ between two runs"
 
 
 # ---------------------------------------------------------------------------
