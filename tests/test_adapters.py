@@ -460,6 +460,11 @@ def test_malformed_adapters_found_by_the_fuzzer(tmp_path, targets):
         "rank_pattern is a str": _peft_dir(tmp_path / "pattern", {**good, "rank_pattern": "x"}),
         "rank_pattern key '(' is not a regular expression": _peft_dir(tmp_path / "regex", {**good, "rank_pattern": {
             "(": 2}}),
+        # re's OverflowError and RecursionError (found in review, not by the fuzzer)
+        "rank_pattern key 'q{4294967296}' is not a regular expression": _peft_dir(tmp_path / "big", {
+            **good, "rank_pattern": {"q{4294967296}": 2}}),
+        "alpha_pattern key '((((((": _peft_dir(tmp_path / "deep", {
+            **good, "alpha_pattern": {"(" * 5000 + ")" * 5000: 2.0}}),
         # a match that backtracks for minutes: a hang
         "alpha_pattern key '(.*.*)*x' repeats a repetition": _peft_dir(tmp_path / "redos", {
             **good, "alpha_pattern": {"(.*.*)*x": 1.0, "q_proj": 2.0}}),

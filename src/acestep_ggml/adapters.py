@@ -27,6 +27,7 @@ adapters add: W' = W + Σ_k [(g_k − 1) ⊙_row W + g_k ⊙_row S_k ΔW_k] (g_k
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -216,6 +217,19 @@ def _backtracks(items, repeated: bool = False) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=512)
+def _pattern_regex(key: str):
+    """One pattern key's matcher, PEFT's ``(.*\\.)?(K)$``, or the reason it is refused (a string).
+    Parsed and checked once per key, not once per module it is tried on."""
+    try:
+        if _backtracks(_sre_parse.parse(key)):
+            return ("repeats a repetition or an alternation, which can take exponential time to match: "
+                    "write the module names out")
+        return re.compile(rf"(.*\.)?({key})$")
+    except (re.error, OverflowError, RecursionError) as e:  # a{4294967296}; groups nested thousands deep
+        return f"is not a regular expression ({e})"
+
+
 def _pattern_value(pattern, name: str, default, where: str, key: str):
     """PEFT's get_pattern_key rule (peft 0.21.2 utils/other.py): the first key K whose regex
     ``(.*\\.)?(K)$`` matches the module name from its start; else the default."""
@@ -224,15 +238,11 @@ def _pattern_value(pattern, name: str, default, where: str, key: str):
     if not isinstance(pattern, dict):
         raise AdapterError(f"{where}: {key} is a {type(pattern).__name__}, not a JSON object of module patterns")
     for k, v in pattern.items():
-        try:
-            risky = _backtracks(_sre_parse.parse(k))
-            if not risky and re.match(rf"(.*\.)?({k})$", name):
-                return v
-        except re.error as e:
-            raise AdapterError(f"{where}: {key} key {k!r} is not a regular expression ({e})") from None
-        if risky:
-            raise AdapterError(f"{where}: {key} key {k!r} repeats a repetition or an alternation, which can take "
-                               "exponential time to match: write the module names out")
+        regex = _pattern_regex(str(k))
+        if isinstance(regex, str):
+            raise AdapterError(f"{where}: {key} key {k!r} {regex}")
+        if regex.match(name):
+            return v
     return default
 
 

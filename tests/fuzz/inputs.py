@@ -334,9 +334,10 @@ WRONG_MODULES = [
 DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I32": 4, "I64": 8, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 NUMBERS = [8, 0, 1, -1, 2, 4, 16, 0.5, -3.5, 1e-30, 1e30, 1e308, float("nan"), float("inf"), -float("inf"), 2**40]
 JUNK = [None, "", "8", "abc", "NaN", [], [4], {}, {"r": 2}, True, False, -(2**63)]
-# Pattern keys: module names, regexes, broken regexes, and regexes whose match backtracks for minutes.
+# Pattern keys: module names, regexes, broken regexes (a count past 2**32 and groups nested 3000 deep make
+# re raise OverflowError and RecursionError), and regexes whose match backtracks for minutes.
 PATTERN_KEYS = ["layers.0.self_attn.q_proj", "q_proj", "mlp.down_proj", "^time_embed.linear_1", "(q|k)_proj", ".*"]
-PATTERN_KEYS += ["(", "[", "*", "", "\\", "(.*)*z", "(.*.*)*x", "(\\w|.)*y"]
+PATTERN_KEYS += ["(", "[", "*", "", "\\", "(.*)*z", "(.*.*)*x", "(\\w|.)*y", "q{4294967296}", "(" * 3000 + ")" * 3000]
 RANKS = [4, 1, 2, 3, 8, 0, 64, 300]
 MAX_ELEMENTS = 1 << 18  # one tensor: at most 1 MiB of F32 (2 of F64); rarely more than one that big
 
