@@ -1,5 +1,6 @@
 """One DiT forward at the real size (random weights): ours with BF16 / F16 / Q8_0 weight files
-against PyTorch fp32 and bf16, in one run.  Prints time, throughput, peak memory and accuracy
+(and ``int8``: the BF16 file with ACESTEP_GGML_INT8=1, int8 matmuls on AVX-512 VNNI) against
+PyTorch fp32 and bf16, in one run.  Prints time, throughput, peak memory and accuracy
 against PyTorch fp32.
 
 Each measurement runs in its own subprocess so that its peak RSS is its own.
@@ -63,10 +64,15 @@ def phase_write(args):
     np.savez(os.path.join(args.dir, "inputs.npz"), x=rng.standard_normal((1, args.frames, 64), dtype=np.float32),
              src=rng.standard_normal((1, args.frames, 64), dtype=np.float32),
              enc=rng.standard_normal((1, args.enc, 2048), dtype=np.float32), t=np.array([0.75], np.float32))
-    for ty in args.types.split(","):
+    for ty in sorted({_file_type(ty) for ty in args.types.split(",")}):
         write_dit_gguf(model, os.path.join(args.dir, f"dit-{ty}.gguf"), weight_type=ty,
                        quantize=acestep_ggml._core.quantize)
     return {}
+
+
+def _file_type(ty):
+    """The weight file a measured type runs from: int8 packs the BF16 file's weights at load."""
+    return "bf16" if ty == "int8" else ty
 
 
 def phase_torch(args):
@@ -91,7 +97,7 @@ def phase_torch(args):
 def phase_ggml(args):
     import acestep_ggml
     t0 = time.perf_counter()
-    dit = acestep_ggml.DiT(os.path.join(args.dir, f"dit-{args.dtype}.gguf"))
+    dit = acestep_ggml.DiT(os.path.join(args.dir, f"dit-{_file_type(args.dtype)}.gguf"))
     load_s = time.perf_counter() - t0
     d = np.load(os.path.join(args.dir, "inputs.npz"))
     times = []
@@ -105,6 +111,8 @@ def phase_ggml(args):
 
 def _run(args, phase, dtype="", pythonpath=None):
     env = dict(os.environ)
+    if phase == "ggml":
+        env["ACESTEP_GGML_INT8"] = "1" if dtype == "int8" else "0"
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([pythonpath] + [p for p in [env.get("PYTHONPATH")] if p])
     cmd = [sys.executable, __file__, "--phase", phase, "--dtype", dtype, "--dir", args.dir,

@@ -1,8 +1,10 @@
 """Text side at real sizes with random weights: text encoder (~70 tokens), condition encoder
 (~170 lyric tokens + 750 timbre frames), detokenizer (150 codes).  Ours (BF16 and F32 GGUF)
 against PyTorch fp32 and bf16, each run in its own process so that its peak RSS is its own.
+``ours-matmul``: attention as mul_mat + soft_max (ACESTEP_GGML_ATTN=matmul); ``ours-int8``: the BF16
+file with ACESTEP_GGML_INT8=1 (int8 matmuls, AVX-512 VNNI CPUs).
 
-    PYTHONPATH=src:tests python benchmarks/bench_text.py [--repeat 3] [--workdir DIR]
+    PYTHONPATH=src:tests python benchmarks/bench_text.py [--repeat 3] [--workdir DIR] [--runs torch:bf16,ours-int8:bf16]
 """
 from __future__ import annotations
 
@@ -135,12 +137,14 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--workdir")
     p.add_argument("--stage", choices=STAGES)
-    p.add_argument("--impl", choices=["ours", "ours-matmul", "torch"])
+    p.add_argument("--impl", choices=["ours", "ours-matmul", "ours-int8", "torch"])
     p.add_argument("--kind", choices=["f32", "bf16"])
     p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--runs", default="torch:f32,torch:bf16,ours:f32,ours:bf16,ours-matmul:bf16,ours-int8:bf16",
+                   help="impl:weights pairs to run, in order")
     args = p.parse_args()
     if args.stage:
-        if args.impl == "ours-matmul":
+        if args.impl in ("ours-matmul", "ours-int8"):
             args.impl = "ours"
         return child(args)
 
@@ -152,11 +156,11 @@ def main():
     print(f"{'stage':6} {'impl':12} {'weights':7} {'best':>8} {'median':>8} {'peak GiB':>9} {'vs torch bf16':>14}")
     for stage in args.stages.split(","):
         results = {}
-        for impl, kind in [("torch", "f32"), ("torch", "bf16"), ("ours", "f32"), ("ours", "bf16"),
-                           ("ours-matmul", "bf16")]:
+        for impl, kind in (r.split(":") for r in args.runs.split(",")):
             env = dict(os.environ)
             if impl == "ours-matmul":
                 env["ACESTEP_GGML_ATTN"] = "matmul"
+            env["ACESTEP_GGML_INT8"] = "1" if impl == "ours-int8" else "0"
             out = subprocess.run([sys.executable, __file__, "--stage", stage, "--impl", impl, "--kind", kind,
                                   "--workdir", workdir, "--repeat", str(args.repeat)],
                                  capture_output=True, text=True, env=env)

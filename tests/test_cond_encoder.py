@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _text_gguf import dit_side_models, parity, randomize, write_dit, write_text_encoder
-from conftest import fresh_seed
+from conftest import COS_INT8, REL_INT8, fresh_seed
 from transformers import Qwen3Config, Qwen3Model
 
 import acestep_ggml
@@ -67,6 +67,34 @@ def test_condition_encoder_matches_reference(tmp_path, bf16, padded, reference, 
     np.testing.assert_allclose(enc.null_condition_emb, cond.null_condition_emb.detach().numpy().ravel(),
                                rtol=tol, atol=tol, err_msg=f"seed {seed}")
     np.testing.assert_array_equal(enc.silence_latent, cond.silence_latent[0].numpy())
+
+
+def test_condition_encoder_int8_matches_reference(tmp_path, int8):
+    """ACESTEP_GGML_INT8: the parity above (padded, with a timbre reference) at the int8 bars."""
+    seed = fresh_seed()
+    cond, text = _files(tmp_path, seed, False)
+    if not int8:
+        with pytest.raises(acestep_ggml.DeviceError, match="ACESTEP_GGML_INT8"):
+            acestep_ggml.ConditionEncoder(tmp_path / "dit.gguf", tmp_path / "text.gguf", n_threads=2)
+        return
+    rng = np.random.default_rng(seed)
+    tt, tl = int(rng.integers(5, 30)), int(rng.integers(20, 60))
+    text_h = rng.standard_normal((tt, TEXT_DIM)).astype(np.float32)
+    lyric_ids = rng.integers(0, VOCAB, size=tl)
+    refer = rng.standard_normal((int(rng.integers(10, 40)), TIMBRE_DIM)).astype(np.float32)
+    with torch.no_grad():
+        states, mask = cond(text_hidden_states=torch.from_numpy(text_h)[None],
+                            text_attention_mask=torch.ones(1, tt, dtype=torch.bool),
+                            lyric_hidden_states=text.embed_tokens(torch.from_numpy(lyric_ids)[None]),
+                            lyric_attention_mask=torch.ones(1, tl, dtype=torch.bool),
+                            refer_audio_acoustic_hidden_states_packed=torch.from_numpy(refer)[None],
+                            refer_audio_order_mask=torch.zeros(1, dtype=torch.long))
+    enc = acestep_ggml.ConditionEncoder(tmp_path / "dit.gguf", tmp_path / "text.gguf", n_threads=2)
+    out, out_mask = enc.encode(text_h, lyric_ids, refer)
+    np.testing.assert_array_equal(out_mask, mask[0].numpy(), err_msg=f"seed {seed}")
+    cos, rel = parity(out, states[0].numpy())
+    print(f"int8 condition encoder: seed {seed} cos {cos:.6f} rel {rel:.2e}")
+    assert cos >= COS_INT8 and rel <= REL_INT8, f"seed {seed}: cos {cos:.6f} rel {rel:.2e}"
 
 
 def test_condition_encoder_rejects_bad_input(tmp_path):

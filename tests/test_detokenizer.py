@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 from _text_gguf import dit_side_models, parity, write_dit
-from conftest import fresh_seed
+from conftest import COS_INT8, REL_INT8, fresh_seed
 
 import acestep_ggml
 
@@ -36,6 +36,23 @@ def test_detokenizer_matches_reference(tmp_path, bf16, device, f32_rel):
     cos, rel = parity(out, ref)
     cmin, rmax = (COS_BF16, REL_BF16) if bf16 else (COS_F32, f32_rel(REL_F32))
     assert cos >= cmin and rel <= rmax, f"seed {seed}: cos {cos:.6f} rel {rel:.2e}"
+
+
+def test_detokenizer_int8_matches_reference(tmp_path, int8):
+    """ACESTEP_GGML_INT8: the same parity, at the int8 bars (conftest.COS_INT8, REL_INT8)."""
+    seed = fresh_seed()
+    tok, detok = _file(tmp_path, seed, False)
+    if not int8:
+        with pytest.raises(acestep_ggml.DeviceError, match="ACESTEP_GGML_INT8"):
+            acestep_ggml.Detokenizer(tmp_path / "dit.gguf", n_threads=2)
+        return
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 64000, size=int(rng.integers(1, 40)))
+    with torch.no_grad():
+        ref = detok(tok.quantizer.get_output_from_indices(torch.from_numpy(codes)[None]))[0].numpy()
+    cos, rel = parity(acestep_ggml.Detokenizer(tmp_path / "dit.gguf", n_threads=2).decode(codes.tolist()), ref)
+    print(f"int8 detokenizer: seed {seed} cos {cos:.6f} rel {rel:.2e}")
+    assert cos >= COS_INT8 and rel <= REL_INT8, f"seed {seed}: cos {cos:.6f} rel {rel:.2e}"
 
 
 def test_detokenizer_rejects_bad_codes(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _dit_gguf import TINY, bf16_round, tiny_dit, write_dit_gguf
-from conftest import fresh_seed
+from conftest import COS_INT8, REL_INT8, fresh_seed
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 from diffusers.pipelines.ace_step.pipeline_ace_step import AceStepPipeline
@@ -70,6 +70,39 @@ def test_dit_matches_reference_bf16_weights(model, tmp_path):
     # Every tensor truncated to BF16 (as in the published files) against the F32 model: the
     # real-size PyTorch bf16-vs-fp32 DiT cosine is 0.99991, so 0.999 leaves room for a tiny model.
     assert cos >= 0.999, f"seed={SEED} cos={cos} rel={rel}"
+
+
+def test_dit_int8_matches_reference_and_repacks_merged_weights(model, tmp_path, int8):
+    """ACESTEP_GGML_INT8: parity at the int8 bars (conftest.COS_INT8, REL_INT8); a weight written
+    (a merged adapter) is packed again, and restoring it gives the first output back exactly."""
+    path = tmp_path / "dit-f32.gguf"
+    write_dit_gguf(model, str(path))
+    if not int8:
+        with pytest.raises(acestep_ggml.DeviceError, match="ACESTEP_GGML_INT8"):
+            acestep_ggml.DiT(path, n_threads=2)
+        return
+    dit = acestep_ggml.DiT(path, n_threads=2)
+    rng = np.random.default_rng(SEED + 2)
+    x, t, enc, src, mask = _inputs(rng, 2, 23, 7)
+    first = dit.forward(x, t, enc, src, mask)
+    cos, rel = _metrics(first, _reference(model, x, t, enc, src, mask))
+    print(f"int8 DiT: seed {SEED} cos {cos:.6f} rel {rel:.2e}")
+    assert cos >= COS_INT8 and rel <= REL_INT8, f"seed={SEED} cos={cos} rel={rel}"
+
+    name = "decoder.layers.1.mlp.down_proj.weight"
+    w = dit._m.get_weight(name)
+    merged = w + 0.5 * rng.standard_normal(w.shape).astype(np.float32) * np.abs(w).mean()
+    dit._m.set_weight(name, merged)
+    with torch.no_grad():
+        model.layers[1].mlp.down_proj.weight.copy_(torch.from_numpy(merged))
+    try:
+        cos, rel = _metrics(dit.forward(x, t, enc, src, mask), _reference(model, x, t, enc, src, mask))
+    finally:
+        with torch.no_grad():
+            model.layers[1].mlp.down_proj.weight.copy_(torch.from_numpy(w))
+    assert cos >= COS_INT8 and rel <= REL_INT8, f"merged: seed={SEED} cos={cos} rel={rel}"
+    dit._m.set_weight(name, None)
+    np.testing.assert_array_equal(dit.forward(x, t, enc, src, mask), first)
 
 
 def test_bf16_weights_kept_or_loaded_as_f16_agree(model, tmp_path, monkeypatch):

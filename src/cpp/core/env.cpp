@@ -31,6 +31,8 @@ bool strict_device() { return flag("ACESTEP_GGML_STRICT_DEVICE"); }
 
 bool keep_bf16() { return flag("ACESTEP_GGML_KEEP_BF16"); }
 
+bool int8() { return flag("ACESTEP_GGML_INT8"); }
+
 bool mmap_weights() { return value("ACESTEP_GGML_MMAP") != "0"; }
 
 int profile() {

@@ -24,6 +24,11 @@ int profile();
 enum class Attn { Auto, Flash, Matmul };
 Attn attention();
 
+// ACESTEP_GGML_INT8: the DiT's Linears multiply in int8 on a CPU with AVX-512 VNNI (weights per
+// channel at load, activations per row; nn/int8_matmul.h).  Read when a model loads; on another
+// CPU or device, the model refuses to load (DeviceError).
+bool int8();
+
 // ACESTEP_GGML_MMAP=0: every weight is copied into memory of its own at load; unset or any other
 // value: on the CPU, weights whose stored type is the type used at run time are served straight
 // from a copy-on-write mapping of the model file (Weights::load).  Read at every load.

@@ -169,6 +169,16 @@ void GGUFFile::let_go(const TensorInfo &t) {
     auto it = holds_.find(t.offset);
     if (it == holds_.end() || --it->second > 0) return;
     holds_.erase(it);
+    drop_pages(t);
+}
+
+int GGUFFile::holders(const TensorInfo &t) {
+    std::lock_guard<std::mutex> lock(holds_mu_);
+    auto it = holds_.find(t.offset);
+    return it == holds_.end() ? 0 : it->second;
+}
+
+void GGUFFile::drop_pages(const TensorInfo &t) {
     if (!map_) return;
     // Only pages wholly inside this tensor: a page it shares with a neighbour stays.
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);

@@ -73,6 +73,10 @@ class GGUFFile {
     // data; a write an adapter made into them is dropped with the model that made it).
     void hold(const TensorInfo &t);
     void let_go(const TensorInfo &t);
+    // Drops the tensor's pages of the mapping from the resident set (MADV_DONTNEED: a page not
+    // written comes back from the file when touched; one written loses its changes).
+    void drop_pages(const TensorInfo &t);
+    int holders(const TensorInfo &t);  // models holding the tensor (hold() minus let_go())
     size_t size() const { return size_; }
     // Throws FileError when the file has become shorter than the tensors' extent since it was
     // opened (truncated or rewritten in place).

@@ -239,6 +239,12 @@ void Weights::write(const std::string &name, std::vector<float> values) {
     store_floats(e.tensor, std::move(values), file_->path() + ": " + name);
 }
 
+void Weights::evict(const std::string &name) {
+    const Entry &e = entry(name);
+    // Not while another model serves it from the same mapping: its pages may hold a merged adapter.
+    if (mapped_ && e.info && e.tensor->buffer == mapped_ && file_->holders(*e.info) == 1) file_->drop_pages(*e.info);
+}
+
 void Weights::restore(const std::string &name) {
     std::vector<uint8_t> staging;
     const Entry &e = entry(name);

@@ -46,6 +46,9 @@ class Weights {
     std::vector<float> read(const std::string &name) const;
     void write(const std::string &name, std::vector<float> values);
     void restore(const std::string &name);
+    // A tensor served from the file's mapping leaves the resident set (its pages come back from the
+    // file if it is read again): for a weight whose values now live elsewhere (nn/int8_matmul.h).
+    void evict(const std::string &name);
 
     GGUFFile &file() const { return *file_; }
     const std::shared_ptr<Backend> &backend() const { return backend_; }

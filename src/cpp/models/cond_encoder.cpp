@@ -32,6 +32,10 @@ ConditionEncoder::ConditionEncoder(std::shared_ptr<GGUFFile> dit, std::shared_pt
     silence_ = dit->read_f32("silence_latent");  // its shape checked by read_dit_hparams
     w_.load();
     text_w_.load();
+    std::vector<Linear *> lins = {&text_projector_};
+    lyric_.linears(lins);
+    timbre_.linears(lins);
+    int8_ = int8_if_asked(w_, lins);
 }
 
 // Concatenates a and b (rows of width c) with their masks, then moves valid rows first,

@@ -8,6 +8,7 @@
 
 #include "core/graph.h"
 #include "core/hparams.h"
+#include "nn/int8_matmul.h"
 #include "nn/qwen3.h"
 
 namespace ace {
@@ -46,6 +47,7 @@ class ConditionEncoder {
     Weights w_, text_w_;
     Linear text_projector_;
     EncoderStack lyric_, timbre_;
+    std::unique_ptr<Int8Linears> int8_;  // ACESTEP_GGML_INT8
     ggml_tensor *embed_table_ = nullptr;  // the text encoder's embed_tokens
     ggml_tensor *timbre_cls_ = nullptr;   // XL: encoder.timbre_encoder.special_token [hidden]
     std::vector<float> null_, silence_;

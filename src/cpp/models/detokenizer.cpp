@@ -19,6 +19,9 @@ Detokenizer::Detokenizer(std::shared_ptr<GGUFFile> dit, std::shared_ptr<Backend>
     special_tokens_ = w_.get("detokenizer.special_tokens", {hp_.pool_window_size, d.hidden}, Store::F32);
     proj_out_.load(w_, "detokenizer.proj_out", d.hidden, hp_.audio_acoustic_hidden_dim, true);
     w_.load();
+    std::vector<Linear *> lins = {&project_out_, &proj_out_};
+    stack_.linears(lins);
+    int8_ = int8_if_asked(w_, lins);
 }
 
 std::vector<float> Detokenizer::decode(const std::vector<int64_t> &codes) {

@@ -7,6 +7,7 @@
 
 #include "core/graph.h"
 #include "core/hparams.h"
+#include "nn/int8_matmul.h"
 #include "nn/qwen3.h"
 
 namespace ace {
@@ -27,6 +28,7 @@ class Detokenizer {
     Weights w_;
     Linear project_out_, proj_out_;
     EncoderStack stack_;
+    std::unique_ptr<Int8Linears> int8_;  // ACESTEP_GGML_INT8
     ggml_tensor *special_tokens_ = nullptr;
     Runner runner_;
 };

@@ -107,6 +107,9 @@ DiT::DiT(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend)
         return out;
     });
     w.load();
+    std::vector<Linear *> lins;
+    for (auto &[name, lin] : linears()) lins.push_back(lin);
+    int8_ = int8_if_asked(w, lins);
 }
 
 DiT::~DiT() = default;

@@ -11,6 +11,7 @@
 #include "core/state.h"
 #include "core/weights.h"
 #include "nn/attention.h"
+#include "nn/int8_matmul.h"
 
 namespace ace {
 
@@ -39,7 +40,7 @@ class DiT {
     ~DiT();
 
     const DiTHParams &hparams() const { return hp_; }
-    size_t weight_bytes() const { return weights_->nbytes(); }
+    size_t weight_bytes() const { return weights_->nbytes() + (int8_ ? int8_->nbytes() : 0); }
 
     // Per generation: the conditions go to the device once, with everything computed from them
     // alone (condition embedder, the cross-attention K/V of every layer).  All arrays row-major in
@@ -89,6 +90,7 @@ class DiT {
     DiTHParams hp_;
     std::shared_ptr<Backend> backend_;
     std::unique_ptr<Weights> weights_;
+    std::unique_ptr<Int8Linears> int8_;  // ACESTEP_GGML_INT8: the Linears' weights in int8
     std::vector<Layer> layers_;
     TimestepEmbedding time_embed_, time_embed_r_;
     Linear proj_in_, condition_embedder_, proj_out_;  // the patch convs as matmuls over a patch's frames

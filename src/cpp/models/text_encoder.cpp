@@ -13,6 +13,9 @@ TextEncoder::TextEncoder(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend
     for (size_t i = 0; i < layers_.size(); i++) layers_[i].load(w_, "layers." + std::to_string(i) + ".", d);
     norm_.load(w_, "norm.weight", d.hidden, d.eps);
     w_.load();
+    std::vector<Linear *> lins;
+    for (Qwen3Layer &l : layers_) l.linears(lins);
+    int8_ = int8_if_asked(w_, lins);
 }
 
 std::vector<float> TextEncoder::run(const std::vector<int32_t> &ids, bool with_layers) {

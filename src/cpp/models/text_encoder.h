@@ -6,6 +6,7 @@
 
 #include "core/graph.h"
 #include "core/hparams.h"
+#include "nn/int8_matmul.h"
 #include "nn/qwen3.h"
 
 namespace ace {
@@ -29,6 +30,7 @@ class TextEncoder {
     ggml_tensor *embed_tokens_ = nullptr;
     std::vector<Qwen3Layer> layers_;
     RMSNorm norm_;
+    std::unique_ptr<Int8Linears> int8_;  // ACESTEP_GGML_INT8
     Runner runner_;
 };
 

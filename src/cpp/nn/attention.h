@@ -33,6 +33,7 @@ struct Attention {
     const Backend *backend = nullptr;  // the device the weights were loaded on (held by the model)
 
     void load(Weights &w, const std::string &prefix, const Dims &d, bool has_bias = false);
+    void linears(std::vector<Linear *> &out) { out.insert(out.end(), {&q_proj, &k_proj, &v_proj, &o_proj}); }
     // x: [C, T, B] -> q: [D, H, T, B] (normed, roped when pos is given)
     ggml_tensor *query(ggml_context *ctx, ggml_tensor *x, ggml_tensor *pos) const;
     // src: [C, Tk, B] -> k, v: [D, Hkv, Tk, B] (k normed, roped when pos is given).  For

@@ -3,11 +3,13 @@
 
 #include "core/error.h"
 #include "core/format.h"
+#include "nn/int8_matmul.h"
 
 namespace ace {
 
 void Linear::load(Weights &w, const std::string &prefix, int64_t in, int64_t out, bool has_bias) {
-    weight = w.get(prefix + ".weight", {out, in}, Store::Keep);
+    name = prefix + ".weight";
+    weight = w.get(name, {out, in}, Store::Keep);
     bias = has_bias ? w.get(prefix + ".bias", {out}, Store::F32) : nullptr;
 }
 
@@ -39,7 +41,8 @@ ggml_tensor *Linear::operator()(ggml_context *ctx, ggml_tensor *x) const {
     // slice and re-read the weight for each (the detokenizer has a batch of N sequences of 5).
     if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
     ggml_tensor *x2 = ggml_reshape_2d(ctx, x, x->ne[0], ggml_nrows(x));
-    ggml_tensor *y = ggml_mul_mat(ctx, weight, x2);
+    ggml_tensor *y = packed && x2->type == GGML_TYPE_F32 ? int8_matmul(ctx, packed, x2, weight->ne[1])
+                                                        : ggml_mul_mat(ctx, weight, x2);
     if (adapter) y = adapted(ctx, *adapter, x2, y);
     y = ggml_reshape_4d(ctx, y, weight->ne[1], x->ne[1], x->ne[2], x->ne[3]);
     return bias ? ggml_add(ctx, y, bias) : y;

@@ -30,6 +30,8 @@ struct LinearAdapter {
 
 struct Linear {
     ggml_tensor *weight = nullptr, *bias = nullptr;
+    ggml_tensor *packed = nullptr;           // the weight in int8 (nn/int8_matmul.h), used in its place when set
+    std::string name;                        // the weight's tensor name (set by load)
     const LinearAdapter *adapter = nullptr;  // run-time adapters, owned by the model
     void load(Weights &w, const std::string &prefix, int64_t in, int64_t out, bool has_bias);
     // x: [in, ...] -> [out, ...]
@@ -46,6 +48,7 @@ struct RMSNorm {
 
 struct SwiGLU {
     Linear gate_proj, up_proj, down_proj;
+    void linears(std::vector<Linear *> &out) { out.insert(out.end(), {&gate_proj, &up_proj, &down_proj}); }
     void load(Weights &w, const std::string &prefix, int64_t hidden, int64_t intermediate);
     ggml_tensor *operator()(ggml_context *ctx, ggml_tensor *x) const;  // [C, ...] -> [C, ...]
 };

@@ -14,6 +14,10 @@ struct Qwen3Layer {
     Attention self_attn;
     SwiGLU mlp;
     void load(Weights &w, const std::string &prefix, const Dims &d);
+    void linears(std::vector<Linear *> &out) {
+        self_attn.linears(out);
+        mlp.linears(out);
+    }
     // x: [C, T, B] -> [C, T, B]
     ggml_tensor *operator()(ggml_context *ctx, ggml_tensor *x, ggml_tensor *pos, ggml_tensor *mask) const;
     // The same layer where only the first `rows` positions of its output are wanted: keys and
@@ -36,6 +40,10 @@ struct EncoderStack {
     // or full attention: DiTHParams::sliding_layers), the final norm.
     void load(Weights &w, const std::string &prefix, int64_t in_dim, const Dims &d, std::vector<bool> sliding,
               int64_t window);
+    void linears(std::vector<Linear *> &out) {
+        out.push_back(&embed_tokens);
+        for (Qwen3Layer &l : layers) l.linears(out);
+    }
     // x: [C, T, B] -> [C, T, B]; masks are F16 [T, T] (null: no masking).  rows > 0: only the
     // first `rows` positions are wanted (a pooled stack reads position 0), so the last layer
     // computes those alone (Qwen3Layer::first_rows) and the result is [C, rows, B].

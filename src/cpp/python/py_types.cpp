@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/types.h"
+#include "nn/int8_matmul.h"
 #include "python/bindings.h"
 
 namespace ace {
@@ -18,6 +19,23 @@ static ggml_type type_from_name(const std::string &name) {
 }
 
 void bind_types(py::module_ &m) {
+    m.def("int8_supported", &int8_matmul_supported,
+          "Whether this CPU runs the int8 matmuls (AVX-512 VNNI; ACESTEP_GGML_INT8).");
+    m.def("int8_matmul", [](py::handle w, py::handle x, int n_threads) {
+        auto wa = as_f32(w, "w", 2, 2), xa = as_f32(x, "x", 2, 2);
+        const int64_t n_out = wa.shape(0), in = wa.shape(1), rows = xa.shape(0);
+        if (xa.shape(1) != in)
+            throw InputError(fmt("int8_matmul: x has rows of %lld, w of %lld", (long long)xa.shape(1), (long long)in));
+        std::vector<float> wv(wa.data(), wa.data() + wa.size()), xv(xa.data(), xa.data() + xa.size()), y;
+        {
+            py::gil_scoped_release nogil;
+            y = int8_matmul_host(wv, n_out, in, xv, rows, n_threads);
+        }
+        py::array_t<float> out({(ssize_t)rows, (ssize_t)n_out});
+        std::memcpy(out.mutable_data(), y.data(), y.size() * sizeof(float));
+        return out;
+    }, py::arg("w"), py::arg("x"), py::arg("n_threads") = 2,
+       "x @ w.T through the int8 kernels (w [out, in], x [rows, in], float32): for tests.");
     m.def("quantize", [](py::handle data, const std::string &type_name) {
         ggml_type type = type_from_name(type_name);
         auto arr = as_f32(data, "data", 1, 8);
