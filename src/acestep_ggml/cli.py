@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -113,6 +114,9 @@ def _progress(quiet: bool):
 def _add_device_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    s.add_argument("--int8", action="store_true",
+                   help="int8 matmuls in the DiT and encoders, on CPUs with AVX-512 VNNI (ACESTEP_GGML_INT8=1; "
+                        "docs/building.md)")
 
 
 def _add_dit_flag(s: argparse.ArgumentParser) -> None:
@@ -558,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C as ``interrupted`` and 130.  A traceback means a bug."""
     args = build_parser().parse_args(argv)
     from .errors import AcestepError
+
+    if getattr(args, "int8", False):
+        os.environ["ACESTEP_GGML_INT8"] = "1"  # read by the core when each model loads
 
     # Only where Python's own handler is in place: a SIGINT ignored by the parent (a background
     # job of a non-interactive shell) stays ignored, as Python itself leaves it.
