@@ -1,5 +1,6 @@
 """5 Hz LM at the real 0.6B size (random weights): prefill of 200 tokens and guided decode
-(batch of two: cond + uncond, and unguided) per token, ours (BF16, Q8_0) against transformers
+(batch of two: cond + uncond, and unguided) per token, ours (BF16, Q8_0, and INT8: the BF16 file
+with ACESTEP_GGML_INT8=1) against transformers
 (fp32, bf16) in one run, each engine in its own process for its peak memory.  Decode is timed in
 wall and CPU milliseconds per token (CPU: all threads of the process).  Also the
 memory-bandwidth bound: weight bytes read per decode step over a numpy-measured bandwidth.
@@ -127,7 +128,7 @@ def _bandwidth_gbs() -> float:
 
 def _bound_ms(name: str, n_params: int, bw: float) -> float:
     """Weight bytes one decode step reads over the bandwidth: ours reads the codes-only head."""
-    bytes_per = {"BF16": 2.0, "Q8_0": 34 / 32, "float32": 4.0, "bfloat16": 2.0}
+    bytes_per = {"BF16": 2.0, "Q8_0": 34 / 32, "INT8": 1.0, "float32": 4.0, "bfloat16": 2.0}
     dtype = name.split()[1]
     head_rows_cut = 151669 * 1024 if name.startswith("ours") else 0  # weights the codes-only head skips
     return (n_params - head_rows_cut) * bytes_per[dtype] / (bw * 1e9) * 1e3
@@ -164,6 +165,7 @@ def main() -> None:
     for dtype in ("bf16", "q8_0"):
         files[dtype] = os.path.join(tmp, f"lm-{dtype}.gguf")
         write_lm(files[dtype], model, dtype=dtype)
+    files["int8"] = files["bf16"]  # ACESTEP_GGML_INT8=1: the BF16 file's layers packed to int8 at load
     del model
     builds = ([(" (baseline)", os.path.abspath(args.baseline))] if args.baseline else []) + [("", None)]
     runs = [(f"ours {d.upper()}{tag}", ["--engine", "ours", "--path", files[d]], pythonpath)
@@ -174,7 +176,8 @@ def main() -> None:
     try:
         for name, extra, pythonpath in runs:
             cmd = [sys.executable, __file__, "--steps", str(args.steps), "--threads", str(args.threads)] + extra
-            env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
+            env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else dict(os.environ)
+            env["ACESTEP_GGML_INT8"] = "1" if name.startswith("ours INT8") else "0"
             # stderr passes through: ACESTEP_GGML_PROFILE's per-op table.
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
             results.append((name, json.loads(out.strip().splitlines()[-1])))

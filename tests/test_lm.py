@@ -5,7 +5,7 @@ import pytest
 import torch
 from _lm_gguf import VOCAB, tiny_lm, write_lm
 from _text_gguf import parity
-from conftest import DEVICE_F32_REL, fresh_seed
+from conftest import COS_INT8_QWEN3, DEVICE_F32_REL, REL_INT8_QWEN3, fresh_seed
 
 import acestep_ggml
 from acestep_ggml.request import Request
@@ -189,6 +189,30 @@ def test_lm_bf16_matches_qwen3(tmp_path, device):
     for i, o in enumerate(ours):
         cos, rel = parity(o, ref[i])
         assert cos >= COS_BF16, f"seed {seed}: step {i}: cos {cos:.6f} rel {rel:.2e}"
+
+
+def test_lm_int8_matches_qwen3(tmp_path, int8):
+    """ACESTEP_GGML_INT8: teacher-forced prefill and decode logits at the int8 bars (conftest.py);
+    the embedding and the head stay in the file's type."""
+    seed = _seed()
+    model = tiny_lm(seed)
+    write_lm(tmp_path / "lm.gguf", model)
+    if not int8:
+        with pytest.raises(acestep_ggml.DeviceError, match="ACESTEP_GGML_INT8"):
+            acestep_ggml.LM(tmp_path / "lm.gguf", n_threads=1)
+        return
+    lm = acestep_ggml.LM(tmp_path / "lm.gguf", n_threads=1, kv_type="f32")
+    prompt = np.random.default_rng(seed).integers(0, VOCAB, size=40)
+    lm.reset(1, 48)
+    ours = [lm.prefill(0, prompt)] + [lm.decode([t])[0] for t in prompt[:5]]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(np.r_[prompt, prompt[:5]])[None]).logits[0, 39:].numpy()
+    worst = (1.0, 0.0)
+    for i, o in enumerate(ours):
+        cos, rel = parity(o, ref[i])
+        worst = (min(worst[0], cos), max(worst[1], rel))
+        assert cos >= COS_INT8_QWEN3 and rel <= REL_INT8_QWEN3, f"seed {seed}: step {i}: cos {cos:.6f} rel {rel:.2e}"
+    print(f"int8 LM: seed {seed} worst cos {worst[0]:.6f} rel {worst[1]:.2e}")
 
 
 def test_lm_rejects_bad_input(f32_lm):

@@ -115,7 +115,7 @@ def _add_device_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, vulkan, vulkan:N, metal, auto")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     s.add_argument("--int8", action="store_true",
-                   help="int8 matmuls in the DiT and encoders, on CPUs with AVX-512 VNNI (ACESTEP_GGML_INT8=1; "
+                   help="int8 matmuls in the LM, DiT and encoders, on CPUs with AVX-512 VNNI (ACESTEP_GGML_INT8=1; "
                         "docs/building.md)")
 
 

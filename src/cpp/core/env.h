@@ -24,7 +24,7 @@ int profile();
 enum class Attn { Auto, Flash, Matmul };
 Attn attention();
 
-// ACESTEP_GGML_INT8: the DiT's Linears multiply in int8 on a CPU with AVX-512 VNNI (weights per
+// ACESTEP_GGML_INT8: the Linears of the DiT, text and condition encoders, detokenizer and LM layers multiply in int8 on a CPU with AVX-512 VNNI (weights per
 // channel at load, activations per row; nn/int8_matmul.h).  Read when a model loads; on another
 // CPU or device, the model refuses to load (DeviceError).
 bool int8();

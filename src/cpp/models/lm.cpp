@@ -35,6 +35,9 @@ LM::LM(std::shared_ptr<GGUFFile> file, std::shared_ptr<Backend> backend)
     for (size_t i = 0; i < layers_.size(); i++) layers_[i].load(w_, "model.layers." + std::to_string(i) + ".", dims_);
     norm_.load(w_, "model.norm.weight", dims_.hidden, dims_.eps);
     w_.load();
+    std::vector<Linear *> lins;
+    for (Qwen3Layer &l : layers_) l.linears(lins);
+    int8_ = int8_if_asked(w_, lins);
 }
 
 LM::~LM() = default;

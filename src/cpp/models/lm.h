@@ -8,6 +8,7 @@
 #include "core/graph.h"
 #include "core/hparams.h"
 #include "core/state.h"
+#include "nn/int8_matmul.h"
 #include "nn/qwen3.h"
 
 namespace ace {
@@ -56,6 +57,7 @@ class LM {
     Weights w_;
     ggml_tensor *embed_tokens_ = nullptr, *lm_head_ = nullptr;
     std::vector<Qwen3Layer> layers_;
+    std::unique_ptr<Int8Linears> int8_;  // ACESTEP_GGML_INT8
     RMSNorm norm_;
     Runner runner_;
 
