@@ -56,7 +56,7 @@ void DiT::set_weight(const std::string &name, const std::vector<float> &values) 
     forget_conditions();
     if (values.empty()) {
         weights_->restore(name);
-        if (int8_) int8_->repack(*weights_, *lin);
+        if (int8_) int8_->repack(*lin);
         return;
     }
     if ((int64_t)values.size() != ggml_nelements(lin->weight))
@@ -65,7 +65,7 @@ void DiT::set_weight(const std::string &name, const std::vector<float> &values) 
     for (float v : values)
         if (!std::isfinite(v)) throw InputError(fmt("%s: the merged weight contains NaN or infinity", name.c_str()));
     weights_->write(name, values);
-    if (int8_) int8_->repack(*weights_, *lin);
+    if (int8_) int8_->repack(*lin);
 }
 
 size_t DiT::adapter_bytes() const { return adapter_tensors_ ? adapter_tensors_->nbytes() : 0; }

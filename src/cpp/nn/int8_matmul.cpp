@@ -42,45 +42,76 @@ int64_t padded_in(int64_t in) { return (in + 63) / 64 * 64; }
 int64_t group_bytes(int64_t kp) { return kp * kGroup + kGroup * 8; }
 int64_t act_row_bytes(int64_t kp) { return kp + 64; }
 
-// Channels [c0, c1) of w ([n_out, in] row-major F32) into their groups of `dst`.
-void pack_rows(const float *w, int64_t in, int64_t c0, int64_t c1, uint8_t *dst) {
+// Channels [c0, c1) of a weight [n_out, in] into their groups of `dst`; row(c, buf) gives channel c's
+// values as float (buf: `in` floats of scratch it may fill).
+template <class Row>
+void pack_rows(Row row_of, int64_t in, int64_t c0, int64_t c1, uint8_t *dst) {
     const int64_t kp = padded_in(in), gb = group_bytes(kp);
+    std::vector<float> scratch((size_t)in);
+    std::vector<int8_t> q((size_t)kp, 0);
     for (int64_t c = c0; c < c1; c++) {
-        const float *row = w + c * in;
-        float amax = 0.0f;
-        bool finite = true;
+        const float *row = row_of(c, scratch.data());
+        // The largest magnitude by the bits: a non-negative float's bits order like its value, and
+        // an integer max is a loop the compiler vectorises; NaN and inf sort above every finite.
+        uint32_t top = 0;
         for (int64_t k = 0; k < in; k++) {
-            finite = finite && std::isfinite(row[k]);
-            amax = std::max(amax, std::fabs(row[k]));
+            uint32_t bits;
+            std::memcpy(&bits, row + k, 4);
+            top = std::max(top, bits & 0x7fffffffu);
         }
+        float amax;
+        std::memcpy(&amax, &top, 4);
         // A non-finite weight makes its channel's outputs NaN, as the float product would.
+        const bool finite = top < 0x7f800000u;
         const float scale = finite ? amax / 127.0f : NAN, inv = finite && amax > 0 ? 127.0f / amax : 0.0f;
-        uint8_t *g = dst + (c / kGroup) * gb;
-        const int64_t j = (c % kGroup) / 16, lane = c % 16;
         int32_t sum = 0;
-        for (int64_t k = 0; k < in; k++) {
-            const int q = (int)std::max(-127.0f, std::min(127.0f, std::nearbyint(row[k] * inv)));
-            sum += q;
-            g[64 * (4 * (k / 4) + j) + 4 * lane + k % 4] = (uint8_t)(int8_t)q;
+        for (int64_t k = 0; k < in; k++) {  // |v| <= 127 (up to rounding); halves round away from zero
+            const float v = std::max(-127.0f, std::min(127.0f, row[k] * inv));
+            q[k] = (int8_t)(int)(v + (v >= 0.0f ? 0.5f : -0.5f));
+            sum += q[k];
         }
+        uint8_t *g = dst + (c / kGroup) * gb + 64 * ((c % kGroup) / 16) + 4 * (c % 16);
+        // Inputs k..k+3 of this channel: quad k/4 of its block, at 256 (k/4) = 64 k past g.
+        for (int64_t k = 0; k < kp; k += 4) std::memcpy(g + 64 * k, q.data() + k, 4);
+        g = dst + (c / kGroup) * gb;
         const int32_t offset_sum = 128 * sum;
         std::memcpy(g + kp * kGroup + 4 * (c % kGroup), &offset_sum, 4);
         std::memcpy(g + kp * kGroup + 4 * kGroup + 4 * (c % kGroup), &scale, 4);
     }
 }
 
-void pack_weight(const std::vector<float> &w, int64_t n_out, int64_t in, uint8_t *dst, int n_threads) {
+// Packs n_out channels with n_threads workers, each taking whole groups (no two write one group's sums).
+template <class Row>
+void pack_weight(Row row_of, int64_t n_out, int64_t in, uint8_t *dst, int n_threads) {
     const int64_t groups = (n_out + kGroup - 1) / kGroup;
     std::memset(dst, 0, (size_t)(groups * group_bytes(padded_in(in))));
     const int workers = (int)std::max<int64_t>(1, std::min<int64_t>(n_threads, groups));
     std::vector<std::thread> pool;
-    auto work = [&](int t) {  // whole groups per worker: no two write one group's sums
+    auto work = [&](int t) {
         const int64_t g0 = groups * t / workers, g1 = groups * (t + 1) / workers;
-        pack_rows(w.data(), in, std::min(n_out, g0 * kGroup), std::min(n_out, g1 * kGroup), dst);
+        pack_rows(row_of, in, std::min(n_out, g0 * kGroup), std::min(n_out, g1 * kGroup), dst);
     };
     for (int t = 1; t < workers; t++) pool.emplace_back(work, t);
     work(0);
     for (auto &th : pool) th.join();
+}
+
+// A weight in host memory (the CPU backend's, or its file mapping), any float or quantized type:
+// each worker converts its own rows.
+void pack_tensor(const ggml_tensor *w, uint8_t *dst, int n_threads) {
+    const int64_t in = w->ne[0], n_out = w->ne[1];
+    const ggml_type_traits *tr = ggml_get_type_traits(w->type);
+    if (w->type != GGML_TYPE_F32 && !tr->to_float)
+        throw Error(fmt("int8: no conversion to F32 for %s", ggml_type_name(w->type)));
+    if (!w->buffer || !ggml_backend_buffer_is_host(w->buffer) || !ggml_is_contiguous(w))
+        throw Error("int8: the weight is not in host memory");
+    auto row_of = [&](int64_t c, float *buf) -> const float * {
+        const char *src = (const char *)w->data + c * w->nb[1];
+        if (w->type == GGML_TYPE_F32) return (const float *)src;
+        tr->to_float(src, buf, in);
+        return buf;
+    };
+    pack_weight(row_of, n_out, in, dst, n_threads);
 }
 
 #ifdef ACE_INT8_X86
@@ -245,7 +276,7 @@ Int8Linears::Int8Linears(Weights &weights, const std::vector<Linear *> &linears,
     }
     ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     for (Linear *lin : linears) {
-        repack(weights, *lin);
+        repack(*lin);
         weights.evict(lin->name);
     }
 }
@@ -255,8 +286,8 @@ Int8Linears::~Int8Linears() {
     if (ctx_) ggml_free(ctx_);
 }
 
-void Int8Linears::repack(Weights &weights, const Linear &lin) const {
-    pack_weight(weights.read(lin.name), lin.weight->ne[1], lin.weight->ne[0], (uint8_t *)lin.packed->data, n_threads_);
+void Int8Linears::repack(const Linear &lin) const {
+    pack_tensor(lin.weight, (uint8_t *)lin.packed->data, n_threads_);
 }
 
 std::unique_ptr<Int8Linears> int8_if_asked(Weights &weights, const std::vector<Linear *> &linears) {
@@ -293,7 +324,8 @@ std::vector<float> int8_matmul_host(const std::vector<float> &w, int64_t n_out, 
     std::vector<float> out;
     try {
         if (!buf) throw DeviceError("int8_matmul: could not allocate the packed weight");
-        pack_weight(w, n_out, in, (uint8_t *)packed->data, n_threads);
+        pack_weight([&](int64_t c, float *) { return w.data() + c * in; }, n_out, in, (uint8_t *)packed->data,
+                    n_threads);
         Graph g;
         ggml_tensor *xt = g.input("x", GGML_TYPE_F32, {rows, in});
         ggml_tensor *y = int8_matmul(g.ctx(), packed, xt, n_out);

@@ -35,7 +35,7 @@ class Int8Linears {
     Int8Linears &operator=(const Int8Linears &) = delete;
 
     // Packs `lin` again from its weight's current values (after an adapter was merged into it).
-    void repack(Weights &weights, const Linear &lin) const;
+    void repack(const Linear &lin) const;
     size_t nbytes() const;
 
   private:
