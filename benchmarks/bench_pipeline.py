@@ -9,7 +9,7 @@ seconds of compute per second of music.  Each engine and song length runs in its
 
     pip install torch==2.13.0 ".[test]"        # the README's test install: the PyTorch reference
     python benchmarks/bench_pipeline.py [--seconds 30,120] [--no-torch] [--threads N] [--workdir DIR]
-                                        [--acestep-cpp DIR]
+                                        [--acestep-cpp DIR] [--int8]
 
 --acestep-cpp names a folder holding an ace-synth built from acestep.cpp (built by you, per its
 README): its synth of the same song on the same GGUF files is timed in the same run.
@@ -298,7 +298,8 @@ def _child(args, phase, extra=(), required=True):
     (PyTorch can run out of memory where ours does not: the report says so)."""
     cmd = [sys.executable, __file__, "--phase", phase, "--workdir", args.workdir, "--threads", str(args.threads),
            "--seed", str(args.seed), "--torch-dtype", args.torch_dtype, *(["--tiny"] if args.tiny else []), *extra]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ, ACESTEP_GGML_INT8="1" if args.int8 and phase == "ours" else "0")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode:
         why = "killed by signal %d%s" % (-out.returncode, " (out of memory?)" if out.returncode == -9 else "") \
             if out.returncode < 0 else f"exit status {out.returncode}"
@@ -388,6 +389,8 @@ def main() -> None:
                     help="comma-separated batch sizes (e.g. 1,2,4): ours only, one generate(batch_size=N) call "
                          "each; prints songs per hour")
     ap.add_argument("--no-lm", action="store_true", help="with --batch-size: the synth stage only (use_lm=False)")
+    ap.add_argument("--int8", action="store_true", help="ours with ACESTEP_GGML_INT8=1 (int8 matmuls, AVX-512 VNNI); "
+                    "PyTorch and acestep.cpp then reproduce that run's LM output")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--ours", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -410,6 +413,8 @@ def main() -> None:
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench_pipeline_")
     try:
         print(cpu_summary(args.threads), flush=True)
+        if args.int8:
+            print("ours: int8 matmuls in the LM, DiT and encoders (ACESTEP_GGML_INT8=1)", flush=True)
         if not os.path.isdir(os.path.join(args.workdir, "gguf")):
             t = time.perf_counter()
             print(f"making random real-size checkpoints in {args.workdir} ...", flush=True)
