@@ -24,9 +24,10 @@ int profile();
 enum class Attn { Auto, Flash, Matmul };
 Attn attention();
 
-// ACESTEP_GGML_INT8: the Linears of the DiT, text and condition encoders, detokenizer and LM layers multiply in int8 on a CPU with AVX-512 VNNI (weights per
-// channel at load, activations per row; nn/int8_matmul.h).  Read when a model loads; on another
-// CPU or device, the model refuses to load (DeviceError).
+// ACESTEP_GGML_INT8: the Linears of the DiT, the text and condition encoders, the detokenizer and
+// the LM's layers multiply in int8 on a CPU with AVX-512 VNNI (weights per channel at load,
+// activations per row; nn/int8_matmul.h).  Read when a model loads; on another CPU or device, the
+// model refuses to load (DeviceError).
 bool int8();
 
 // ACESTEP_GGML_MMAP=0: every weight is copied into memory of its own at load; unset or any other
