@@ -69,13 +69,13 @@ def test_condition_encoder_matches_reference(tmp_path, bf16, padded, reference, 
     np.testing.assert_array_equal(enc.silence_latent, cond.silence_latent[0].numpy())
 
 
-def test_condition_encoder_int8_matches_reference(tmp_path, int8):
+def test_condition_encoder_int8_matches_reference(tmp_path, int8, device):
     """ACESTEP_GGML_INT8: the parity above (padded, with a timbre reference) at the int8 bars."""
     seed = fresh_seed()
     cond, text = _files(tmp_path, seed, False)
     if not int8:
         with pytest.raises(acestep_ggml.DeviceError, match="ACESTEP_GGML_INT8"):
-            acestep_ggml.ConditionEncoder(tmp_path / "dit.gguf", tmp_path / "text.gguf", n_threads=2)
+            acestep_ggml.ConditionEncoder(tmp_path / "dit.gguf", tmp_path / "text.gguf", device=device, n_threads=2)
         return
     rng = np.random.default_rng(seed)
     tt, tl = int(rng.integers(5, 30)), int(rng.integers(20, 60))
@@ -89,7 +89,7 @@ def test_condition_encoder_int8_matches_reference(tmp_path, int8):
                             lyric_attention_mask=torch.ones(1, tl, dtype=torch.bool),
                             refer_audio_acoustic_hidden_states_packed=torch.from_numpy(refer)[None],
                             refer_audio_order_mask=torch.zeros(1, dtype=torch.long))
-    enc = acestep_ggml.ConditionEncoder(tmp_path / "dit.gguf", tmp_path / "text.gguf", n_threads=2)
+    enc = acestep_ggml.ConditionEncoder(tmp_path / "dit.gguf", tmp_path / "text.gguf", device=device, n_threads=2)
     out, out_mask = enc.encode(text_h, lyric_ids, refer)
     np.testing.assert_array_equal(out_mask, mask[0].numpy(), err_msg=f"seed {seed}")
     cos, rel = parity(out, states[0].numpy())

@@ -38,19 +38,19 @@ def test_detokenizer_matches_reference(tmp_path, bf16, device, f32_rel):
     assert cos >= cmin and rel <= rmax, f"seed {seed}: cos {cos:.6f} rel {rel:.2e}"
 
 
-def test_detokenizer_int8_matches_reference(tmp_path, int8):
+def test_detokenizer_int8_matches_reference(tmp_path, int8, device):
     """ACESTEP_GGML_INT8: the same parity, at the int8 bars (conftest.COS_INT8, REL_INT8)."""
     seed = fresh_seed()
     tok, detok = _file(tmp_path, seed, False)
     if not int8:
         with pytest.raises(acestep_ggml.DeviceError, match="ACESTEP_GGML_INT8"):
-            acestep_ggml.Detokenizer(tmp_path / "dit.gguf", n_threads=2)
+            acestep_ggml.Detokenizer(tmp_path / "dit.gguf", device=device, n_threads=2)
         return
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 64000, size=int(rng.integers(1, 40)))
     with torch.no_grad():
         ref = detok(tok.quantizer.get_output_from_indices(torch.from_numpy(codes)[None]))[0].numpy()
-    cos, rel = parity(acestep_ggml.Detokenizer(tmp_path / "dit.gguf", n_threads=2).decode(codes.tolist()), ref)
+    cos, rel = parity(acestep_ggml.Detokenizer(tmp_path / "dit.gguf", device=device, n_threads=2).decode(codes.tolist()), ref)
     print(f"int8 detokenizer: seed {seed} cos {cos:.6f} rel {rel:.2e}")
     assert cos >= COS_INT8 and rel <= REL_INT8, f"seed {seed}: cos {cos:.6f} rel {rel:.2e}"
 

@@ -72,16 +72,16 @@ def test_dit_matches_reference_bf16_weights(model, tmp_path):
     assert cos >= 0.999, f"seed={SEED} cos={cos} rel={rel}"
 
 
-def test_dit_int8_matches_reference_and_repacks_merged_weights(model, tmp_path, int8):
+def test_dit_int8_matches_reference_and_repacks_merged_weights(model, tmp_path, int8, device):
     """ACESTEP_GGML_INT8: parity at the int8 bars (conftest.COS_INT8, REL_INT8); a weight written
     (a merged adapter) is packed again, and restoring it gives the first output back exactly."""
     path = tmp_path / "dit-f32.gguf"
     write_dit_gguf(model, str(path))
     if not int8:
         with pytest.raises(acestep_ggml.DeviceError, match="ACESTEP_GGML_INT8"):
-            acestep_ggml.DiT(path, n_threads=2)
+            acestep_ggml.DiT(path, device=device, n_threads=2)
         return
-    dit = acestep_ggml.DiT(path, n_threads=2)
+    dit = acestep_ggml.DiT(path, device=device, n_threads=2)
     rng = np.random.default_rng(SEED + 2)
     x, t, enc, src, mask = _inputs(rng, 2, 23, 7)
     first = dit.forward(x, t, enc, src, mask)

@@ -191,7 +191,7 @@ def test_lm_bf16_matches_qwen3(tmp_path, device):
         assert cos >= COS_BF16, f"seed {seed}: step {i}: cos {cos:.6f} rel {rel:.2e}"
 
 
-def test_lm_int8_matches_qwen3(tmp_path, int8):
+def test_lm_int8_matches_qwen3(tmp_path, int8, device):
     """ACESTEP_GGML_INT8: teacher-forced prefill and decode logits at the int8 bars (conftest.py);
     the embedding and the head stay in the file's type."""
     seed = _seed()
@@ -199,7 +199,7 @@ def test_lm_int8_matches_qwen3(tmp_path, int8):
     write_lm(tmp_path / "lm.gguf", model)
     if not int8:
         with pytest.raises(acestep_ggml.DeviceError, match="ACESTEP_GGML_INT8"):
-            acestep_ggml.LM(tmp_path / "lm.gguf", n_threads=1)
+            acestep_ggml.LM(tmp_path / "lm.gguf", device=device, n_threads=1)
         return
     lm = acestep_ggml.LM(tmp_path / "lm.gguf", n_threads=1, kv_type="f32")
     prompt = np.random.default_rng(seed).integers(0, VOCAB, size=40)

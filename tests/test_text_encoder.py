@@ -43,7 +43,7 @@ def test_text_encoder_matches_qwen3model(tmp_path, bf16, device, f32_rel):
     assert cos >= cmin and rel <= rmax, f"seed {seed}: embedding cos {cos:.6f} rel {rel:.2e}"
 
 
-def test_text_encoder_int8_matches_qwen3model(tmp_path, int8):
+def test_text_encoder_int8_matches_qwen3model(tmp_path, int8, device):
     """ACESTEP_GGML_INT8: the same parity, at the text encoder's int8 bars (conftest.py)."""
     seed = fresh_seed()
     model = _model(seed)
@@ -51,13 +51,13 @@ def test_text_encoder_int8_matches_qwen3model(tmp_path, int8):
     write_text_encoder(path, model)
     if not int8:
         with pytest.raises(acestep_ggml.DeviceError, match="ACESTEP_GGML_INT8"):
-            acestep_ggml.TextEncoder(path, n_threads=2)
+            acestep_ggml.TextEncoder(path, device=device, n_threads=2)
         return
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, 300, size=int(rng.integers(20, 90)))
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(ids)[None]).last_hidden_state[0].numpy()
-    cos, rel = parity(acestep_ggml.TextEncoder(path, n_threads=2).encode(ids), ref)
+    cos, rel = parity(acestep_ggml.TextEncoder(path, device=device, n_threads=2).encode(ids), ref)
     print(f"int8 text encoder: seed {seed} cos {cos:.6f} rel {rel:.2e}")
     assert cos >= COS_INT8_QWEN3 and rel <= REL_INT8_QWEN3, f"seed {seed}: cos {cos:.6f} rel {rel:.2e}"
 
