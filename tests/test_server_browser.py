@@ -44,7 +44,10 @@ def browser():
     need_file(CHROMIUM, "apt-get install chromium (Playwright's own browser download is not used)")
     with sync_api.sync_playwright() as p:
         # --no-sandbox: CI runs as root; autoplay: play() without a click, to check the audio plays.
-        b = p.chromium.launch(executable_path=CHROMIUM,
+        # Without LD_PRELOAD: under scripts/sanitize.sh the preloaded libasan would reach the browser,
+        # which is not ours, and it then never starts (Playwright's launch times out).
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        b = p.chromium.launch(executable_path=CHROMIUM, env=env,
                               args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
         yield b
         b.close()
