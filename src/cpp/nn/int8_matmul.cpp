@@ -42,6 +42,11 @@ int64_t padded_in(int64_t in) { return (in + 63) / 64 * 64; }
 int64_t group_bytes(int64_t kp) { return kp * kGroup + kGroup * 8; }
 int64_t act_row_bytes(int64_t kp) { return kp + 64; }
 
+// The packed weight of a Linear [out, in]: one I8 row of group_bytes per group of 64 channels.
+ggml_tensor *new_packed(ggml_context *ctx, int64_t in, int64_t out) {
+    return ggml_new_tensor_2d(ctx, GGML_TYPE_I8, group_bytes(padded_in(in)), (out + kGroup - 1) / kGroup);
+}
+
 // Channels [c0, c1) of a weight [n_out, in] into their groups of `dst`; row(c, buf) gives channel c's
 // values as float (buf: `in` floats of scratch it may fill).
 template <class Row>
@@ -266,7 +271,7 @@ Int8Linears::Int8Linears(Weights &weights, const std::vector<Linear *> &linears,
     for (Linear *lin : linears) {
         if (lin->name.empty()) throw Error("Int8Linears: a Linear without a weight name");
         const int64_t in = lin->weight->ne[0], out = lin->weight->ne[1];
-        lin->packed = ggml_new_tensor_2d(ctx_, GGML_TYPE_I8, group_bytes(padded_in(in)), (out + kGroup - 1) / kGroup);
+        lin->packed = new_packed(ctx_, in, out);
         ggml_set_name(lin->packed, "int8");
     }
     buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, weights.backend()->primary());
@@ -275,9 +280,15 @@ Int8Linears::Int8Linears(Weights &weights, const std::vector<Linear *> &linears,
         throw DeviceError(fmt("%s: could not allocate the int8 weights", weights.file().path().c_str()));
     }
     ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-    for (Linear *lin : linears) {
-        repack(*lin);
-        weights.evict(lin->name);
+    try {
+        for (Linear *lin : linears) {
+            repack(*lin);
+            weights.evict(lin->name);
+        }
+    } catch (...) {  // the destructor does not run for a constructor that throws
+        ggml_backend_buffer_free(buffer_);
+        ggml_free(ctx_);
+        throw;
     }
 }
 
@@ -319,7 +330,7 @@ std::vector<float> int8_matmul_host(const std::vector<float> &w, int64_t n_out, 
     auto backend = Backend::get("cpu", n_threads);
     ggml_init_params p = {ggml_tensor_overhead() * 2, nullptr, /*no_alloc=*/true};
     ggml_context *wctx = ggml_init(p);
-    ggml_tensor *packed = ggml_new_tensor_2d(wctx, GGML_TYPE_I8, group_bytes(padded_in(in)), (n_out + kGroup - 1) / kGroup);
+    ggml_tensor *packed = new_packed(wctx, in, n_out);
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(wctx, backend->primary());
     std::vector<float> out;
     try {
